@@ -1,0 +1,49 @@
+/**
+ * Opens the database: DATABASE_URL when set, else the embedded PostgreSQL.
+ */
+import pg from "pg";
+import { Sequelize } from "sequelize";
+import type { Logger } from "../logger.js";
+import { initModels } from "./models/index.js";
+
+// BIGINT (int8) and NUMERIC come back as strings; we parse them into bigint
+// and Decimal ourselves, never through a float.
+pg.defaults.parseInt8 = false;
+
+export interface DatabaseOptions {
+  url: string;
+  logger?: Logger;
+  /** Connection pool size (default 20). */
+  poolMax?: number;
+}
+
+/** Creates the Sequelize instance with every model bound to it. */
+export function createSequelize(options: DatabaseOptions): Sequelize {
+  const sequelize = new Sequelize(options.url, {
+    dialect: "postgres",
+    dialectModule: pg,
+    logging: false,
+    benchmark: false,
+    pool: { max: options.poolMax ?? 20, min: 0, idle: 10_000, acquire: 10_000, evict: 1_000 },
+    dialectOptions: { application_name: "billing", connectionTimeoutMillis: 5_000 },
+    define: { underscored: true, timestamps: true, createdAt: "created_at", updatedAt: "updated_at" },
+  });
+  initModels(sequelize);
+  return sequelize;
+}
+
+/** Whether the database answers a trivial query within `timeoutMs`. */
+export async function databaseIsUp(sequelize: Sequelize, timeoutMs = 1_000): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      sequelize.query("SELECT 1"),
+      new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("timeout")), timeoutMs))),
+    ]);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,37 @@
+/**
+ * Schema migrations (umzug), applied by `npm start` before serving and by
+ * `npm run migrate`. Migrations are listed here in order, imported
+ * statically, so names never depend on the file extension (tsx or compiled).
+ * An advisory lock makes concurrent starts on one database safe.
+ */
+import { type Sequelize } from "sequelize";
+import { SequelizeStorage, Umzug, type MigrationParams } from "umzug";
+import * as initialSchema from "./migrations/0001-initial-schema.js";
+
+export type Migration = (params: MigrationParams<Sequelize>) => Promise<void>;
+
+const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
+  { name: "0001-initial-schema", ...initialSchema },
+];
+
+const MIGRATION_LOCK = 0x62696c6c; // "bill"
+
+/** Applies every pending migration; returns the names applied. */
+export async function migrate(sequelize: Sequelize): Promise<string[]> {
+  const umzug = new Umzug<Sequelize>({
+    migrations: MIGRATIONS.map((m) => ({ name: m.name, up: m.up, down: m.down })),
+    context: sequelize,
+    storage: new SequelizeStorage({ sequelize, tableName: "schema_migrations" }),
+    logger: undefined,
+  });
+  // One connection holds the lock for the whole run.
+  const lock = await sequelize.connectionManager.getConnection({ type: "write" });
+  try {
+    await (lock as unknown as { query(sql: string): Promise<unknown> }).query(`SELECT pg_advisory_lock(${MIGRATION_LOCK})`);
+    const applied = await umzug.up();
+    return applied.map((m) => m.name);
+  } finally {
+    await (lock as unknown as { query(sql: string): Promise<unknown> }).query(`SELECT pg_advisory_unlock(${MIGRATION_LOCK})`).catch(() => undefined);
+    sequelize.connectionManager.releaseConnection(lock);
+  }
+}

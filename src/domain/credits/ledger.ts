@@ -1,0 +1,390 @@
+/**
+ * The credit ledger.
+ *
+ * Rules (see README.md, "The credit model"):
+ * - Every balance change is one immutable credit_transactions row written in
+ *   the same database transaction as the change; balance = Σ amounts, and
+ *   each row's balance_after is the running sum.
+ * - The account's billing_accounts row is the lock that orders its changes;
+ *   its CHECK keeps the balance from ever going below zero.
+ * - A deduction needs that many *available* credits (balance - open
+ *   reservations), else FAILED_PRECONDITION / INSUFFICIENT_CREDITS and
+ *   nothing is written.
+ */
+import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { BillingError, Reason, Violations, invalidField } from "../errors.js";
+import { runIdempotent } from "../idempotency.js";
+import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { checkText, requireId, requireIdempotencyKey, requireNonNegative, requireUuid } from "../validation.js";
+import { normalizeOperationType } from "./operations.js";
+import type { BalanceView, JsonObject, LedgerEntry, TransactionType, UsageInput, UsageLogEntry } from "./types.js";
+
+export interface GrantInput {
+  accountId: string;
+  amount: bigint;
+  type: TransactionType | undefined;
+  description: string;
+  metadata: JsonObject;
+  paymentId: string;
+  idempotencyKey: string;
+}
+
+export interface DeductInput {
+  accountId: string;
+  operationType: string;
+  usage: UsageInput | undefined;
+  relatedObjectType: string;
+  relatedObjectId: string;
+  metadata: JsonObject;
+  idempotencyKey: string;
+}
+
+export interface ListTransactionsInput {
+  accountId: string;
+  types: TransactionType[];
+  startTime?: Date;
+  endTime?: Date;
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface GrantResult {
+  transaction: LedgerEntry;
+  balance: BalanceView;
+}
+
+export interface DeductResult extends GrantResult {
+  usageLog: UsageLogEntry;
+}
+
+const GRANT_TYPES: readonly TransactionType[] = ["purchase", "subscription", "refund", "adjustment"];
+
+/** Credits held by open, unexpired reservations of account $1. */
+const RESERVED_SQL = `SELECT COALESCE(SUM(credits), 0)::bigint AS reserved FROM credit_reservations
+  WHERE account_id = $1 AND status = 'active' AND expires_at > now()`;
+
+/** The credit ledger service. */
+export class CreditLedger {
+  constructor(private readonly sequelize: Sequelize) {}
+
+  /** The account's balance; zeros for an account never credited. */
+  async getBalance(accountId: string): Promise<BalanceView> {
+    requireId(accountId, "account_id");
+    const [row] = await this.sequelize.query<{ balance: string | null; updated_at: Date | null; reserved: string }>(
+      `SELECT a.balance, a.updated_at, r.reserved FROM (${RESERVED_SQL}) r LEFT JOIN billing_accounts a ON a.account_id = $1`,
+      { bind: [accountId], type: QueryTypes.SELECT },
+    );
+    return balanceView(accountId, BigInt(row?.balance ?? 0), BigInt(row?.reserved ?? 0), row?.updated_at ?? undefined);
+  }
+
+  /** Adds credits; idempotent by key. */
+  async grant(input: GrantInput, options: TransactionOptions = {}): Promise<GrantResult> {
+    const v = new Violations();
+    v.collect(() => requireId(input.accountId, "account_id"));
+    if (input.amount <= 0n) v.add("amount", "must be greater than zero");
+    if (!input.type || !GRANT_TYPES.includes(input.type)) v.add("type", "must be PURCHASE, SUBSCRIPTION, REFUND or ADJUSTMENT");
+    v.collect(() => checkText(input.description, "description"));
+    if (input.paymentId !== "") v.collect(() => requireUuid(input.paymentId, "payment_id"));
+    v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    v.throwIfAny();
+    return this.applyCredit(
+      { accountId: input.accountId, amount: input.amount, type: input.type!, description: input.description, metadata: input.metadata, paymentId: input.paymentId || null },
+      { method: "GrantCredits", key: input.idempotencyKey, request: { ...input, paymentId: input.paymentId.toLowerCase() } },
+      options,
+    );
+  }
+
+  /**
+   * Adds credits inside a transaction, idempotently; the one place positive
+   * ledger entries are written.
+   */
+  private applyCredit(
+    entry: { accountId: string; amount: bigint; type: TransactionType; description: string; metadata: JsonObject; paymentId: string | null },
+    idem: { method: string; key: string; request: unknown },
+    options: TransactionOptions,
+  ): Promise<GrantResult> {
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: entry.accountId, ...idem }, () => this.credit(t, entry));
+        return result;
+      },
+      options,
+    );
+  }
+
+  private async credit(
+    t: Transaction,
+    entry: { accountId: string; amount: bigint; type: TransactionType; description: string; metadata: JsonObject; paymentId: string | null },
+  ): Promise<GrantResult> {
+    const [row] = await this.sequelize.query<{ id: string; balance_after: string; created_at: Date; updated_at: Date; reserved: string }>(
+      `WITH acct AS (
+         INSERT INTO billing_accounts AS a (account_id, balance) VALUES ($1, $2)
+         ON CONFLICT (account_id) DO UPDATE SET balance = a.balance + EXCLUDED.balance, updated_at = now()
+         RETURNING a.balance, a.updated_at),
+       tx AS (
+         INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
+         SELECT $1, $3, $2, acct.balance, $4, $5::jsonb, $6 FROM acct
+         RETURNING id, balance_after, created_at)
+       SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved FROM tx, acct`,
+      {
+        bind: [entry.accountId, entry.amount.toString(), entry.type, entry.description, JSON.stringify(entry.metadata), entry.paymentId],
+        transaction: t,
+        type: QueryTypes.SELECT,
+      },
+    );
+    const balanceAfter = BigInt(row!.balance_after);
+    return {
+      transaction: {
+        id: row!.id,
+        accountId: entry.accountId,
+        type: entry.type,
+        amount: entry.amount,
+        balanceAfter,
+        description: entry.description,
+        metadata: entry.metadata,
+        paymentId: entry.paymentId ?? "",
+        createdAt: row!.created_at,
+      },
+      balance: balanceView(entry.accountId, balanceAfter, BigInt(row!.reserved), row!.updated_at),
+    };
+  }
+
+  /** Charges an AI operation: a DEDUCTION and its usage log, together; idempotent by key. */
+  async deduct(input: DeductInput, options: TransactionOptions = {}): Promise<DeductResult> {
+    const v = new Violations();
+    v.collect(() => requireId(input.accountId, "account_id"));
+    const operationType = v.collect(() => normalizeOperationType(input.operationType));
+    const usage = input.usage;
+    if (!usage) {
+      v.add("usage", "is required");
+    } else {
+      v.collect(() => requireNonNegative(usage.credits, "usage.credits"));
+      v.collect(() => requireNonNegative(usage.tokensInput, "usage.tokens_input"));
+      v.collect(() => requireNonNegative(usage.tokensOutput, "usage.tokens_output"));
+      v.collect(() => requireNonNegative(usage.imageCount, "usage.image_count"));
+      v.collect(() => checkText(usage.model, "usage.model"));
+    }
+    v.collect(() => checkText(input.relatedObjectType, "related_object_type"));
+    v.collect(() => checkText(input.relatedObjectId, "related_object_id"));
+    v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    v.throwIfAny();
+    if (usage!.credits === 0n) {
+      throw new BillingError(
+        "unimplemented",
+        Reason.NotImplemented,
+        "pricing usage from token or image counts is not built yet; pass usage.credits > 0",
+      );
+    }
+    const credits = usage!.credits;
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const { result } = await runIdempotent(
+          this.sequelize,
+          t,
+          { accountId: input.accountId, key: input.idempotencyKey, method: "DeductCredits", request: { ...input, operationType } },
+          () =>
+            this.debit(t, {
+              accountId: input.accountId,
+              credits,
+              operationType: operationType!,
+              description: describeUsage(operationType!, input.relatedObjectType, input.relatedObjectId),
+              metadata: input.metadata,
+              costUsd: null,
+              model: usage!.model,
+              tokensInput: usage!.tokensInput,
+              tokensOutput: usage!.tokensOutput,
+              relatedObjectType: input.relatedObjectType,
+              relatedObjectId: input.relatedObjectId,
+            }),
+        );
+        return result;
+      },
+      options,
+    );
+  }
+
+  /**
+   * Takes `credits` if that many are available, writing the DEDUCTION and its
+   * usage log; otherwise INSUFFICIENT_CREDITS with nothing written.
+   */
+  private async debit(
+    t: Transaction,
+    c: {
+      accountId: string;
+      credits: bigint;
+      operationType: string;
+      description: string;
+      metadata: JsonObject;
+      costUsd: string | null;
+      model: string;
+      tokensInput: bigint;
+      tokensOutput: bigint;
+      relatedObjectType: string;
+      relatedObjectId: string;
+    },
+  ): Promise<DeductResult> {
+    // Lock first, in its own statement, so that the next statement's snapshot
+    // sees every reservation committed before we got the lock.
+    const locked = await this.sequelize.query<{ balance: string }>(`SELECT balance FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, {
+      bind: [c.accountId],
+      transaction: t,
+      type: QueryTypes.SELECT,
+    });
+    const metadataJson = JSON.stringify(c.metadata);
+    const rows =
+      locked.length === 0
+        ? []
+        : await this.sequelize.query<{ tx_id: string; log_id: string; created_at: Date; balance: string; updated_at: Date; reserved: string }>(
+            `WITH res AS (${RESERVED_SQL}),
+             acct AS (
+               UPDATE billing_accounts a SET balance = a.balance - $2, updated_at = now() FROM res
+               WHERE a.account_id = $1 AND a.balance - res.reserved >= $2
+               RETURNING a.balance, a.updated_at, res.reserved),
+             tx AS (
+               INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata)
+               SELECT $1, 'deduction', -$2::bigint, acct.balance, $3, $4::jsonb FROM acct
+               RETURNING id, created_at),
+             log AS (
+               INSERT INTO credit_usage_logs (account_id, transaction_id, operation_type, credits_used, cost_usd, model_used,
+                                              tokens_input, tokens_output, related_object_type, related_object_id, metadata, created_at)
+               SELECT $1, tx.id, $5, $2, $6, $7, $8, $9, $10, $11, $4::jsonb, tx.created_at FROM tx
+               RETURNING id)
+             SELECT tx.id AS tx_id, log.id AS log_id, tx.created_at, acct.balance, acct.updated_at, acct.reserved FROM tx, log, acct`,
+            {
+              bind: [
+                c.accountId,
+                c.credits.toString(),
+                c.description,
+                metadataJson,
+                c.operationType,
+                c.costUsd,
+                c.model,
+                c.tokensInput.toString(),
+                c.tokensOutput.toString(),
+                c.relatedObjectType,
+                c.relatedObjectId,
+              ],
+              transaction: t,
+              type: QueryTypes.SELECT,
+            },
+          );
+    const row = rows[0];
+    if (!row) {
+      const [r] = await this.sequelize.query<{ reserved: string }>(RESERVED_SQL, { bind: [c.accountId], transaction: t, type: QueryTypes.SELECT });
+      const balance = BigInt(locked[0]?.balance ?? 0);
+      const available = balance - BigInt(r?.reserved ?? 0);
+      throw new BillingError(
+        "failed_precondition",
+        Reason.InsufficientCredits,
+        `insufficient credits: ${c.credits} required, ${available < 0n ? 0n : available} available`,
+        [],
+        { required: c.credits.toString(), available: (available < 0n ? 0n : available).toString(), account_id: c.accountId },
+      );
+    }
+    const balanceAfter = BigInt(row.balance);
+    return {
+      transaction: {
+        id: row.tx_id,
+        accountId: c.accountId,
+        type: "deduction",
+        amount: -c.credits,
+        balanceAfter,
+        description: c.description,
+        metadata: c.metadata,
+        paymentId: "",
+        createdAt: row.created_at,
+      },
+      usageLog: {
+        id: row.log_id,
+        accountId: c.accountId,
+        operationType: c.operationType,
+        creditsUsed: c.credits,
+        costUsd: c.costUsd ?? "",
+        modelUsed: c.model,
+        tokensInput: c.tokensInput,
+        tokensOutput: c.tokensOutput,
+        relatedObjectType: c.relatedObjectType,
+        relatedObjectId: c.relatedObjectId,
+        metadata: c.metadata,
+        createdAt: row.created_at,
+      },
+      balance: balanceView(c.accountId, balanceAfter, BigInt(row.reserved), row.updated_at),
+    };
+  }
+
+  /** Pages through an account's ledger, newest first (keyset on id). */
+  async listTransactions(input: ListTransactionsInput): Promise<{ transactions: LedgerEntry[]; nextPageToken: string }> {
+    const v = new Violations();
+    v.collect(() => requireId(input.accountId, "account_id"));
+    const size = v.collect(() => pageSize(input.pageSize));
+    if (input.startTime && input.endTime && input.startTime > input.endTime) v.add("end_time", "must not be before start_time");
+    v.throwIfAny();
+    const filters = { a: input.accountId, t: [...input.types].sort(), s: input.startTime, e: input.endTime };
+    const after = decodePageToken(input.pageToken, "transactions", filters);
+    const conditions = ["account_id = $1"];
+    const bind: unknown[] = [input.accountId];
+    if (input.types.length > 0) {
+      bind.push(input.types);
+      conditions.push(`type = ANY($${bind.length}::text[])`);
+    }
+    if (input.startTime) {
+      bind.push(input.startTime.toISOString());
+      conditions.push(`created_at >= $${bind.length}`);
+    }
+    if (input.endTime) {
+      bind.push(input.endTime.toISOString());
+      conditions.push(`created_at < $${bind.length}`);
+    }
+    if (after) {
+      const id = after[0];
+      if (typeof id !== "string" || !/^\d+$/.test(id)) throw invalidField("page_token", "is not a valid page token for this request");
+      bind.push(id);
+      conditions.push(`id < $${bind.length}`);
+    }
+    bind.push(size! + 1);
+    const rows = await this.sequelize.query<{
+      id: string;
+      account_id: string;
+      type: TransactionType;
+      amount: string;
+      balance_after: string;
+      description: string;
+      metadata: JsonObject;
+      payment_id: string | null;
+      created_at: Date;
+    }>(
+      `SELECT id, account_id, type, amount, balance_after, description, metadata, payment_id, created_at
+       FROM credit_transactions WHERE ${conditions.join(" AND ")} ORDER BY id DESC LIMIT $${bind.length}`,
+      { bind, type: QueryTypes.SELECT },
+    );
+    const page = pageOf(rows, size!, (r) => [r.id], "transactions", filters);
+    return {
+      transactions: page.items.map((r) => ({
+        id: r.id,
+        accountId: r.account_id,
+        type: r.type,
+        amount: BigInt(r.amount),
+        balanceAfter: BigInt(r.balance_after),
+        description: r.description,
+        metadata: r.metadata,
+        paymentId: r.payment_id ?? "",
+        createdAt: r.created_at,
+      })),
+      nextPageToken: page.nextPageToken,
+    };
+  }
+}
+
+function balanceView(accountId: string, balance: bigint, reserved: bigint, updatedAt: Date | undefined): BalanceView {
+  const view: BalanceView = { accountId, balance, reserved, available: balance > reserved ? balance - reserved : 0n };
+  if (updatedAt) view.updatedAt = updatedAt;
+  return view;
+}
+
+function describeUsage(operationType: string, relatedType: string, relatedId: string): string {
+  const about = relatedType || relatedId ? ` (${[relatedType, relatedId].filter(Boolean).join(" ")})` : "";
+  return `Usage: ${operationType}${about}`.slice(0, 255);
+}

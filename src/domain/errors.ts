@@ -1,0 +1,105 @@
+/**
+ * The catalogue of domain errors. Domain code throws these; `src/errors.ts`
+ * maps them to Connect codes with ErrorInfo and BadRequest details. Nothing
+ * here knows about the transport.
+ */
+export type ErrorKind =
+  | "invalid_argument"
+  | "not_found"
+  | "already_exists"
+  | "failed_precondition"
+  | "resource_exhausted"
+  | "permission_denied"
+  | "unauthenticated"
+  | "unavailable"
+  | "aborted"
+  | "unimplemented"
+  | "deadline_exceeded";
+
+/** One offending request field, named by its proto path (e.g. "usage.credits"). */
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+/** Stable reasons callers can switch on (ErrorInfo.reason). */
+export const Reason = {
+  InvalidArgument: "INVALID_ARGUMENT",
+  NotFound: "NOT_FOUND",
+  AlreadyExists: "ALREADY_EXISTS",
+  InsufficientCredits: "INSUFFICIENT_CREDITS",
+  InvalidStateTransition: "INVALID_STATE_TRANSITION",
+  LimitExceeded: "LIMIT_EXCEEDED",
+  IdempotencyKeyReused: "IDEMPOTENCY_KEY_REUSED",
+  CreditsAlreadySpent: "CREDITS_ALREADY_SPENT",
+  OperationInactive: "OPERATION_INACTIVE",
+  PriceMissing: "PRICE_MISSING",
+  WrongModelType: "WRONG_MODEL_TYPE",
+  ModelInactive: "MODEL_INACTIVE",
+  Unauthenticated: "UNAUTHENTICATED",
+  PermissionDenied: "PERMISSION_DENIED",
+  DatabaseUnavailable: "DATABASE_UNAVAILABLE",
+  Conflict: "CONFLICT",
+  NotImplemented: "NOT_IMPLEMENTED",
+  DeadlineExceeded: "DEADLINE_EXCEEDED",
+} as const;
+
+/** A failure the caller can act on; never carries internals. */
+export class BillingError extends Error {
+  constructor(
+    readonly kind: ErrorKind,
+    readonly reason: string,
+    message: string,
+    readonly fieldViolations: FieldViolation[] = [],
+    readonly metadata: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = "BillingError";
+  }
+}
+
+/** Bad input in one or more fields. */
+export function invalidArgument(violations: FieldViolation[] | FieldViolation): BillingError {
+  const list = Array.isArray(violations) ? violations : [violations];
+  const message = list.map((v) => `${v.field}: ${v.description}`).join("; ");
+  return new BillingError("invalid_argument", Reason.InvalidArgument, message, list);
+}
+
+/** Shorthand for a single bad field. */
+export function invalidField(field: string, description: string): BillingError {
+  return invalidArgument({ field, description });
+}
+
+/** A named resource that does not exist. */
+export function notFound(what: string, id: string): BillingError {
+  return new BillingError("not_found", Reason.NotFound, `${what} ${JSON.stringify(id)} not found`, [], { resource: what, id });
+}
+
+/** The request cannot be carried out in the resource's current state. */
+export function failedPrecondition(reason: string, message: string, metadata: Record<string, string> = {}): BillingError {
+  return new BillingError("failed_precondition", reason, message, [], metadata);
+}
+
+/** Collects field violations so that every bad field is reported at once. */
+export class Violations {
+  private readonly list: FieldViolation[] = [];
+  add(field: string, description: string): void {
+    this.list.push({ field, description });
+  }
+  /** Runs `check`, recording a BillingError's violations instead of throwing. */
+  collect<T>(check: () => T): T | undefined {
+    try {
+      return check();
+    } catch (err) {
+      if (err instanceof BillingError && err.kind === "invalid_argument") {
+        this.list.push(...err.fieldViolations);
+        return undefined;
+      }
+      throw err;
+    }
+  }
+  /** Throws INVALID_ARGUMENT naming every recorded field, if any. */
+  throwIfAny(): void {
+    if (this.list.length > 0) throw invalidArgument(this.list);
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * Exactly-once effects for RPCs that move credits or money (AIP-155).
+ *
+ * Inside the effect's own transaction the key is claimed first with
+ * `INSERT … ON CONFLICT DO NOTHING`. A racing retry blocks on the key's
+ * unique index until the first transaction ends: if it committed, the retry
+ * finds the stored response and returns it; if it rolled back, the retry's
+ * claim succeeds and it runs the effect itself. The response is stored in
+ * the same transaction as the effect, so there is never an effect without
+ * its record or a record without its effect. Failed requests store nothing,
+ * so a retry after an error is evaluated afresh.
+ */
+import { createHash } from "node:crypto";
+import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { BillingError, Reason } from "./errors.js";
+
+/** How long keys are kept at least; older ones may be purged. */
+export const IDEMPOTENCY_RETENTION_HOURS = 24;
+
+export interface IdempotencyScope {
+  /** The account the effect belongs to (keys are unique per account). */
+  accountId: string;
+  key: string;
+  /** The RPC, so one key cannot be replayed across methods. */
+  method: string;
+  /** Every input that defines the effect; hashed to detect a reused key. */
+  request: unknown;
+}
+
+/**
+ * Runs `effect` once per (account, key) within transaction `t`; a retry with
+ * the same request returns the stored result, a different request under the
+ * same key is ALREADY_EXISTS with reason IDEMPOTENCY_KEY_REUSED.
+ */
+export async function runIdempotent<T>(sequelize: Sequelize, t: Transaction, scope: IdempotencyScope, effect: () => Promise<T>): Promise<{ result: T; replayed: boolean }> {
+  const hash = requestHash(scope.method, scope.request);
+  const claimed = await sequelize.query(
+    `INSERT INTO idempotency_keys (account_id, key, method, request_hash, response)
+     VALUES ($1, $2, $3, $4, 'null'::jsonb) ON CONFLICT (account_id, key) DO NOTHING RETURNING 1 AS claimed`,
+    { bind: [scope.accountId, scope.key, scope.method, hash], transaction: t, type: QueryTypes.SELECT },
+  );
+  if (claimed.length === 0) {
+    const [stored] = await sequelize.query<{ request_hash: string; response: unknown }>(
+      `SELECT request_hash, response FROM idempotency_keys WHERE account_id = $1 AND key = $2`,
+      { bind: [scope.accountId, scope.key], transaction: t, type: QueryTypes.SELECT },
+    );
+    if (!stored || stored.request_hash !== hash) {
+      throw new BillingError(
+        "already_exists",
+        Reason.IdempotencyKeyReused,
+        "idempotency_key was already used for a different request",
+        [],
+        { idempotency_key: scope.key },
+      );
+    }
+    return { result: decodeStored(stored.response) as T, replayed: true };
+  }
+  const result = await effect();
+  await sequelize.query(`UPDATE idempotency_keys SET response = $3::jsonb WHERE account_id = $1 AND key = $2`, {
+    bind: [scope.accountId, scope.key, encodeStored(result)],
+    transaction: t,
+  });
+  return { result, replayed: false };
+}
+
+/** Deletes keys older than the retention period; returns how many. */
+export async function purgeIdempotencyKeys(sequelize: Sequelize): Promise<number> {
+  const [, meta] = await sequelize.query(`DELETE FROM idempotency_keys WHERE created_at < now() - interval '${IDEMPOTENCY_RETENTION_HOURS} hours'`);
+  return (meta as { rowCount?: number })?.rowCount ?? 0;
+}
+
+function requestHash(method: string, request: unknown): string {
+  return createHash("sha256").update(method).update("\0").update(canonicalJson(request)).digest("hex");
+}
+
+/** JSON with sorted keys, bigint and Date made explicit, so equal requests hash equally. */
+function canonicalJson(value: unknown): string {
+  if (value === undefined || value === null) return "null";
+  if (typeof value === "bigint") return `{"$n":"${value}"}`;
+  if (value instanceof Date) return `{"$d":"${value.toISOString()}"}`;
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** Serialises a domain result for storage, keeping bigint and Date. */
+export function encodeStored(value: unknown): string {
+  return JSON.stringify(value, function (this: Record<string, unknown>, key: string, v: unknown) {
+    const original = this[key];
+    if (typeof original === "bigint") return { $n: original.toString() };
+    if (original instanceof Date) return { $d: original.toISOString() };
+    return v;
+  });
+}
+
+/** The inverse of encodeStored. */
+export function decodeStored(value: unknown): unknown {
+  return JSON.parse(JSON.stringify(value), (_k, v: unknown) => {
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      const o = v as Record<string, unknown>;
+      const keys = Object.keys(o);
+      if (keys.length === 1 && typeof o.$n === "string") return BigInt(o.$n);
+      if (keys.length === 1 && typeof o.$d === "string") return new Date(o.$d);
+    }
+    return v;
+  });
+}

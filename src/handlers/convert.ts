@@ -1,0 +1,91 @@
+/**
+ * Conversions between generated proto types and domain types that more than
+ * one handler uses. Handlers map; they hold no rules.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext } from "@connectrpc/connect";
+import { BalanceSchema, CreditTransactionSchema, CreditTransactionType, CreditUsageLogSchema, type Balance, type CreditTransaction, type CreditUsageLog } from "../../gen/billing/v1/credit_service_pb.js";
+import type { TransactionOptions } from "../db/transaction.js";
+import type { BalanceView, LedgerEntry, TransactionType, UsageLogEntry } from "../domain/credits/types.js";
+import { invalidField } from "../domain/errors.js";
+
+/** Transaction options carrying the caller's remaining deadline. */
+export function txOptions(ctx: HandlerContext): TransactionOptions {
+  const ms = ctx.timeoutMs();
+  return ms === undefined ? {} : { timeoutMs: ms };
+}
+
+/** A proto Timestamp, or undefined. */
+export function ts(date: Date | undefined | null): Timestamp | undefined {
+  return date ? timestampFromDate(date) : undefined;
+}
+
+/** A Date from an optional proto Timestamp. */
+export function dateOf(t: Timestamp | undefined): Date | undefined {
+  return t ? timestampDate(t) : undefined;
+}
+
+const TX_TYPES: [CreditTransactionType, TransactionType][] = [
+  [CreditTransactionType.PURCHASE, "purchase"],
+  [CreditTransactionType.SUBSCRIPTION, "subscription"],
+  [CreditTransactionType.REFUND, "refund"],
+  [CreditTransactionType.DEDUCTION, "deduction"],
+  [CreditTransactionType.ADJUSTMENT, "adjustment"],
+];
+
+/** The domain type of a proto transaction type; undefined for UNSPECIFIED. */
+export function txTypeFromProto(value: CreditTransactionType, field: string): TransactionType | undefined {
+  if (value === CreditTransactionType.UNSPECIFIED) return undefined;
+  const found = TX_TYPES.find(([p]) => p === value);
+  if (!found) throw invalidField(field, `unknown transaction type ${value}`);
+  return found[1];
+}
+
+/** The domain types of a repeated proto filter; UNSPECIFIED is rejected. */
+export function txTypesFromProto(values: CreditTransactionType[], field: string): TransactionType[] {
+  return values.map((v, i) => {
+    const t = txTypeFromProto(v, `${field}[${i}]`);
+    if (!t) throw invalidField(`${field}[${i}]`, "must not be UNSPECIFIED");
+    return t;
+  });
+}
+
+export function txTypeToProto(value: TransactionType): CreditTransactionType {
+  return TX_TYPES.find(([, d]) => d === value)![0];
+}
+
+export function balanceToProto(b: BalanceView): Balance {
+  return create(BalanceSchema, { accountId: b.accountId, balance: b.balance, reserved: b.reserved, available: b.available, updatedAt: ts(b.updatedAt) });
+}
+
+export function transactionToProto(t: LedgerEntry): CreditTransaction {
+  return create(CreditTransactionSchema, {
+    id: t.id,
+    accountId: t.accountId,
+    type: txTypeToProto(t.type),
+    amount: t.amount,
+    balanceAfter: t.balanceAfter,
+    description: t.description,
+    metadata: t.metadata as never,
+    paymentId: t.paymentId,
+    createdAt: ts(t.createdAt),
+  });
+}
+
+export function usageLogToProto(u: UsageLogEntry): CreditUsageLog {
+  return create(CreditUsageLogSchema, {
+    id: u.id,
+    accountId: u.accountId,
+    operationType: u.operationType,
+    creditsUsed: u.creditsUsed,
+    costUsd: u.costUsd,
+    modelUsed: u.modelUsed,
+    tokensInput: u.tokensInput,
+    tokensOutput: u.tokensOutput,
+    relatedObjectType: u.relatedObjectType,
+    relatedObjectId: u.relatedObjectId,
+    metadata: u.metadata as never,
+    createdAt: ts(u.createdAt),
+  });
+}

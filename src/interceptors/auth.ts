@@ -1,0 +1,39 @@
+/**
+ * Authentication and role checks for every RPC (see auth/policy.ts).
+ * Missing or unknown token: UNAUTHENTICATED; wrong role or another account:
+ * PERMISSION_DENIED. The principal is put in the context for handlers.
+ */
+import { createContextKey, type HandlerContext, type Interceptor } from "@connectrpc/connect";
+import type { ApiKeyRing, Principal } from "../auth/api-keys.js";
+import { accessOf, assertAccountAccess, assertRole } from "../auth/policy.js";
+import { BillingError, Reason } from "../domain/errors.js";
+
+const NOBODY: Principal = { role: "account", name: "anonymous", accountId: "\u0000" };
+
+/** The authenticated caller of the current RPC. */
+export const principalKey = createContextKey<Principal>(NOBODY, { description: "authenticated principal" });
+
+/** The caller of the RPC a handler is serving. */
+export function principalOf(ctx: HandlerContext): Principal {
+  return ctx.values.get(principalKey);
+}
+
+/** Creates the interceptor enforcing API keys and roles. */
+export function createAuthInterceptor(keys: ApiKeyRing): Interceptor {
+  return (next) => async (req) => {
+    const access = accessOf(req.service.typeName, req.method.name);
+    if (access === "open") return next(req);
+    const header = req.header.get("authorization") ?? "";
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!match) throw new BillingError("unauthenticated", Reason.Unauthenticated, "missing bearer token: send 'authorization: Bearer <token>'");
+    const principal = keys.lookup(match[1]!);
+    if (!principal) throw new BillingError("unauthenticated", Reason.Unauthenticated, "unknown API key");
+    assertRole(principal, access);
+    if ((access === "account" || access === "owner") && !req.stream) {
+      const accountId = (req.message as { accountId?: unknown }).accountId;
+      if (typeof accountId === "string") assertAccountAccess(principal, accountId);
+    }
+    req.contextValues.set(principalKey, principal);
+    return next(req);
+  };
+}

@@ -1,0 +1,50 @@
+/**
+ * Mounts the four billing services plus health and reflection. A pure
+ * function of its dependencies: the server only mounts what this returns.
+ */
+import type { DescFile } from "@bufbuild/protobuf";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { CreditService, file_billing_v1_credit_service } from "../gen/billing/v1/credit_service_pb.js";
+import { InvoiceService, file_billing_v1_invoice_service } from "../gen/billing/v1/invoice_service_pb.js";
+import { ModelConfigService, file_billing_v1_model_config_service } from "../gen/billing/v1/model_config_service_pb.js";
+import { PaymentService, file_billing_v1_payment_service } from "../gen/billing/v1/payment_service_pb.js";
+import * as reflection1 from "../gen/grpc/reflection/v1/reflection_pb.js";
+import * as reflectionAlpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { Health, file_health_v1_health } from "../gen/health/v1/health_pb.js";
+import type { CreditLedger } from "./domain/credits/ledger.js";
+import { createCreditServiceHandler } from "./handlers/credit-service.js";
+import { createHealthHandler } from "./handlers/health.js";
+import { createReflectionHandlers } from "./handlers/reflection.js";
+
+export interface RouteDependencies {
+  ledger: CreditLedger;
+  databaseIsUp: () => Promise<boolean>;
+}
+
+const SERVED_FILES: DescFile[] = [
+  file_billing_v1_credit_service,
+  file_billing_v1_invoice_service,
+  file_billing_v1_payment_service,
+  file_billing_v1_model_config_service,
+  file_health_v1_health,
+  reflection1.file_grpc_reflection_v1_reflection,
+  reflectionAlpha.file_grpc_reflection_v1alpha_reflection,
+];
+
+const SERVED_SERVICES = [CreditService, InvoiceService, PaymentService, ModelConfigService, Health, reflection1.ServerReflection, reflectionAlpha.ServerReflection].map(
+  (s) => s.typeName,
+);
+
+/** The routes of the whole API. RPCs without a handler answer UNIMPLEMENTED. */
+export function createRoutes(deps: RouteDependencies) {
+  const reflection = createReflectionHandlers(SERVED_FILES, SERVED_SERVICES);
+  return (router: ConnectRouter) => {
+    router.service(CreditService, createCreditServiceHandler(deps.ledger));
+    router.service(InvoiceService, {});
+    router.service(PaymentService, {});
+    router.service(ModelConfigService, {});
+    router.service(Health, createHealthHandler(deps.databaseIsUp));
+    router.service(reflection1.ServerReflection, reflection.v1);
+    router.service(reflectionAlpha.ServerReflection, reflection.v1alpha);
+  };
+}

@@ -1,0 +1,165 @@
+/**
+ * One port, three protocols.
+ *
+ * A plain TCP server peeks at each connection's first bytes: the HTTP/2
+ * preface goes to an h2c server (gRPC, and Connect/gRPC-Web over HTTP/2),
+ * anything else to an HTTP/1.1 server (Connect and gRPC-Web). Both use the
+ * same Connect adapter. Plain HTTP routes (webhooks) are served beside it.
+ *
+ * Shutdown: stop accepting, signal streaming handlers to end, let in-flight
+ * calls finish, then close what is left after a grace period.
+ */
+import { cors as connectCors, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { Logger } from "./logger.js";
+
+/** A plain HTTP route beside the RPCs (e.g. provider webhooks). */
+export type HttpRoute = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void | Promise<void>;
+
+export interface ServerOptions {
+  routes: (router: ConnectRouter) => void;
+  interceptors: Interceptor[];
+  /** Exact origins allowed by CORS; "*" allows any. */
+  corsOrigins: string[];
+  /** Plain HTTP routes by exact path (POST only). */
+  httpRoutes?: Record<string, HttpRoute>;
+  logger: Logger;
+}
+
+export interface BillingServer {
+  /** Starts listening; resolves with the bound port (useful with port 0). */
+  listen(port: number, host: string): Promise<number>;
+  /** Graceful shutdown: in-flight calls get up to `graceMs` to finish. */
+  close(graceMs?: number): Promise<void>;
+}
+
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** Builds the server; nothing listens until `listen`. */
+export function createBillingServer(options: ServerOptions): BillingServer {
+  const shutdown = new AbortController();
+  const { logger } = options;
+  const adapter = connectNodeAdapter({
+    routes: options.routes,
+    interceptors: options.interceptors,
+    shutdownSignal: shutdown.signal,
+    jsonOptions: { alwaysEmitImplicit: true, ignoreUnknownFields: true },
+    readMaxBytes: 4 * 1024 * 1024,
+    fallback: (_req, res) => notFound(res as http.ServerResponse),
+  });
+
+  const handle = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => {
+    if (!applyCors(req, res, options.corsOrigins)) return;
+    const path = (req.url ?? "/").split("?")[0]!;
+    const route = options.httpRoutes?.[path];
+    if (route) {
+      if (req.method !== "POST") {
+        res.writeHead(405, { allow: "POST", "content-type": "application/json" });
+        res.end(JSON.stringify({ error: "method not allowed" }));
+        return;
+      }
+      Promise.resolve(route(req, res)).catch((err: unknown) => {
+        logger.error("http route failed", { path, error: err instanceof Error ? err.message : String(err) });
+        if (!res.headersSent) res.writeHead(500, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: "internal error" }));
+      });
+      return;
+    }
+    adapter(req as never, res as never);
+  };
+
+  const h1 = http.createServer({ keepAliveTimeout: 5_000 }, handle);
+  const h2 = http2.createServer({}, handle);
+  const sockets = new Set<net.Socket>();
+  const sessions = new Set<http2.Http2Session>();
+  h2.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+
+  const tcp = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.once("error", () => socket.destroy());
+    // Wait for enough bytes to tell HTTP/2 from HTTP/1.
+    let head = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const n = Math.min(head.length, H2_PREFACE.length);
+      const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+      if (isH2 && head.length < H2_PREFACE.length) return; // need more bytes
+      socket.off("data", onData);
+      socket.pause();
+      socket.unshift(head);
+      if (isH2) {
+        // http2 reads what is already buffered on the next tick; resuming
+        // here would spill it as 'data' events nobody listens to.
+        h2.emit("connection", socket);
+      } else {
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    };
+    socket.on("data", onData);
+  });
+
+  return {
+    listen(port, host) {
+      return new Promise((resolve, reject) => {
+        tcp.once("error", reject);
+        tcp.listen(port, host, () => {
+          tcp.off("error", reject);
+          resolve((tcp.address() as net.AddressInfo).port);
+        });
+      });
+    },
+    async close(graceMs = 10_000) {
+      const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
+      shutdown.abort(); // ends server streams (WatchBalance, health Watch)
+      for (const session of sessions) session.close(); // GOAWAY: no new streams, running ones finish
+      h1.closeIdleConnections();
+      const deadline = Date.now() + graceMs;
+      while (sockets.size > 0 && Date.now() < deadline) {
+        h1.closeIdleConnections();
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      for (const socket of sockets) socket.destroy();
+      await closed;
+    },
+  };
+}
+
+function notFound(res: http.ServerResponse) {
+  res.writeHead(404, { "content-type": "application/json" });
+  res.end(JSON.stringify({ code: "not_found", message: "no such route" }));
+}
+
+/**
+ * Applies CORS for Connect-Web callers. Returns false when the request was a
+ * preflight and has been answered.
+ */
+function applyCors(req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse, origins: string[]): boolean {
+  const origin = req.headers.origin;
+  const allowed = typeof origin === "string" && (origins.includes("*") || origins.includes(origin));
+  if (allowed) {
+    res.setHeader("access-control-allow-origin", origins.includes("*") ? "*" : origin);
+    res.setHeader("vary", "Origin");
+    res.setHeader("access-control-expose-headers", [...connectCors.exposedHeaders].join(", "));
+  }
+  if (req.method === "OPTIONS" && req.headers["access-control-request-method"]) {
+    if (allowed) {
+      res.setHeader("access-control-allow-methods", [...connectCors.allowedMethods].join(", "));
+      res.setHeader("access-control-allow-headers", [...connectCors.allowedHeaders, "Authorization"].join(", "));
+      res.setHeader("access-control-max-age", "7200");
+      res.writeHead(204);
+    } else {
+      res.writeHead(403);
+    }
+    res.end();
+    return false;
+  }
+  return true;
+}
