@@ -13,6 +13,7 @@ import { cors as connectCors, type ConnectRouter, type Interceptor } from "@conn
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import http from "node:http";
 import http2 from "node:http2";
+import { setMaxListeners } from "node:events";
 import net from "node:net";
 import type { Logger } from "./logger.js";
 
@@ -41,6 +42,7 @@ const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 /** Builds the server; nothing listens until `listen`. */
 export function createBillingServer(options: ServerOptions): BillingServer {
   const shutdown = new AbortController();
+  setMaxListeners(0, shutdown.signal); // every in-flight call listens for shutdown
   const { logger } = options;
   const adapter = connectNodeAdapter({
     routes: options.routes,

@@ -15,6 +15,8 @@ export interface DatabaseOptions {
   logger?: Logger;
   /** Connection pool size (default 20). */
   poolMax?: number;
+  /** Shown in pg_stat_activity (default "billing"). */
+  applicationName?: string;
 }
 
 /** Creates the Sequelize instance with every model bound to it. */
@@ -25,7 +27,7 @@ export function createSequelize(options: DatabaseOptions): Sequelize {
     logging: false,
     benchmark: false,
     pool: { max: options.poolMax ?? 20, min: 0, idle: 10_000, acquire: 10_000, evict: 1_000 },
-    dialectOptions: { application_name: "billing", connectionTimeoutMillis: 5_000 },
+    dialectOptions: { application_name: options.applicationName ?? "billing", connectionTimeoutMillis: 5_000 },
     define: { underscored: true, timestamps: true, createdAt: "created_at", updatedAt: "updated_at" },
   });
   initModels(sequelize);

@@ -39,8 +39,9 @@ export function createHealthHandler(isUp: () => Promise<boolean>, watchIntervalM
           yield create(HealthCheckResponseSchema, { status: now });
         }
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, watchIntervalMs);
-          ctx.signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+          const onAbort = () => (clearTimeout(timer), resolve());
+          const timer = setTimeout(() => (ctx.signal.removeEventListener("abort", onAbort), resolve()), watchIntervalMs);
+          ctx.signal.addEventListener("abort", onAbort, { once: true });
         });
       }
     },

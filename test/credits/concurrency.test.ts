@@ -1,0 +1,66 @@
+/**
+ * Ledger invariants under racing callers: exactly the affordable deductions
+ * succeed, racing retries of one key have one effect, and afterwards the
+ * balance equals the sum of the ledger with every balance_after a running sum.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { expect } from "chai";
+import { CreditService, CreditTransactionType } from "../../gen/billing/v1/credit_service_pb.js";
+import { TOKENS, client, errorReason, harness, key, newAccount } from "../harness.js";
+import { assertLedgerConsistent } from "./ledger.test.js";
+
+describe("CreditService under concurrency", function () {
+  this.timeout(60_000);
+
+  it("100 racing deductions of 10 against 250 credits: exactly 25 succeed, over two protocols", async () => {
+    const account = newAccount("race");
+    const svcJson = client(CreditService, TOKENS.service, "connect-json-http1");
+    const svcGrpc = client(CreditService, TOKENS.service, "grpc-http2");
+    await svcJson.grantCredits({ accountId: account, amount: 250n, type: CreditTransactionType.PURCHASE, idempotencyKey: key() });
+    const results = await Promise.allSettled(
+      Array.from({ length: 100 }, (_, i) =>
+        (i % 2 ? svcJson : svcGrpc).deductCredits({ accountId: account, operationType: "clustering", usage: { credits: 10n }, idempotencyKey: key() }),
+      ),
+    );
+    const ok = results.filter((r) => r.status === "fulfilled");
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+    expect(ok.length).to.equal(25);
+    for (const f of failed) {
+      expect(f.reason).to.be.instanceOf(ConnectError);
+      expect((f.reason as ConnectError).code).to.equal(Code.FailedPrecondition);
+      expect(errorReason(f.reason as ConnectError)).to.equal("INSUFFICIENT_CREDITS");
+    }
+    expect(await assertLedgerConsistent(account)).to.equal(0n);
+  });
+
+  it("racing retries of one idempotency key charge once and all get the same answer", async () => {
+    const account = newAccount("retry");
+    const svc = client(CreditService, TOKENS.service);
+    await svc.grantCredits({ accountId: account, amount: 100n, type: CreditTransactionType.PURCHASE, idempotencyKey: key() });
+    const req = { accountId: account, operationType: "optimization", usage: { credits: 7n }, idempotencyKey: key() };
+    const results = await Promise.all(Array.from({ length: 20 }, () => svc.deductCredits(req)));
+    const ids = new Set(results.map((r) => r.transaction?.id));
+    expect(ids.size).to.equal(1);
+    expect(results.every((r) => r.balance?.balance === 93n)).to.equal(true);
+    expect(await assertLedgerConsistent(account)).to.equal(93n);
+  });
+
+  it("racing grants and deductions across many accounts keep every ledger consistent", async () => {
+    const accounts = Array.from({ length: 10 }, () => newAccount("mix"));
+    const svc = client(CreditService, TOKENS.service, "grpc-http2");
+    await Promise.all(accounts.map((a) => svc.grantCredits({ accountId: a, amount: 50n, type: CreditTransactionType.PURCHASE, idempotencyKey: key() })));
+    const calls = [];
+    for (let i = 0; i < 200; i++) {
+      const a = accounts[i % accounts.length]!;
+      calls.push(
+        i % 3 === 0
+          ? svc.grantCredits({ accountId: a, amount: 5n, type: CreditTransactionType.ADJUSTMENT, idempotencyKey: key() })
+          : svc.deductCredits({ accountId: a, operationType: "linking", usage: { credits: 4n }, idempotencyKey: key() }),
+      );
+    }
+    await Promise.allSettled(calls);
+    for (const a of accounts) await assertLedgerConsistent(a);
+    const [row] = (await harness().sequelize.query(`SELECT count(*)::int AS n FROM billing_accounts WHERE balance < 0`, { type: "SELECT" as never })) as unknown as { n: number }[];
+    expect(row!.n).to.equal(0);
+  });
+});
