@@ -12,12 +12,15 @@ import * as reflection1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as reflectionAlpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health, file_health_v1_health } from "../gen/health/v1/health_pb.js";
 import type { CreditLedger } from "./domain/credits/ledger.js";
+import type { ModelCatalogue } from "./domain/models/catalogue.js";
 import { createCreditServiceHandler } from "./handlers/credit-service.js";
 import { createHealthHandler } from "./handlers/health.js";
+import { createModelConfigServiceHandler } from "./handlers/model-config-service.js";
 import { createReflectionHandlers } from "./handlers/reflection.js";
 
 export interface RouteDependencies {
   ledger: CreditLedger;
+  catalogue: ModelCatalogue;
   databaseIsUp: () => Promise<boolean>;
 }
 
@@ -42,7 +45,7 @@ export function createRoutes(deps: RouteDependencies) {
     router.service(CreditService, createCreditServiceHandler(deps.ledger));
     router.service(InvoiceService, {});
     router.service(PaymentService, {});
-    router.service(ModelConfigService, {});
+    router.service(ModelConfigService, createModelConfigServiceHandler(deps.catalogue));
     router.service(Health, createHealthHandler(deps.databaseIsUp));
     router.service(reflection1.ServerReflection, reflection.v1);
     router.service(reflectionAlpha.ServerReflection, reflection.v1alpha);

@@ -36,6 +36,7 @@ export const Reason = {
   PriceMissing: "PRICE_MISSING",
   WrongModelType: "WRONG_MODEL_TYPE",
   ModelInactive: "MODEL_INACTIVE",
+  ModelIsDefault: "MODEL_IS_DEFAULT",
   Unauthenticated: "UNAUTHENTICATED",
   PermissionDenied: "PERMISSION_DENIED",
   DatabaseUnavailable: "DATABASE_UNAVAILABLE",

@@ -3,12 +3,48 @@
  * one handler uses. Handlers map; they hold no rules.
  */
 import { create } from "@bufbuild/protobuf";
+import { AuditEntrySchema, type AuditEntry } from "../../gen/billing/v1/common_pb.js";
+import { DateSchema, type Date as ProtoDate } from "../../gen/google/type/date_pb.js";
+import type { AuditRecord } from "../domain/audit.js";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext } from "@connectrpc/connect";
 import { BalanceSchema, CreditTransactionSchema, CreditTransactionType, CreditUsageLogSchema, type Balance, type CreditTransaction, type CreditUsageLog } from "../../gen/billing/v1/credit_service_pb.js";
 import type { TransactionOptions } from "../db/transaction.js";
 import type { BalanceView, LedgerEntry, TransactionType, UsageLogEntry } from "../domain/credits/types.js";
 import { invalidField } from "../domain/errors.js";
+
+/** The domain value of a proto enum; undefined for 0 (UNSPECIFIED); INVALID_ARGUMENT for unknown numbers. */
+export function enumFromProto<P extends number, D>(table: [P, D][], value: P, field: string): D | undefined {
+  if (value === 0) return undefined;
+  const found = table.find(([p]) => p === value);
+  if (!found) throw invalidField(field, `unknown enum value ${value}`);
+  return found[1];
+}
+
+/** The proto enum of a domain value. */
+export function enumToProto<P extends number, D>(table: [P, D][], value: D): P {
+  const found = table.find(([, d]) => d === value);
+  if (!found) throw new Error(`no proto enum for ${String(value)}`);
+  return found[0];
+}
+
+/** A google.type.Date for "YYYY-MM-DD"; unset for "". */
+export function calendarDateToProto(iso: string): ProtoDate | undefined {
+  if (!iso) return undefined;
+  return create(DateSchema, { year: Number(iso.slice(0, 4)), month: Number(iso.slice(5, 7)), day: Number(iso.slice(8, 10)) });
+}
+
+/** An audit record as an AuditEntry. */
+export function auditToProto(r: AuditRecord): AuditEntry {
+  return create(AuditEntrySchema, {
+    id: r.id,
+    action: r.action,
+    actor: r.actor,
+    before: (r.before ?? undefined) as never,
+    after: (r.after ?? undefined) as never,
+    createdAt: ts(r.createdAt),
+  });
+}
 
 /** Transaction options carrying the caller's remaining deadline. */
 export function txOptions(ctx: HandlerContext): TransactionOptions {

@@ -40,21 +40,22 @@ export class AIModelConfigHistory extends Model<InferAttributes<AIModelConfigHis
   declare created_at: CreationOptional<Date>;
 }
 
-export function initAIModelModels(sequelize: Sequelize): void {
-  const now = { type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW };
-  const price = { type: DataTypes.DECIMAL(10, 4), allowNull: true };
+export function initAIModelModels(sequelize: Sequelize) {
+  const now = () => ({ type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW });
+  const price = () => ({ type: DataTypes.DECIMAL(10, 4), allowNull: true });
   const flag = (def: boolean) => ({ type: DataTypes.BOOLEAN, allowNull: false, defaultValue: def });
-  AIModelConfig.init(
+  const AIModelConfigBound = class extends AIModelConfig {};
+  AIModelConfigBound.init(
     {
       model_name: { type: DataTypes.STRING(255), primaryKey: true },
       display_name: { type: DataTypes.STRING(255), allowNull: false },
       model_type: { type: DataTypes.STRING(20), allowNull: false },
       provider: { type: DataTypes.STRING(50), allowNull: false },
-      input_cost_per_1m: price,
-      output_cost_per_1m: price,
+      input_cost_per_1m: price(),
+      output_cost_per_1m: price(),
       context_window: { type: DataTypes.INTEGER, allowNull: true },
       max_output_tokens: { type: DataTypes.INTEGER, allowNull: true },
-      cost_per_image: price,
+      cost_per_image: price(),
       valid_sizes: { type: DataTypes.JSONB, allowNull: true },
       supports_json_mode: flag(false),
       supports_vision: flag(false),
@@ -66,12 +67,13 @@ export function initAIModelModels(sequelize: Sequelize): void {
       release_date: { type: DataTypes.DATEONLY, allowNull: true },
       deprecation_date: { type: DataTypes.DATEONLY, allowNull: true },
       updated_by: { type: DataTypes.STRING(255), allowNull: true },
-      created_at: now,
-      updated_at: now,
+      created_at: now(),
+      updated_at: now(),
     },
     { sequelize, tableName: "ai_model_configs" },
   );
-  AIModelConfigHistory.init(
+  const AIModelConfigHistoryBound = class extends AIModelConfigHistory {};
+  AIModelConfigHistoryBound.init(
     {
       id: { type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true },
       model_name: { type: DataTypes.STRING(255), allowNull: false },
@@ -79,8 +81,9 @@ export function initAIModelModels(sequelize: Sequelize): void {
       actor: { type: DataTypes.STRING(255), allowNull: false },
       before: { type: DataTypes.JSONB, allowNull: true },
       after: { type: DataTypes.JSONB, allowNull: true },
-      created_at: now,
+      created_at: now(),
     },
     { sequelize, tableName: "ai_model_config_history", updatedAt: false },
   );
+  return { AIModelConfig: AIModelConfigBound, AIModelConfigHistory: AIModelConfigHistoryBound };
 }

@@ -92,17 +92,18 @@ export class WebhookEvent extends Model<InferAttributes<WebhookEvent>, InferCrea
   declare received_at: CreationOptional<Date>;
 }
 
-export function initInvoicingModels(sequelize: Sequelize): void {
-  const accountId = { type: DataTypes.STRING(255), primaryKey: true, allowNull: false };
-  const uuidKey = { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 };
-  const now = { type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW };
+export function initInvoicingModels(sequelize: Sequelize) {
+  const accountId = () => ({ type: DataTypes.STRING(255), primaryKey: true, allowNull: false });
+  const uuidKey = () => ({ type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 });
+  const now = () => ({ type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW });
   const optional = (type: DataTypes.DataType) => ({ type, allowNull: true });
   const text = (type: DataTypes.DataType = DataTypes.TEXT) => ({ type, allowNull: false, defaultValue: "" });
   const money = (def = "0") => ({ type: DataTypes.DECIMAL(10, 2), allowNull: false, defaultValue: def });
-  Invoice.init(
+  const InvoiceBound = class extends Invoice {};
+  InvoiceBound.init(
     {
-      account_id: accountId,
-      id: uuidKey,
+      account_id: accountId(),
+      id: uuidKey(),
       invoice_number: optional(DataTypes.STRING(50)),
       subscription_id: optional(DataTypes.STRING(255)),
       subtotal: money(),
@@ -123,19 +124,21 @@ export function initInvoicingModels(sequelize: Sequelize): void {
       credit_package_id: optional(DataTypes.UUID),
       credit_package_slug: optional(DataTypes.STRING(255)),
       credit_package_credits: optional(DataTypes.BIGINT),
-      created_at: now,
-      updated_at: now,
+      created_at: now(),
+      updated_at: now(),
     },
     { sequelize, tableName: "invoices" },
   );
-  InvoiceNumberSequence.init(
+  const InvoiceNumberSequenceBound = class extends InvoiceNumberSequence {};
+  InvoiceNumberSequenceBound.init(
     { period: { type: DataTypes.CHAR(6), primaryKey: true }, last_value: { type: DataTypes.INTEGER, allowNull: false } },
     { sequelize, tableName: "invoice_number_sequences", timestamps: false },
   );
-  Payment.init(
+  const PaymentBound = class extends Payment {};
+  PaymentBound.init(
     {
-      account_id: accountId,
-      id: uuidKey,
+      account_id: accountId(),
+      id: uuidKey(),
       invoice_id: { type: DataTypes.UUID, allowNull: false },
       amount: { type: DataTypes.DECIMAL(10, 2), allowNull: false },
       currency: { type: DataTypes.CHAR(3), allowNull: false, defaultValue: "USD" },
@@ -158,14 +161,15 @@ export function initInvoicingModels(sequelize: Sequelize): void {
       credits_granted: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
       credits_revoked: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
       credits_shortfall: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
-      created_at: now,
-      updated_at: now,
+      created_at: now(),
+      updated_at: now(),
     },
     { sequelize, tableName: "payments" },
   );
-  PaymentHistory.init(
+  const PaymentHistoryBound = class extends PaymentHistory {};
+  PaymentHistoryBound.init(
     {
-      account_id: accountId,
+      account_id: accountId(),
       id: { type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true },
       payment_id: { type: DataTypes.UUID, allowNull: false },
       from_status: optional(DataTypes.STRING(20)),
@@ -173,11 +177,12 @@ export function initInvoicingModels(sequelize: Sequelize): void {
       actor: { type: DataTypes.STRING(255), allowNull: false },
       note: text(),
       snapshot: { type: DataTypes.JSONB, allowNull: false },
-      created_at: now,
+      created_at: now(),
     },
     { sequelize, tableName: "payment_history", updatedAt: false },
   );
-  WebhookEvent.init(
+  const WebhookEventBound = class extends WebhookEvent {};
+  WebhookEventBound.init(
     {
       provider: { type: DataTypes.STRING(20), primaryKey: true },
       event_id: { type: DataTypes.STRING(255), primaryKey: true },
@@ -185,8 +190,9 @@ export function initInvoicingModels(sequelize: Sequelize): void {
       outcome: { type: DataTypes.STRING(50), allowNull: false },
       detail: text(),
       payload: optional(DataTypes.JSONB),
-      received_at: now,
+      received_at: now(),
     },
     { sequelize, tableName: "webhook_events", timestamps: false },
   );
+  return { Invoice: InvoiceBound, InvoiceNumberSequence: InvoiceNumberSequenceBound, Payment: PaymentBound, PaymentHistory: PaymentHistoryBound, WebhookEvent: WebhookEventBound };
 }

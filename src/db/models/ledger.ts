@@ -67,23 +67,25 @@ export class IdempotencyKey extends Model<InferAttributes<IdempotencyKey>, Infer
   declare created_at: CreationOptional<Date>;
 }
 
-export function initLedgerModels(sequelize: Sequelize): void {
-  const accountId = { type: DataTypes.STRING(255), primaryKey: true, allowNull: false };
-  const identity = { type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true };
-  const createdAt = { type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW };
-  BillingAccount.init(
+export function initLedgerModels(sequelize: Sequelize) {
+  const accountId = () => ({ type: DataTypes.STRING(255), primaryKey: true, allowNull: false });
+  const identity = () => ({ type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true });
+  const createdAt = () => ({ type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW });
+  const BillingAccountBound = class extends BillingAccount {};
+  BillingAccountBound.init(
     {
-      account_id: accountId,
+      account_id: accountId(),
       balance: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
-      created_at: createdAt,
-      updated_at: createdAt,
+      created_at: createdAt(),
+      updated_at: createdAt(),
     },
     { sequelize, tableName: "billing_accounts" },
   );
-  CreditTransaction.init(
+  const CreditTransactionBound = class extends CreditTransaction {};
+  CreditTransactionBound.init(
     {
-      account_id: accountId,
-      id: identity,
+      account_id: accountId(),
+      id: identity(),
       type: { type: DataTypes.STRING(20), allowNull: false },
       amount: { type: DataTypes.BIGINT, allowNull: false },
       balance_after: { type: DataTypes.BIGINT, allowNull: false },
@@ -91,14 +93,15 @@ export function initLedgerModels(sequelize: Sequelize): void {
       metadata: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
       payment_id: { type: DataTypes.UUID, allowNull: true },
       reference_id: { type: DataTypes.STRING(255), allowNull: false, defaultValue: "" },
-      created_at: createdAt,
+      created_at: createdAt(),
     },
     { sequelize, tableName: "credit_transactions", updatedAt: false },
   );
-  CreditUsageLog.init(
+  const CreditUsageLogBound = class extends CreditUsageLog {};
+  CreditUsageLogBound.init(
     {
-      account_id: accountId,
-      id: identity,
+      account_id: accountId(),
+      id: identity(),
       transaction_id: { type: DataTypes.BIGINT, allowNull: true },
       operation_type: { type: DataTypes.STRING(50), allowNull: false },
       credits_used: { type: DataTypes.BIGINT, allowNull: false },
@@ -109,33 +112,36 @@ export function initLedgerModels(sequelize: Sequelize): void {
       related_object_type: { type: DataTypes.STRING(255), allowNull: false, defaultValue: "" },
       related_object_id: { type: DataTypes.STRING(255), allowNull: false, defaultValue: "" },
       metadata: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
-      created_at: createdAt,
+      created_at: createdAt(),
     },
     { sequelize, tableName: "credit_usage_logs", updatedAt: false },
   );
-  CreditReservation.init(
+  const CreditReservationBound = class extends CreditReservation {};
+  CreditReservationBound.init(
     {
-      account_id: accountId,
+      account_id: accountId(),
       id: { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 },
       operation_type: { type: DataTypes.STRING(50), allowNull: false },
       credits: { type: DataTypes.BIGINT, allowNull: false },
       status: { type: DataTypes.STRING(20), allowNull: false, defaultValue: "active" },
       credits_committed: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
       expires_at: { type: DataTypes.DATE, allowNull: false },
-      created_at: createdAt,
+      created_at: createdAt(),
       settled_at: { type: DataTypes.DATE, allowNull: true },
     },
     { sequelize, tableName: "credit_reservations", updatedAt: false },
   );
-  IdempotencyKey.init(
+  const IdempotencyKeyBound = class extends IdempotencyKey {};
+  IdempotencyKeyBound.init(
     {
-      account_id: accountId,
+      account_id: accountId(),
       key: { type: DataTypes.STRING(255), primaryKey: true },
       method: { type: DataTypes.STRING(100), allowNull: false },
       request_hash: { type: DataTypes.CHAR(64), allowNull: false },
       response: { type: DataTypes.JSONB, allowNull: false },
-      created_at: createdAt,
+      created_at: createdAt(),
     },
     { sequelize, tableName: "idempotency_keys", updatedAt: false },
   );
+  return { BillingAccount: BillingAccountBound, CreditTransaction: CreditTransactionBound, CreditUsageLog: CreditUsageLogBound, CreditReservation: CreditReservationBound, IdempotencyKey: IdempotencyKeyBound };
 }

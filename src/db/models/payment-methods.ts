@@ -43,12 +43,13 @@ export class AccountPaymentMethod extends Model<InferAttributes<AccountPaymentMe
   declare updated_at: CreationOptional<Date>;
 }
 
-export function initPaymentMethodModels(sequelize: Sequelize): void {
-  const now = { type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW };
+export function initPaymentMethodModels(sequelize: Sequelize) {
+  const now = () => ({ type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW });
   const text = (type: DataTypes.DataType = DataTypes.STRING(255)) => ({ type, allowNull: false, defaultValue: "" });
-  const secret = { type: DataTypes.TEXT, allowNull: true };
+  const secret = () => ({ type: DataTypes.TEXT, allowNull: true });
   const flag = (def: boolean) => ({ type: DataTypes.BOOLEAN, allowNull: false, defaultValue: def });
-  PaymentMethodConfig.init(
+  const PaymentMethodConfigBound = class extends PaymentMethodConfig {};
+  PaymentMethodConfigBound.init(
     {
       id: { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 },
       country_code: { type: DataTypes.CHAR(2), allowNull: false },
@@ -63,16 +64,17 @@ export function initPaymentMethodModels(sequelize: Sequelize): void {
       wallet_type: text(),
       wallet_id: text(),
       webhook_url: text(DataTypes.TEXT),
-      webhook_secret_enc: secret,
-      api_key_enc: secret,
-      api_secret_enc: secret,
+      webhook_secret_enc: secret(),
+      api_key_enc: secret(),
+      api_secret_enc: secret(),
       sort_order: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 0 },
-      created_at: now,
-      updated_at: now,
+      created_at: now(),
+      updated_at: now(),
     },
     { sequelize, tableName: "payment_method_configs" },
   );
-  AccountPaymentMethod.init(
+  const AccountPaymentMethodBound = class extends AccountPaymentMethod {};
+  AccountPaymentMethodBound.init(
     {
       account_id: { type: DataTypes.STRING(255), primaryKey: true },
       id: { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 },
@@ -84,9 +86,10 @@ export function initPaymentMethodModels(sequelize: Sequelize): void {
       country_code: text(DataTypes.STRING(2)),
       instructions: text(DataTypes.TEXT),
       metadata: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
-      created_at: now,
-      updated_at: now,
+      created_at: now(),
+      updated_at: now(),
     },
     { sequelize, tableName: "account_payment_methods" },
   );
+  return { PaymentMethodConfig: PaymentMethodConfigBound, AccountPaymentMethod: AccountPaymentMethodBound };
 }

@@ -76,17 +76,18 @@ export class CreditPackage extends Model<InferAttributes<CreditPackage>, InferCr
   declare updated_at: CreationOptional<Date>;
 }
 
-export function initPricingModels(sequelize: Sequelize): void {
-  const createdAt = { type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW };
+export function initPricingModels(sequelize: Sequelize) {
+  const createdAt = () => ({ type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW });
   const history = {
     id: { type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true },
     action: { type: DataTypes.STRING(50), allowNull: false },
     actor: { type: DataTypes.STRING(255), allowNull: false },
     before: { type: DataTypes.JSONB, allowNull: true },
     after: { type: DataTypes.JSONB, allowNull: true },
-    created_at: createdAt,
+    created_at: createdAt(),
   };
-  CreditCostConfig.init(
+  const CreditCostConfigBound = class extends CreditCostConfig {};
+  CreditCostConfigBound.init(
     {
       operation_type: { type: DataTypes.STRING(50), primaryKey: true },
       tokens_per_credit: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 100 },
@@ -97,16 +98,18 @@ export function initPricingModels(sequelize: Sequelize): void {
       is_active: { type: DataTypes.BOOLEAN, allowNull: false, defaultValue: true },
       previous_tokens_per_credit: { type: DataTypes.INTEGER, allowNull: true },
       updated_by: { type: DataTypes.STRING(255), allowNull: true },
-      created_at: createdAt,
-      updated_at: createdAt,
+      created_at: createdAt(),
+      updated_at: createdAt(),
     },
     { sequelize, tableName: "credit_cost_configs" },
   );
-  CreditCostConfigHistory.init(
+  const CreditCostConfigHistoryBound = class extends CreditCostConfigHistory {};
+  CreditCostConfigHistoryBound.init(
     { ...history, operation_type: { type: DataTypes.STRING(50), allowNull: false } },
     { sequelize, tableName: "credit_cost_config_history", updatedAt: false },
   );
-  BillingConfiguration.init(
+  const BillingConfigurationBound = class extends BillingConfiguration {};
+  BillingConfigurationBound.init(
     {
       id: { type: DataTypes.SMALLINT, primaryKey: true, defaultValue: 1 },
       default_tokens_per_credit: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 100 },
@@ -114,11 +117,12 @@ export function initPricingModels(sequelize: Sequelize): void {
       enable_token_based_reporting: { type: DataTypes.BOOLEAN, allowNull: false, defaultValue: true },
       credit_rounding_mode: { type: DataTypes.STRING(10), allowNull: false, defaultValue: "up" },
       updated_by: { type: DataTypes.STRING(255), allowNull: true },
-      updated_at: createdAt,
+      updated_at: createdAt(),
     },
     { sequelize, tableName: "billing_configuration", createdAt: false },
   );
-  PlanLimitUsage.init(
+  const PlanLimitUsageBound = class extends PlanLimitUsage {};
+  PlanLimitUsageBound.init(
     {
       account_id: { type: DataTypes.STRING(255), primaryKey: true },
       id: { type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true },
@@ -128,12 +132,13 @@ export function initPricingModels(sequelize: Sequelize): void {
       period_start: { type: DataTypes.DATEONLY, allowNull: false },
       period_end: { type: DataTypes.DATEONLY, allowNull: false },
       metadata: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
-      created_at: createdAt,
-      updated_at: createdAt,
+      created_at: createdAt(),
+      updated_at: createdAt(),
     },
     { sequelize, tableName: "plan_limit_usage" },
   );
-  CreditPackage.init(
+  const CreditPackageBound = class extends CreditPackage {};
+  CreditPackageBound.init(
     {
       id: { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 },
       name: { type: DataTypes.STRING(255), allowNull: false },
@@ -150,9 +155,10 @@ export function initPricingModels(sequelize: Sequelize): void {
       description: { type: DataTypes.TEXT, allowNull: false, defaultValue: "" },
       features: { type: DataTypes.JSONB, allowNull: false, defaultValue: [] },
       sort_order: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 0 },
-      created_at: createdAt,
-      updated_at: createdAt,
+      created_at: createdAt(),
+      updated_at: createdAt(),
     },
     { sequelize, tableName: "credit_packages" },
   );
+  return { CreditCostConfig: CreditCostConfigBound, CreditCostConfigHistory: CreditCostConfigHistoryBound, BillingConfiguration: BillingConfigurationBound, PlanLimitUsage: PlanLimitUsageBound, CreditPackage: CreditPackageBound };
 }

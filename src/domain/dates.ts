@@ -1,0 +1,36 @@
+/**
+ * Calendar dates (google.type.Date on the wire, DATE in SQL, "YYYY-MM-DD"
+ * in the domain). Only full dates are accepted.
+ */
+import { invalidField } from "./errors.js";
+
+/** A google.type.Date-shaped value. */
+export interface CalendarDate {
+  year: number;
+  month: number;
+  day: number;
+}
+
+/** "YYYY-MM-DD" for a full, real date; undefined for an unset date; INVALID_ARGUMENT otherwise. */
+export function parseCalendarDate(value: CalendarDate | undefined, field: string): string | undefined {
+  if (!value) return undefined;
+  const { year, month, day } = value;
+  if (year === 0 && month === 0 && day === 0) return undefined;
+  const valid =
+    Number.isInteger(year) && year >= 1 && year <= 9999 &&
+    Number.isInteger(month) && month >= 1 && month <= 12 &&
+    Number.isInteger(day) && day >= 1 && day <= new Date(Date.UTC(year, month, 0)).getUTCDate();
+  if (!valid) throw invalidField(field, "must be a full calendar date (year 1-9999, month 1-12, a day of that month)");
+  return `${String(year).padStart(4, "0")}-${String(month).padStart(2, "0")}-${String(day).padStart(2, "0")}`;
+}
+
+/** The parts of a "YYYY-MM-DD" string. */
+export function calendarDateOf(iso: string): CalendarDate {
+  const [y, m, d] = iso.split("-").map(Number);
+  return { year: y!, month: m!, day: d! };
+}
+
+/** Today's date in UTC as "YYYY-MM-DD". */
+export function todayUtc(now = new Date()): string {
+  return now.toISOString().slice(0, 10);
+}

@@ -1,0 +1,499 @@
+/**
+ * The AI model catalogue (seed: AIModelConfig): prices and capabilities of
+ * text, image and embedding models, with a history of every change.
+ *
+ * Rules:
+ * - A text model has both per-1M token prices; an image model has a
+ *   per-image price; prices are scale-4 decimals >= 0.0001.
+ * - At most one default per model type, enforced by a unique partial index;
+ *   changes of the default serialise on a per-type advisory lock so racing
+ *   SetDefaultModel calls end with exactly one default (the last one wins).
+ * - A default model is active: an inactive model cannot become the default,
+ *   and the default cannot be deactivated while it is the default.
+ * - Costs are exact decimal arithmetic, answered with scale 4, half-up.
+ */
+import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { modelsOf, type AIModelConfig } from "../../db/models/index.js";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { Dec, PRICE, formatMoney, formatOptionalMoney, parseMoney } from "../../money.js";
+import { AuditTrail, type AuditRecord, type JsonObject } from "../audit.js";
+import { parseCalendarDate, type CalendarDate } from "../dates.js";
+import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
+import { maskField } from "../field-mask.js";
+import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { MAX_TEXT, checkText, requireId } from "../validation.js";
+
+export const MODEL_TYPES = ["text", "image", "embedding"] as const;
+export type ModelType = (typeof MODEL_TYPES)[number];
+export const PROVIDERS = ["openai", "anthropic", "runware", "google"] as const;
+export type Provider = (typeof PROVIDERS)[number];
+
+/** A model as stored. Prices are scale-4 decimal strings, "" when unset. */
+export interface ModelRecord {
+  modelName: string;
+  displayName: string;
+  modelType: ModelType;
+  provider: Provider;
+  inputCostPer1m: string;
+  outputCostPer1m: string;
+  contextWindow: number;
+  maxOutputTokens: number;
+  costPerImage: string;
+  validSizes: string[];
+  supportsJsonMode: boolean;
+  supportsVision: boolean;
+  supportsFunctionCalling: boolean;
+  isActive: boolean;
+  isDefault: boolean;
+  sortOrder: number;
+  description: string;
+  releaseDate: string;
+  deprecationDate: string;
+  updatedBy: string;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** A model as given by a caller (wire decimals, calendar dates). */
+export interface ModelInput {
+  modelName: string;
+  displayName: string;
+  modelType: ModelType | undefined;
+  provider: Provider | undefined;
+  inputCostPer1m: string;
+  outputCostPer1m: string;
+  contextWindow: bigint;
+  maxOutputTokens: bigint;
+  costPerImage: string;
+  validSizes: string[];
+  supportsJsonMode: boolean;
+  supportsVision: boolean;
+  supportsFunctionCalling: boolean;
+  isActive: boolean;
+  isDefault: boolean;
+  sortOrder: number;
+  description: string;
+  releaseDate: CalendarDate | undefined;
+  deprecationDate: CalendarDate | undefined;
+}
+
+/** Fields an update mask may name. */
+export const UPDATABLE_FIELDS = [
+  "display_name",
+  "model_type",
+  "provider",
+  "input_cost_per_1m",
+  "output_cost_per_1m",
+  "context_window",
+  "max_output_tokens",
+  "cost_per_image",
+  "valid_sizes",
+  "supports_json_mode",
+  "supports_vision",
+  "supports_function_calling",
+  "is_active",
+  "is_default",
+  "sort_order",
+  "description",
+  "release_date",
+  "deprecation_date",
+] as const;
+type UpdatableField = (typeof UPDATABLE_FIELDS)[number];
+
+const INPUT_KEY: Record<UpdatableField, keyof ModelInput> = {
+  display_name: "displayName",
+  model_type: "modelType",
+  provider: "provider",
+  input_cost_per_1m: "inputCostPer1m",
+  output_cost_per_1m: "outputCostPer1m",
+  context_window: "contextWindow",
+  max_output_tokens: "maxOutputTokens",
+  cost_per_image: "costPerImage",
+  valid_sizes: "validSizes",
+  supports_json_mode: "supportsJsonMode",
+  supports_vision: "supportsVision",
+  supports_function_calling: "supportsFunctionCalling",
+  is_active: "isActive",
+  is_default: "isDefault",
+  sort_order: "sortOrder",
+  description: "description",
+  release_date: "releaseDate",
+  deprecation_date: "deprecationDate",
+};
+
+export interface ListModelsInput {
+  modelType?: ModelType;
+  provider?: Provider;
+  activeOnly: boolean;
+  pageSize: number;
+  pageToken: string;
+}
+
+export interface CostInput {
+  modelName: string;
+  tokensInput: bigint;
+  tokensOutput: bigint;
+  imageCount: bigint;
+  size: string;
+}
+
+const INT32_MAX = 2_147_483_647n;
+const SIZE_RE = /^[1-9]\d{0,4}x[1-9]\d{0,4}$/;
+const MODEL_NAME_RE = /^[^\s\u0000-\u001f\u007f]+$/;
+
+/** Column values of a validated model. */
+type ModelRow = Omit<ModelRecord, "updatedBy" | "createdAt" | "updatedAt">;
+
+/** The model catalogue service. */
+export class ModelCatalogue {
+  readonly history: AuditTrail;
+  private readonly models: typeof AIModelConfig;
+
+  constructor(private readonly sequelize: Sequelize) {
+    this.history = new AuditTrail(sequelize, "ai_model_config_history", "model_name");
+    this.models = modelsOf(sequelize).AIModelConfig;
+  }
+
+  /** Adds a model; with is_default it becomes its type's only default. */
+  async create(input: ModelInput, actor: string, options: TransactionOptions = {}): Promise<ModelRecord> {
+    const row = validateModel(input);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        if (row.isDefault) await this.clearDefault(t, row.modelType);
+        const existing = await this.models.findByPk(row.modelName, { transaction: t });
+        if (existing) {
+          throw new BillingError("already_exists", Reason.AlreadyExists, `model ${JSON.stringify(row.modelName)} already exists`, [], { model_name: row.modelName });
+        }
+        const created = await this.models.create({ ...toColumns(row), updated_by: actor }, { transaction: t });
+        const record = fromColumns(created);
+        await this.history.record(t, record.modelName, "create", actor, null, auditView(record));
+        return record;
+      },
+      options,
+    );
+  }
+
+  /** One model by name, or NOT_FOUND. */
+  async get(modelName: string): Promise<ModelRecord> {
+    requireId(modelName, "model_name");
+    const row = await this.models.findByPk(modelName);
+    if (!row) throw notFound("model", modelName);
+    return fromColumns(row);
+  }
+
+  /** Models ordered by type, sort order and name (the seed's ordering), keyset-paginated. */
+  async list(input: ListModelsInput): Promise<{ models: ModelRecord[]; nextPageToken: string }> {
+    const size = pageSize(input.pageSize);
+    const filters = { t: input.modelType ?? "", p: input.provider ?? "", a: input.activeOnly };
+    const after = decodePageToken(input.pageToken, "models", filters);
+    const where: string[] = [];
+    const bind: unknown[] = [];
+    if (input.modelType) where.push(`model_type = $${bind.push(input.modelType)}`);
+    if (input.provider) where.push(`provider = $${bind.push(input.provider)}`);
+    if (input.activeOnly) where.push("is_active");
+    if (after) {
+      const [type, order, name] = after;
+      if (typeof type !== "string" || typeof order !== "number" || typeof name !== "string") throw invalidField("page_token", "is not a valid page token for this request");
+      where.push(`(model_type, sort_order, model_name) > ($${bind.push(type)}, $${bind.push(order)}, $${bind.push(name)})`);
+    }
+    const rows = await this.sequelize.query<Record<string, unknown>>(
+      `SELECT * FROM ai_model_configs ${where.length ? "WHERE " + where.join(" AND ") : ""}
+       ORDER BY model_type, sort_order, model_name LIMIT $${bind.push(size + 1)}`,
+      { bind, type: QueryTypes.SELECT },
+    );
+    const models = rows.map((r) => fromColumns(this.models.build(r as never, { raw: true, isNewRecord: false })));
+    const page = pageOf(models, size, (m) => [m.modelType, m.sortOrder, m.modelName], "models", filters);
+    return { models: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  /**
+   * Changes the fields named by `paths` (proto field names); an empty mask
+   * means every field the caller set to a non-default value (AIP-134).
+   */
+  async update(input: ModelInput, paths: string[], actor: string, options: TransactionOptions = {}): Promise<ModelRecord> {
+    requireId(input.modelName, "model_config.model_name");
+    const fields = resolveMask(paths, input);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const current = await this.lockForChange(t, input.modelName);
+        const before = fromColumns(current);
+        const merged: ModelInput = { ...inputOf(before) };
+        for (const f of fields) (merged as unknown as Record<string, unknown>)[INPUT_KEY[f]] = input[INPUT_KEY[f]];
+        if (before.isDefault && merged.isDefault && !merged.isActive && !fields.includes("is_default")) {
+          throw failedPrecondition(Reason.ModelIsDefault, `model ${JSON.stringify(before.modelName)} is the default ${before.modelType} model: make another model the default before deactivating it`);
+        }
+        const row = validateModel(merged);
+        if (row.isDefault && (!before.isDefault || row.modelType !== before.modelType)) await this.clearDefault(t, row.modelType, before.modelName);
+        await current.update({ ...toColumns(row), updated_by: actor, updated_at: new Date() }, { transaction: t });
+        const after = fromColumns(current);
+        await this.history.record(t, after.modelName, "update", actor, auditView(before), auditView(after));
+        return after;
+      },
+      options,
+    );
+  }
+
+  /** Makes an active model the only default of its type. */
+  async setDefault(modelName: string, actor: string, options: TransactionOptions = {}): Promise<ModelRecord> {
+    requireId(modelName, "model_name");
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const probe = await this.models.findByPk(modelName, { transaction: t });
+        if (!probe) throw notFound("model", modelName);
+        await this.lockType(t, probe.model_type as ModelType);
+        const current = await this.lockForChange(t, modelName);
+        const before = fromColumns(current);
+        if (!before.isActive) throw failedPrecondition(Reason.ModelInactive, `model ${JSON.stringify(modelName)} is inactive and cannot be the default`);
+        if (before.isDefault) return before;
+        await this.clearDefault(t, before.modelType, modelName);
+        await current.update({ is_default: true, updated_by: actor, updated_at: new Date() }, { transaction: t });
+        const after = fromColumns(current);
+        await this.history.record(t, modelName, "set_default", actor, auditView(before), auditView(after));
+        return after;
+      },
+      options,
+    );
+  }
+
+  /** The default model of a type, or NOT_FOUND. */
+  async getDefault(modelType: ModelType | undefined): Promise<ModelRecord> {
+    if (!modelType) throw invalidField("model_type", "is required");
+    const row = await this.models.findOne({ where: { model_type: modelType, is_default: true } });
+    if (!row) throw notFound("default model of type", modelType);
+    return fromColumns(row);
+  }
+
+  /** USD cost of a usage, scale 4, rounded half-up. */
+  async calculateCost(input: CostInput): Promise<string> {
+    const v = new Violations();
+    v.collect(() => requireId(input.modelName, "model_name"));
+    if (input.tokensInput < 0n) v.add("tokens_input", "must not be negative");
+    if (input.tokensOutput < 0n) v.add("tokens_output", "must not be negative");
+    if (input.imageCount < 0n) v.add("image_count", "must not be negative");
+    v.collect(() => checkText(input.size, "size"));
+    v.throwIfAny();
+    return costOf(await this.get(input.modelName), input);
+  }
+
+  /** Pages through a model's changes, newest first. */
+  async listHistory(modelName: string, requestedPageSize: number, pageToken: string): Promise<{ entries: AuditRecord[]; nextPageToken: string }> {
+    requireId(modelName, "model_name");
+    const exists = await this.models.count({ where: { model_name: modelName } });
+    if (!exists) {
+      const [any] = await this.sequelize.query(`SELECT 1 FROM ai_model_config_history WHERE model_name = $1 LIMIT 1`, { bind: [modelName], type: QueryTypes.SELECT });
+      if (!any) throw notFound("model", modelName);
+    }
+    return this.history.list(modelName, requestedPageSize, pageToken);
+  }
+
+  /** Serialises default changes for one model type. */
+  private async lockType(t: Transaction, modelType: ModelType): Promise<void> {
+    await this.sequelize.query(`SELECT pg_advisory_xact_lock(hashtext('billing.default_model'), hashtext($1))`, { bind: [modelType], transaction: t });
+  }
+
+  private async lockForChange(t: Transaction, modelName: string): Promise<AIModelConfig> {
+    const row = await this.models.findByPk(modelName, { transaction: t, lock: t.LOCK.UPDATE });
+    if (!row) throw notFound("model", modelName);
+    return row;
+  }
+
+  /** Unsets the current default of `modelType` (other than `except`), with history. */
+  private async clearDefault(t: Transaction, modelType: ModelType, except = ""): Promise<void> {
+    await this.lockType(t, modelType);
+    const previous = await this.models.findAll({ where: { model_type: modelType, is_default: true }, transaction: t, lock: t.LOCK.UPDATE });
+    for (const row of previous) {
+      if (row.model_name === except) continue;
+      const before = fromColumns(row);
+      await row.update({ is_default: false, updated_at: new Date() }, { transaction: t });
+      await this.history.record(t, row.model_name, "unset_default", "system", auditView(before), auditView(fromColumns(row)));
+    }
+  }
+}
+
+/** The cost of `usage` on `model`, or the precondition it fails. */
+export function costOf(model: ModelRecord, usage: Omit<CostInput, "modelName">): string {
+  const name = JSON.stringify(model.modelName);
+  const tokens = usage.tokensInput > 0n || usage.tokensOutput > 0n;
+  if (model.modelType === "image") {
+    if (tokens) throw failedPrecondition(Reason.WrongModelType, `model ${name} is an image model: it is priced per image, not per token`);
+    if (!model.costPerImage) throw failedPrecondition(Reason.PriceMissing, `model ${name} has no cost_per_image`);
+    if (usage.size && model.validSizes.length > 0 && !model.validSizes.includes(usage.size)) {
+      throw invalidField("size", `${JSON.stringify(usage.size)} is not a valid size of ${name}; valid: ${model.validSizes.join(", ")}`);
+    }
+    return formatMoney(new Dec(model.costPerImage).times(usage.imageCount.toString()), PRICE);
+  }
+  if (usage.imageCount > 0n) throw failedPrecondition(Reason.WrongModelType, `model ${name} is a ${model.modelType} model: it is priced per token, not per image`);
+  if (usage.size) throw invalidField("size", `applies to image models only; ${name} is a ${model.modelType} model`);
+  if (!model.inputCostPer1m || (!model.outputCostPer1m && (model.modelType === "text" || usage.tokensOutput > 0n))) {
+    throw failedPrecondition(Reason.PriceMissing, `model ${name} is missing a per-1M token price`);
+  }
+  const cost = new Dec(usage.tokensInput.toString())
+    .times(model.inputCostPer1m)
+    .plus(new Dec(usage.tokensOutput.toString()).times(model.outputCostPer1m || "0"))
+    .dividedBy(1_000_000);
+  return formatMoney(cost, PRICE);
+}
+
+function resolveMask(paths: string[], input: ModelInput): UpdatableField[] {
+  if (paths.length === 0) {
+    // AIP-134: no mask means every field the caller populated.
+    return UPDATABLE_FIELDS.filter((f) => {
+      const v = input[INPUT_KEY[f]];
+      return !(v === "" || v === 0 || v === 0n || v === false || v === undefined || (Array.isArray(v) && v.length === 0));
+    });
+  }
+  return paths.map((raw) => maskField(raw, "model_config", UPDATABLE_FIELDS));
+}
+
+/** Validates a whole model, reporting every bad field under `model_config.`. */
+function validateModel(input: ModelInput): ModelRow {
+  const f = (name: string) => `model_config.${name}`;
+  const v = new Violations();
+  v.collect(() => requireId(input.modelName, f("model_name")));
+  if (input.modelName && !MODEL_NAME_RE.test(input.modelName)) v.add(f("model_name"), "must not contain spaces or control characters");
+  if (input.displayName === "") v.add(f("display_name"), "is required");
+  else v.collect(() => checkText(input.displayName, f("display_name")));
+  if (!input.modelType) v.add(f("model_type"), "is required (TEXT, IMAGE or EMBEDDING)");
+  if (!input.provider) v.add(f("provider"), "is required (OPENAI, ANTHROPIC, RUNWARE or GOOGLE)");
+  const price = (value: string, name: string) => (value === "" ? "" : v.collect(() => parseMoney(value, f(name), PRICE, { min: "0.0001" }))?.toFixed(4) ?? "");
+  const inputCost = price(input.inputCostPer1m, "input_cost_per_1m");
+  const outputCost = price(input.outputCostPer1m, "output_cost_per_1m");
+  const imageCost = price(input.costPerImage, "cost_per_image");
+  if (input.modelType === "text") {
+    if (input.inputCostPer1m === "") v.add(f("input_cost_per_1m"), "is required for text models");
+    if (input.outputCostPer1m === "") v.add(f("output_cost_per_1m"), "is required for text models");
+  }
+  if (input.modelType === "image") {
+    if (input.costPerImage === "") v.add(f("cost_per_image"), "is required for image models");
+    if (input.inputCostPer1m !== "") v.add(f("input_cost_per_1m"), "applies to text and embedding models only");
+    if (input.outputCostPer1m !== "") v.add(f("output_cost_per_1m"), "applies to text and embedding models only");
+  } else if (input.modelType) {
+    if (input.costPerImage !== "") v.add(f("cost_per_image"), "applies to image models only");
+    if (input.validSizes.length > 0) v.add(f("valid_sizes"), "apply to image models only");
+  }
+  for (const [key, value] of [["context_window", input.contextWindow], ["max_output_tokens", input.maxOutputTokens]] as const) {
+    if (value < 0n || value > INT32_MAX) v.add(f(key), `must be between 0 (unknown) and ${INT32_MAX}`);
+  }
+  const seen = new Set<string>();
+  input.validSizes.forEach((s, i) => {
+    if (!SIZE_RE.test(s)) v.add(f(`valid_sizes[${i}]`), `must look like "1024x1024", got ${JSON.stringify(s.slice(0, 40))}`);
+    else if (seen.has(s)) v.add(f(`valid_sizes[${i}]`), "is listed twice");
+    seen.add(s);
+  });
+  v.collect(() => checkText(input.description, f("description"), MAX_TEXT));
+  const releaseDate = v.collect(() => parseCalendarDate(input.releaseDate, f("release_date")));
+  const deprecationDate = v.collect(() => parseCalendarDate(input.deprecationDate, f("deprecation_date")));
+  if (input.isDefault && !input.isActive) v.add(f("is_default"), "an inactive model cannot be the default");
+  v.throwIfAny();
+  return {
+    modelName: input.modelName,
+    displayName: input.displayName,
+    modelType: input.modelType!,
+    provider: input.provider!,
+    inputCostPer1m: inputCost,
+    outputCostPer1m: outputCost,
+    contextWindow: Number(input.contextWindow),
+    maxOutputTokens: Number(input.maxOutputTokens),
+    costPerImage: imageCost,
+    validSizes: input.validSizes,
+    supportsJsonMode: input.supportsJsonMode,
+    supportsVision: input.supportsVision,
+    supportsFunctionCalling: input.supportsFunctionCalling,
+    isActive: input.isActive,
+    isDefault: input.isDefault,
+    sortOrder: input.sortOrder,
+    description: input.description,
+    releaseDate: releaseDate ?? "",
+    deprecationDate: deprecationDate ?? "",
+  };
+}
+
+function toColumns(r: ModelRow) {
+  return {
+    model_name: r.modelName,
+    display_name: r.displayName,
+    model_type: r.modelType,
+    provider: r.provider,
+    input_cost_per_1m: r.inputCostPer1m || null,
+    output_cost_per_1m: r.outputCostPer1m || null,
+    context_window: r.contextWindow || null,
+    max_output_tokens: r.maxOutputTokens || null,
+    cost_per_image: r.costPerImage || null,
+    valid_sizes: r.modelType === "image" ? r.validSizes : null,
+    supports_json_mode: r.supportsJsonMode,
+    supports_vision: r.supportsVision,
+    supports_function_calling: r.supportsFunctionCalling,
+    is_active: r.isActive,
+    is_default: r.isDefault,
+    sort_order: r.sortOrder,
+    description: r.description,
+    release_date: r.releaseDate || null,
+    deprecation_date: r.deprecationDate || null,
+  };
+}
+
+function fromColumns(m: AIModelConfig): ModelRecord {
+  return {
+    modelName: m.model_name,
+    displayName: m.display_name,
+    modelType: m.model_type as ModelType,
+    provider: m.provider as Provider,
+    inputCostPer1m: formatOptionalMoney(m.input_cost_per_1m, PRICE),
+    outputCostPer1m: formatOptionalMoney(m.output_cost_per_1m, PRICE),
+    contextWindow: m.context_window ?? 0,
+    maxOutputTokens: m.max_output_tokens ?? 0,
+    costPerImage: formatOptionalMoney(m.cost_per_image, PRICE),
+    validSizes: m.valid_sizes ?? [],
+    supportsJsonMode: m.supports_json_mode,
+    supportsVision: m.supports_vision,
+    supportsFunctionCalling: m.supports_function_calling,
+    isActive: m.is_active,
+    isDefault: m.is_default,
+    sortOrder: m.sort_order,
+    description: m.description,
+    releaseDate: m.release_date ?? "",
+    deprecationDate: m.deprecation_date ?? "",
+    updatedBy: m.updated_by ?? "",
+    createdAt: m.created_at,
+    updatedAt: m.updated_at,
+  };
+}
+
+function inputOf(r: ModelRecord): ModelInput {
+  const date = (s: string) => (s ? { year: Number(s.slice(0, 4)), month: Number(s.slice(5, 7)), day: Number(s.slice(8, 10)) } : undefined);
+  return {
+    ...r,
+    contextWindow: BigInt(r.contextWindow),
+    maxOutputTokens: BigInt(r.maxOutputTokens),
+    releaseDate: date(r.releaseDate),
+    deprecationDate: date(r.deprecationDate),
+  };
+}
+
+/** The record as history keeps it: proto field names, wire values. */
+function auditView(r: ModelRecord): JsonObject {
+  return {
+    model_name: r.modelName,
+    display_name: r.displayName,
+    model_type: r.modelType,
+    provider: r.provider,
+    input_cost_per_1m: r.inputCostPer1m,
+    output_cost_per_1m: r.outputCostPer1m,
+    context_window: r.contextWindow,
+    max_output_tokens: r.maxOutputTokens,
+    cost_per_image: r.costPerImage,
+    valid_sizes: r.validSizes,
+    supports_json_mode: r.supportsJsonMode,
+    supports_vision: r.supportsVision,
+    supports_function_calling: r.supportsFunctionCalling,
+    is_active: r.isActive,
+    is_default: r.isDefault,
+    sort_order: r.sortOrder,
+    description: r.description,
+    release_date: r.releaseDate,
+    deprecation_date: r.deprecationDate,
+  };
+}
