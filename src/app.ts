@@ -6,7 +6,13 @@
 import type { Sequelize } from "sequelize";
 import type { Config } from "./config.js";
 import { databaseIsUp } from "./db/database.js";
+import { BalanceNotifications } from "./db/notifications.js";
 import { CreditLedger } from "./domain/credits/ledger.js";
+import { CreditPackages } from "./domain/credits/packages.js";
+import { PlanLimits } from "./domain/credits/plan-limits.js";
+import { Pricing } from "./domain/credits/pricing.js";
+import { Reservations } from "./domain/credits/reservations.js";
+import { UsageReports } from "./domain/credits/usage.js";
 import { ModelCatalogue } from "./domain/models/catalogue.js";
 import { setPageTokenSecret } from "./domain/pagination.js";
 import { createAuthInterceptor } from "./interceptors/auth.js";
@@ -18,17 +24,35 @@ import { createBillingServer, type BillingServer } from "./server.js";
 /** Builds the server for `config` over `sequelize`. */
 export function createApp(config: Config, sequelize: Sequelize, logger: Logger): BillingServer {
   if (config.secretKey) setPageTokenSecret(config.secretKey);
-  const ledger = new CreditLedger(sequelize);
   const catalogue = new ModelCatalogue(sequelize);
+  const pricing = new Pricing(sequelize, catalogue);
+  const ledger = new CreditLedger(sequelize, pricing);
+  const notifications = new BalanceNotifications(sequelize, logger);
+  const credit = {
+    ledger,
+    pricing,
+    reservations: new Reservations(sequelize, ledger, pricing),
+    planLimits: new PlanLimits(sequelize),
+    packages: new CreditPackages(sequelize),
+    usage: new UsageReports(sequelize),
+    notifications,
+  };
   const notBuilt = (_req: unknown, res: { writeHead(code: number, headers: Record<string, string>): void; end(body: string): void }) => {
     res.writeHead(501, { "content-type": "application/json" });
     res.end(JSON.stringify({ error: "webhooks are not implemented yet" }));
   };
-  return createBillingServer({
-    routes: createRoutes({ ledger, catalogue, databaseIsUp: () => databaseIsUp(sequelize) }),
+  const server = createBillingServer({
+    routes: createRoutes({ credit, catalogue, databaseIsUp: () => databaseIsUp(sequelize) }),
     interceptors: [createLoggingInterceptor(logger), createAuthInterceptor(config.apiKeys)],
     corsOrigins: config.corsOrigins,
     httpRoutes: { "/webhooks/stripe": notBuilt, "/webhooks/paypal": notBuilt },
     logger,
   });
+  return {
+    listen: (port, host) => server.listen(port, host),
+    async close(graceMs) {
+      await server.close(graceMs);
+      await notifications.close();
+    },
+  };
 }

@@ -77,6 +77,12 @@ export function fitsColumn(value: Decimal, column: MoneyColumn): boolean {
   return value.abs().lt(new Dec(10).pow(column.precision - column.scale));
 }
 
+/** Rounds to a whole number: "up" (ceiling), "down" (floor) or "nearest" (half-up). */
+export function roundToInteger(value: Decimal, mode: "up" | "down" | "nearest"): bigint {
+  const rounding = mode === "up" ? Decimal.ROUND_CEIL : mode === "down" ? Decimal.ROUND_FLOOR : Decimal.ROUND_HALF_UP;
+  return BigInt(value.toDecimalPlaces(0, rounding).toFixed(0));
+}
+
 function truncate(s: string): string {
   return s.length > 40 ? s.slice(0, 40) + "…" : s;
 }

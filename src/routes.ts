@@ -11,15 +11,14 @@ import { PaymentService, file_billing_v1_payment_service } from "../gen/billing/
 import * as reflection1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as reflectionAlpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health, file_health_v1_health } from "../gen/health/v1/health_pb.js";
-import type { CreditLedger } from "./domain/credits/ledger.js";
 import type { ModelCatalogue } from "./domain/models/catalogue.js";
-import { createCreditServiceHandler } from "./handlers/credit-service.js";
+import { createCreditServiceHandler, type CreditServiceDeps } from "./handlers/credit-service.js";
 import { createHealthHandler } from "./handlers/health.js";
 import { createModelConfigServiceHandler } from "./handlers/model-config-service.js";
 import { createReflectionHandlers } from "./handlers/reflection.js";
 
 export interface RouteDependencies {
-  ledger: CreditLedger;
+  credit: CreditServiceDeps;
   catalogue: ModelCatalogue;
   databaseIsUp: () => Promise<boolean>;
 }
@@ -42,7 +41,7 @@ const SERVED_SERVICES = [CreditService, InvoiceService, PaymentService, ModelCon
 export function createRoutes(deps: RouteDependencies) {
   const reflection = createReflectionHandlers(SERVED_FILES, SERVED_SERVICES);
   return (router: ConnectRouter) => {
-    router.service(CreditService, createCreditServiceHandler(deps.ledger));
+    router.service(CreditService, createCreditServiceHandler(deps.credit));
     router.service(InvoiceService, {});
     router.service(PaymentService, {});
     router.service(ModelConfigService, createModelConfigServiceHandler(deps.catalogue));

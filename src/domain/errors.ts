@@ -30,6 +30,8 @@ export const Reason = {
   InsufficientCredits: "INSUFFICIENT_CREDITS",
   InvalidStateTransition: "INVALID_STATE_TRANSITION",
   LimitExceeded: "LIMIT_EXCEEDED",
+  NoPlanLimit: "NO_PLAN_LIMIT",
+  PeriodOverlap: "PERIOD_OVERLAP",
   IdempotencyKeyReused: "IDEMPOTENCY_KEY_REUSED",
   CreditsAlreadySpent: "CREDITS_ALREADY_SPENT",
   OperationInactive: "OPERATION_INACTIVE",

@@ -12,12 +12,14 @@
  *   nothing is written.
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { BALANCE_CHANNEL } from "../../db/notifications.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { BillingError, Reason, Violations, invalidField } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkText, requireId, requireIdempotencyKey, requireNonNegative, requireUuid } from "../validation.js";
+import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
+import { Pricing } from "./pricing.js";
 import type { BalanceView, JsonObject, LedgerEntry, TransactionType, UsageInput, UsageLogEntry } from "./types.js";
 
 export interface GrantInput {
@@ -61,12 +63,41 @@ export interface DeductResult extends GrantResult {
 const GRANT_TYPES: readonly TransactionType[] = ["purchase", "subscription", "refund", "adjustment"];
 
 /** Credits held by open, unexpired reservations of account $1. */
-const RESERVED_SQL = `SELECT COALESCE(SUM(credits), 0)::bigint AS reserved FROM credit_reservations
+export const RESERVED_SQL = `SELECT COALESCE(SUM(credits), 0)::bigint AS reserved FROM credit_reservations
   WHERE account_id = $1 AND status = 'active' AND expires_at > now()`;
+
+/** A debit to write: the DEDUCTION (or negative ADJUSTMENT) and, for AI usage, its usage log. */
+export interface Debit {
+  accountId: string;
+  credits: bigint;
+  type: "deduction" | "adjustment" | "refund";
+  description: string;
+  metadata: JsonObject;
+  paymentId?: string | null;
+  usage?: {
+    operationType: string;
+    costUsd: string;
+    model: string;
+    tokensInput: bigint;
+    tokensOutput: bigint;
+    relatedObjectType: string;
+    relatedObjectId: string;
+  };
+}
+
+export interface AdjustInput {
+  accountId: string;
+  amount: bigint;
+  reason: string;
+  idempotencyKey: string;
+}
 
 /** The credit ledger service. */
 export class CreditLedger {
-  constructor(private readonly sequelize: Sequelize) {}
+  constructor(
+    private readonly sequelize: Sequelize,
+    private readonly pricing: Pricing,
+  ) {}
 
   /** The account's balance; zeros for an account never credited. */
   async getBalance(accountId: string): Promise<BalanceView> {
@@ -107,14 +138,15 @@ export class CreditLedger {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const { result } = await runIdempotent(this.sequelize, t, { accountId: entry.accountId, ...idem }, () => this.credit(t, entry));
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: entry.accountId, ...idem }, () => this.creditIn(t, entry));
         return result;
       },
       options,
     );
   }
 
-  private async credit(
+  /** Adds credits inside the caller's transaction: the one place positive ledger entries are written. */
+  async creditIn(
     t: Transaction,
     entry: { accountId: string; amount: bigint; type: TransactionType; description: string; metadata: JsonObject; paymentId: string | null },
   ): Promise<GrantResult> {
@@ -127,7 +159,8 @@ export class CreditLedger {
          INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
          SELECT $1, $3, $2, acct.balance, $4, $5::jsonb, $6 FROM acct
          RETURNING id, balance_after, created_at)
-       SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved FROM tx, acct`,
+       SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved,
+              pg_notify('${BALANCE_CHANNEL}', $1) IS NULL AS notified FROM tx, acct`,
       {
         bind: [entry.accountId, entry.amount.toString(), entry.type, entry.description, JSON.stringify(entry.metadata), entry.paymentId],
         transaction: t,
@@ -156,28 +189,13 @@ export class CreditLedger {
     const v = new Violations();
     v.collect(() => requireId(input.accountId, "account_id"));
     const operationType = v.collect(() => normalizeOperationType(input.operationType));
-    const usage = input.usage;
-    if (!usage) {
-      v.add("usage", "is required");
-    } else {
-      v.collect(() => requireNonNegative(usage.credits, "usage.credits"));
-      v.collect(() => requireNonNegative(usage.tokensInput, "usage.tokens_input"));
-      v.collect(() => requireNonNegative(usage.tokensOutput, "usage.tokens_output"));
-      v.collect(() => requireNonNegative(usage.imageCount, "usage.image_count"));
-      v.collect(() => checkText(usage.model, "usage.model"));
-    }
+    Pricing.checkUsage(v, input.usage);
     v.collect(() => checkText(input.relatedObjectType, "related_object_type"));
     v.collect(() => checkText(input.relatedObjectId, "related_object_id"));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
-    if (usage!.credits === 0n) {
-      throw new BillingError(
-        "unimplemented",
-        Reason.NotImplemented,
-        "pricing usage from token or image counts is not built yet; pass usage.credits > 0",
-      );
-    }
-    const credits = usage!.credits;
+    const usage = input.usage!;
+    const price = await this.pricing.price(operationType!, usage);
     return inTransaction(
       this.sequelize,
       async (t) => {
@@ -185,20 +203,47 @@ export class CreditLedger {
           this.sequelize,
           t,
           { accountId: input.accountId, key: input.idempotencyKey, method: "DeductCredits", request: { ...input, operationType } },
-          () =>
-            this.debit(t, {
+          async () =>
+            (await this.debitIn(t, {
               accountId: input.accountId,
-              credits,
-              operationType: operationType!,
-              description: describeUsage(operationType!, input.relatedObjectType, input.relatedObjectId),
+              credits: price.credits,
+              type: "deduction",
+              description: describeUsage(price.operationType, input.relatedObjectType, input.relatedObjectId),
               metadata: input.metadata,
-              costUsd: null,
-              model: usage!.model,
-              tokensInput: usage!.tokensInput,
-              tokensOutput: usage!.tokensOutput,
-              relatedObjectType: input.relatedObjectType,
-              relatedObjectId: input.relatedObjectId,
-            }),
+              usage: {
+                operationType: price.operationType,
+                costUsd: price.costUsd,
+                model: usage.model,
+                tokensInput: usage.tokensInput,
+                tokensOutput: usage.tokensOutput,
+                relatedObjectType: input.relatedObjectType,
+                relatedObjectId: input.relatedObjectId,
+              },
+            })) as DeductResult,
+        );
+        return result;
+      },
+      options,
+    );
+  }
+
+  /** Admin: a signed manual adjustment that never takes the available balance below zero; idempotent by key. */
+  async adjust(input: AdjustInput, actor: string, options: TransactionOptions = {}): Promise<GrantResult> {
+    const v = new Violations();
+    v.collect(() => requireId(input.accountId, "account_id"));
+    if (input.amount === 0n) v.add("amount", "must not be zero");
+    if (input.reason === "") v.add("reason", "is required");
+    else v.collect(() => checkText(input.reason, "reason"));
+    v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    v.throwIfAny();
+    const metadata = { adjusted_by: actor };
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "AdjustCredits", request: input }, () =>
+          input.amount > 0n
+            ? this.creditIn(t, { accountId: input.accountId, amount: input.amount, type: "adjustment", description: input.reason, metadata, paymentId: null })
+            : this.debitIn(t, { accountId: input.accountId, credits: -input.amount, type: "adjustment", description: input.reason, metadata }),
         );
         return result;
       },
@@ -207,112 +252,92 @@ export class CreditLedger {
   }
 
   /**
-   * Takes `credits` if that many are available, writing the DEDUCTION and its
-   * usage log; otherwise INSUFFICIENT_CREDITS with nothing written.
+   * Takes `credits` inside the caller's transaction if that many are
+   * available, writing the ledger row (and usage log); otherwise
+   * INSUFFICIENT_CREDITS. The one place negative ledger entries are written.
    */
-  private async debit(
-    t: Transaction,
-    c: {
-      accountId: string;
-      credits: bigint;
-      operationType: string;
-      description: string;
-      metadata: JsonObject;
-      costUsd: string | null;
-      model: string;
-      tokensInput: bigint;
-      tokensOutput: bigint;
-      relatedObjectType: string;
-      relatedObjectId: string;
-    },
-  ): Promise<DeductResult> {
+  async debitIn(t: Transaction, d: Debit): Promise<GrantResult & { usageLog?: UsageLogEntry }> {
     // Lock first, in its own statement, so that the next statement's snapshot
     // sees every reservation committed before we got the lock.
     const locked = await this.sequelize.query<{ balance: string }>(`SELECT balance FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, {
-      bind: [c.accountId],
+      bind: [d.accountId],
       transaction: t,
       type: QueryTypes.SELECT,
     });
-    const metadataJson = JSON.stringify(c.metadata);
+    const u = d.usage;
+    const logCte = u
+      ? `, log AS (
+           INSERT INTO credit_usage_logs (account_id, transaction_id, operation_type, credits_used, cost_usd, model_used,
+                                          tokens_input, tokens_output, related_object_type, related_object_id, metadata, created_at)
+           SELECT $1, tx.id, $7, $2, $8, $9, $10, $11, $12, $13, $4::jsonb, tx.created_at FROM tx
+           RETURNING id)`
+      : "";
+    const bind: unknown[] = [d.accountId, d.credits.toString(), d.description, JSON.stringify(d.metadata), d.type, d.paymentId ?? null];
+    if (u) bind.push(u.operationType, u.costUsd || null, u.model, u.tokensInput.toString(), u.tokensOutput.toString(), u.relatedObjectType, u.relatedObjectId);
     const rows =
       locked.length === 0
         ? []
-        : await this.sequelize.query<{ tx_id: string; log_id: string; created_at: Date; balance: string; updated_at: Date; reserved: string }>(
+        : await this.sequelize.query<{ tx_id: string; log_id: string | null; created_at: Date; balance: string; updated_at: Date; reserved: string }>(
             `WITH res AS (${RESERVED_SQL}),
              acct AS (
                UPDATE billing_accounts a SET balance = a.balance - $2, updated_at = now() FROM res
                WHERE a.account_id = $1 AND a.balance - res.reserved >= $2
                RETURNING a.balance, a.updated_at, res.reserved),
              tx AS (
-               INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata)
-               SELECT $1, 'deduction', -$2::bigint, acct.balance, $3, $4::jsonb FROM acct
-               RETURNING id, created_at),
-             log AS (
-               INSERT INTO credit_usage_logs (account_id, transaction_id, operation_type, credits_used, cost_usd, model_used,
-                                              tokens_input, tokens_output, related_object_type, related_object_id, metadata, created_at)
-               SELECT $1, tx.id, $5, $2, $6, $7, $8, $9, $10, $11, $4::jsonb, tx.created_at FROM tx
-               RETURNING id)
-             SELECT tx.id AS tx_id, log.id AS log_id, tx.created_at, acct.balance, acct.updated_at, acct.reserved FROM tx, log, acct`,
-            {
-              bind: [
-                c.accountId,
-                c.credits.toString(),
-                c.description,
-                metadataJson,
-                c.operationType,
-                c.costUsd,
-                c.model,
-                c.tokensInput.toString(),
-                c.tokensOutput.toString(),
-                c.relatedObjectType,
-                c.relatedObjectId,
-              ],
-              transaction: t,
-              type: QueryTypes.SELECT,
-            },
+               INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
+               SELECT $1, $5, -$2::bigint, acct.balance, $3, $4::jsonb, $6::uuid FROM acct
+               RETURNING id, created_at)${logCte}
+             SELECT tx.id AS tx_id, ${u ? "log.id" : "NULL"} AS log_id, tx.created_at, acct.balance, acct.updated_at, acct.reserved,
+                    pg_notify('${BALANCE_CHANNEL}', $1) IS NULL AS notified
+             FROM tx, acct${u ? ", log" : ""}`,
+            { bind, transaction: t, type: QueryTypes.SELECT },
           );
     const row = rows[0];
     if (!row) {
-      const [r] = await this.sequelize.query<{ reserved: string }>(RESERVED_SQL, { bind: [c.accountId], transaction: t, type: QueryTypes.SELECT });
+      const [r] = await this.sequelize.query<{ reserved: string }>(RESERVED_SQL, { bind: [d.accountId], transaction: t, type: QueryTypes.SELECT });
       const balance = BigInt(locked[0]?.balance ?? 0);
-      const available = balance - BigInt(r?.reserved ?? 0);
+      let available = balance - BigInt(r?.reserved ?? 0);
+      if (available < 0n) available = 0n;
       throw new BillingError(
         "failed_precondition",
         Reason.InsufficientCredits,
-        `insufficient credits: ${c.credits} required, ${available < 0n ? 0n : available} available`,
+        `insufficient credits: ${d.credits} required, ${available} available`,
         [],
-        { required: c.credits.toString(), available: (available < 0n ? 0n : available).toString(), account_id: c.accountId },
+        { required: d.credits.toString(), available: available.toString(), account_id: d.accountId },
       );
     }
     const balanceAfter = BigInt(row.balance);
-    return {
+    const result: GrantResult & { usageLog?: UsageLogEntry } = {
       transaction: {
         id: row.tx_id,
-        accountId: c.accountId,
-        type: "deduction",
-        amount: -c.credits,
+        accountId: d.accountId,
+        type: d.type,
+        amount: -d.credits,
         balanceAfter,
-        description: c.description,
-        metadata: c.metadata,
-        paymentId: "",
+        description: d.description,
+        metadata: d.metadata,
+        paymentId: d.paymentId ?? "",
         createdAt: row.created_at,
       },
-      usageLog: {
-        id: row.log_id,
-        accountId: c.accountId,
-        operationType: c.operationType,
-        creditsUsed: c.credits,
-        costUsd: c.costUsd ?? "",
-        modelUsed: c.model,
-        tokensInput: c.tokensInput,
-        tokensOutput: c.tokensOutput,
-        relatedObjectType: c.relatedObjectType,
-        relatedObjectId: c.relatedObjectId,
-        metadata: c.metadata,
-        createdAt: row.created_at,
-      },
-      balance: balanceView(c.accountId, balanceAfter, BigInt(row.reserved), row.updated_at),
+      balance: balanceView(d.accountId, balanceAfter, BigInt(row.reserved), row.updated_at),
     };
+    if (u) {
+      result.usageLog = {
+        id: row.log_id!,
+        accountId: d.accountId,
+        operationType: u.operationType,
+        creditsUsed: d.credits,
+        costUsd: u.costUsd,
+        modelUsed: u.model,
+        tokensInput: u.tokensInput,
+        tokensOutput: u.tokensOutput,
+        relatedObjectType: u.relatedObjectType,
+        relatedObjectId: u.relatedObjectId,
+        metadata: d.metadata,
+        createdAt: row.created_at,
+      };
+    }
+    return result;
   }
 
   /** Pages through an account's ledger, newest first (keyset on id). */
@@ -378,13 +403,15 @@ export class CreditLedger {
   }
 }
 
-function balanceView(accountId: string, balance: bigint, reserved: bigint, updatedAt: Date | undefined): BalanceView {
+/** A balance as callers see it: available never below zero. */
+export function balanceView(accountId: string, balance: bigint, reserved: bigint, updatedAt: Date | undefined): BalanceView {
   const view: BalanceView = { accountId, balance, reserved, available: balance > reserved ? balance - reserved : 0n };
   if (updatedAt) view.updatedAt = updatedAt;
   return view;
 }
 
-function describeUsage(operationType: string, relatedType: string, relatedId: string): string {
+/** The description of a usage charge. */
+export function describeUsage(operationType: string, relatedType: string, relatedId: string): string {
   const about = relatedType || relatedId ? ` (${[relatedType, relatedId].filter(Boolean).join(" ")})` : "";
   return `Usage: ${operationType}${about}`.slice(0, 255);
 }

@@ -1,0 +1,222 @@
+/**
+ * The credit package catalogue (seed: CreditPackage): one-time credit
+ * bundles with a price and discount. The effective price (what an invoice
+ * charges) is price x (100 - discount) / 100, rounded half-up to cents.
+ */
+import { QueryTypes, type Sequelize } from "sequelize";
+import { modelsOf, type CreditPackage } from "../../db/models/index.js";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { AMOUNT, Dec, formatMoney, parseMoney } from "../../money.js";
+import { BillingError, Reason, Violations, invalidField, notFound } from "../errors.js";
+import { maskField } from "../field-mask.js";
+import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { checkText } from "../validation.js";
+
+export interface PackageView {
+  id: string;
+  name: string;
+  slug: string;
+  credits: bigint;
+  price: string;
+  discountPercentage: number;
+  effectivePrice: string;
+  currency: string;
+  stripeProductId: string;
+  stripePriceId: string;
+  paypalPlanId: string;
+  isActive: boolean;
+  isFeatured: boolean;
+  description: string;
+  features: string[];
+  sortOrder: number;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export type PackageInput = Omit<PackageView, "id" | "effectivePrice" | "createdAt" | "updatedAt">;
+
+export const PACKAGE_FIELDS = [
+  "name",
+  "credits",
+  "price",
+  "discount_percentage",
+  "currency",
+  "stripe_product_id",
+  "stripe_price_id",
+  "paypal_plan_id",
+  "is_active",
+  "is_featured",
+  "description",
+  "features",
+  "sort_order",
+] as const;
+type PackageField = (typeof PACKAGE_FIELDS)[number];
+
+const SLUG_RE = /^[a-z0-9]+(?:[-_][a-z0-9]+)*$/;
+const CURRENCY_RE = /^[A-Z]{3}$/;
+
+/** The credit package catalogue service. */
+export class CreditPackages {
+  constructor(private readonly sequelize: Sequelize) {}
+
+  private get model() {
+    return modelsOf(this.sequelize).CreditPackage;
+  }
+
+  /** Packages by sort order then price; inactive ones only when asked. */
+  async list(includeInactive: boolean, requestedPageSize: number, pageToken: string): Promise<{ packages: PackageView[]; nextPageToken: string }> {
+    const size = pageSize(requestedPageSize);
+    const after = decodePageToken(pageToken, "packages", includeInactive);
+    const bind: unknown[] = [includeInactive];
+    let keyset = "";
+    if (after) {
+      const [order, price, slug] = after;
+      if (typeof order !== "number" || typeof price !== "string" || typeof slug !== "string") throw invalidField("page_token", "is not a valid page token for this request");
+      keyset = `AND (sort_order, price, slug) > ($${bind.push(order)}, $${bind.push(price)}::numeric, $${bind.push(slug)})`;
+    }
+    const rows = await this.sequelize.query<Record<string, unknown>>(
+      `SELECT * FROM credit_packages WHERE ($1::boolean OR is_active) ${keyset} ORDER BY sort_order, price, slug LIMIT $${bind.push(size + 1)}`,
+      { bind, type: QueryTypes.SELECT },
+    );
+    const views = rows.map((r) => view(this.model.build(r as never, { raw: true, isNewRecord: false })));
+    const page = pageOf(views, size, (p) => [p.sortOrder, p.price, p.slug], "packages", includeInactive);
+    return { packages: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  /** One package by slug, or NOT_FOUND. */
+  async get(slug: string): Promise<PackageView> {
+    if (slug === "") throw invalidField("slug", "is required");
+    const row = await this.model.findOne({ where: { slug } });
+    if (!row) throw notFound("credit package", slug);
+    return view(row);
+  }
+
+  /** Admin: adds a package. */
+  async create(input: PackageInput, options: TransactionOptions = {}): Promise<PackageView> {
+    const columns = validate(input, [...PACKAGE_FIELDS, "slug"] as (PackageField | "slug")[]);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        if (await this.model.findOne({ where: { slug: input.slug }, transaction: t })) {
+          throw new BillingError("already_exists", Reason.AlreadyExists, `credit package ${JSON.stringify(input.slug)} already exists`, [], { slug: input.slug });
+        }
+        return view(await this.model.create(columns as never, { transaction: t }));
+      },
+      options,
+    );
+  }
+
+  /** Admin: changes the masked fields of a package (named by slug). */
+  async update(input: PackageInput, paths: string[], options: TransactionOptions = {}): Promise<PackageView> {
+    if (input.slug === "") throw invalidField("credit_package.slug", "is required");
+    const fields = paths.length
+      ? paths.map((p) => maskField(p, "credit_package", PACKAGE_FIELDS))
+      : PACKAGE_FIELDS.filter((f) => {
+          const value = input[camel(f)];
+          return !(value === "" || value === 0 || value === 0n || value === false || (Array.isArray(value) && value.length === 0));
+        });
+    if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
+    const columns = validate(input, fields);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const row = await this.model.findOne({ where: { slug: input.slug }, transaction: t, lock: t.LOCK.UPDATE });
+        if (!row) throw notFound("credit package", input.slug);
+        await row.update({ ...columns, updated_at: new Date() } as never, { transaction: t });
+        return view(row);
+      },
+      options,
+    );
+  }
+}
+
+/** The price an invoice charges for a package. */
+export function effectivePrice(price: string, discountPercentage: number): string {
+  return formatMoney(new Dec(price).times(100 - discountPercentage).dividedBy(100), AMOUNT);
+}
+
+function camel<F extends string>(f: F): keyof PackageInput {
+  return f.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase()) as keyof PackageInput;
+}
+
+function validate(input: PackageInput, fields: readonly (PackageField | "slug")[]): Record<string, unknown> {
+  const v = new Violations();
+  const out: Record<string, unknown> = {};
+  const f = (name: string) => `credit_package.${name}`;
+  for (const field of fields) {
+    switch (field) {
+      case "slug":
+        if (!SLUG_RE.test(input.slug) || input.slug.length > 255) v.add(f("slug"), "must be 1-255 lowercase letters, digits, '-' or '_'");
+        else out.slug = input.slug;
+        break;
+      case "name":
+        if (input.name === "") v.add(f("name"), "is required");
+        else if (v.collect(() => checkText(input.name, f("name"))) !== undefined) out.name = input.name;
+        break;
+      case "credits":
+        if (input.credits < 1n) v.add(f("credits"), "must be at least 1");
+        else out.credits = input.credits.toString();
+        break;
+      case "price": {
+        const price = v.collect(() => parseMoney(input.price, f("price"), AMOUNT));
+        if (price) out.price = price.toFixed(2);
+        break;
+      }
+      case "discount_percentage":
+        if (!Number.isInteger(input.discountPercentage) || input.discountPercentage < 0 || input.discountPercentage > 100) v.add(f("discount_percentage"), "must be 0-100");
+        else out.discount_percentage = input.discountPercentage;
+        break;
+      case "currency":
+        if (!CURRENCY_RE.test(input.currency || "USD")) v.add(f("currency"), "must be an ISO-4217 code like USD");
+        else out.currency = input.currency || "USD";
+        break;
+      case "stripe_product_id":
+      case "stripe_price_id":
+      case "paypal_plan_id": {
+        const value = input[camel(field)] as string;
+        if (v.collect(() => checkText(value, f(field))) !== undefined) out[field] = value || null;
+        break;
+      }
+      case "is_active":
+      case "is_featured":
+        out[field] = input[camel(field)];
+        break;
+      case "description":
+        if (v.collect(() => checkText(input.description, f("description"))) !== undefined) out.description = input.description;
+        break;
+      case "features":
+        input.features.forEach((feature, i) => v.collect(() => checkText(feature, f(`features[${i}]`))));
+        out.features = input.features;
+        break;
+      case "sort_order":
+        out.sort_order = input.sortOrder;
+        break;
+    }
+  }
+  v.throwIfAny();
+  return out;
+}
+
+function view(r: CreditPackage): PackageView {
+  const price = formatMoney(r.price, AMOUNT);
+  return {
+    id: r.id,
+    name: r.name,
+    slug: r.slug,
+    credits: BigInt(r.credits),
+    price,
+    discountPercentage: r.discount_percentage,
+    effectivePrice: effectivePrice(price, r.discount_percentage),
+    currency: r.currency,
+    stripeProductId: r.stripe_product_id ?? "",
+    stripePriceId: r.stripe_price_id ?? "",
+    paypalPlanId: r.paypal_plan_id ?? "",
+    isActive: r.is_active,
+    isFeatured: r.is_featured,
+    description: r.description,
+    features: r.features ?? [],
+    sortOrder: r.sort_order,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}

@@ -1,0 +1,250 @@
+/**
+ * Reservations: credits held before an AI call (image models are priced
+ * before the call), settled with the actual usage afterwards (text models are
+ * priced after the call).
+ *
+ * Rules:
+ * - Holding needs that many available credits (balance - open holds);
+ *   the account row lock orders holds and charges, so racing reservations
+ *   never hold more than the balance.
+ * - An open hold stops counting when it expires, without anyone calling.
+ * - Commit charges the actual usage; the hold is released in the same
+ *   transaction, so the charge may use the held credits plus whatever else
+ *   is available. Committing more than was held succeeds only if the extra
+ *   is available.
+ * - Release frees the hold; releasing twice answers the released hold.
+ *   Committed, released and expired holds cannot be committed.
+ */
+import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { BALANCE_CHANNEL } from "../../db/notifications.js";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { BillingError, Reason, Violations, failedPrecondition, notFound } from "../errors.js";
+import { runIdempotent } from "../idempotency.js";
+import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { RESERVED_SQL, balanceView, describeUsage, type CreditLedger } from "./ledger.js";
+import { normalizeOperationType } from "./operations.js";
+import { Pricing } from "./pricing.js";
+import type { BalanceView, JsonObject, LedgerEntry, UsageInput, UsageLogEntry } from "./types.js";
+
+export type ReservationStatus = "active" | "committed" | "released" | "expired";
+
+export interface ReservationView {
+  id: string;
+  accountId: string;
+  operationType: string;
+  credits: bigint;
+  status: ReservationStatus;
+  creditsCommitted: bigint;
+  expiresAt: Date;
+  createdAt: Date;
+  settledAt?: Date;
+}
+
+export const DEFAULT_TTL_SECONDS = 15 * 60;
+export const MAX_TTL_SECONDS = 24 * 60 * 60;
+
+export interface ReserveInput {
+  accountId: string;
+  operationType: string;
+  credits: bigint;
+  /** Seconds; undefined for the default. */
+  ttlSeconds: number | undefined;
+  idempotencyKey: string;
+}
+
+export interface CommitInput {
+  reservationId: string;
+  usage: UsageInput | undefined;
+  idempotencyKey: string;
+  relatedObjectType: string;
+  relatedObjectId: string;
+  metadata: JsonObject;
+}
+
+interface Row {
+  id: string;
+  account_id: string;
+  operation_type: string;
+  credits: string;
+  status: ReservationStatus;
+  credits_committed: string;
+  expires_at: Date;
+  created_at: Date;
+  settled_at: Date | null;
+  expired: boolean;
+}
+
+/** The reservation service. */
+export class Reservations {
+  constructor(
+    private readonly sequelize: Sequelize,
+    private readonly ledger: CreditLedger,
+    private readonly pricing: Pricing,
+  ) {}
+
+  /** Holds credits; idempotent by key. */
+  async reserve(input: ReserveInput, options: TransactionOptions = {}): Promise<{ reservation: ReservationView; balance: BalanceView }> {
+    const v = new Violations();
+    v.collect(() => requireId(input.accountId, "account_id"));
+    const operationType = v.collect(() => normalizeOperationType(input.operationType));
+    if (input.credits <= 0n) v.add("credits", "must be greater than zero");
+    if (input.ttlSeconds !== undefined && (!(input.ttlSeconds > 0) || input.ttlSeconds > MAX_TTL_SECONDS)) v.add("ttl", `must be positive and at most ${MAX_TTL_SECONDS} seconds`);
+    v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    v.throwIfAny();
+    const ttl = input.ttlSeconds ?? DEFAULT_TTL_SECONDS;
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "ReserveCredits", request: { ...input, operationType } }, async () => {
+          const [locked] = await this.sequelize.query<{ balance: string; updated_at: Date }>(`SELECT balance, updated_at FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, {
+            bind: [input.accountId],
+            transaction: t,
+            type: QueryTypes.SELECT,
+          });
+          const [{ reserved } = { reserved: "0" }] = await this.sequelize.query<{ reserved: string }>(RESERVED_SQL, { bind: [input.accountId], transaction: t, type: QueryTypes.SELECT });
+          const balance = BigInt(locked?.balance ?? 0);
+          const available = balance - BigInt(reserved);
+          if (available < input.credits) {
+            throw new BillingError("failed_precondition", Reason.InsufficientCredits, `insufficient credits: ${input.credits} required, ${available < 0n ? 0n : available} available`, [], {
+              required: input.credits.toString(),
+              available: (available < 0n ? 0n : available).toString(),
+              account_id: input.accountId,
+            });
+          }
+          const [row] = await this.sequelize.query<Row>(
+            `INSERT INTO credit_reservations (account_id, operation_type, credits, expires_at)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING *, false AS expired`,
+            { bind: [input.accountId, operationType, input.credits.toString(), ttl], transaction: t, type: QueryTypes.SELECT },
+          );
+          await this.notify(t, input.accountId);
+          return { reservation: view(row!), balance: balanceView(input.accountId, balance, BigInt(reserved) + input.credits, locked?.updated_at) };
+        });
+        return result;
+      },
+      options,
+    );
+  }
+
+  /** Settles a hold with the actual usage; idempotent by key. */
+  async commit(
+    input: CommitInput,
+    options: TransactionOptions = {},
+  ): Promise<{ reservation: ReservationView; transaction: LedgerEntry; usageLog: UsageLogEntry; balance: BalanceView }> {
+    const v = new Violations();
+    const id = v.collect(() => requireUuid(input.reservationId, "reservation_id"));
+    Pricing.checkUsage(v, input.usage);
+    v.collect(() => checkText(input.relatedObjectType, "related_object_type"));
+    v.collect(() => checkText(input.relatedObjectId, "related_object_id"));
+    v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    v.throwIfAny();
+    const found = await this.find(id!);
+    const price = await this.pricing.price(normalizeOperationType(found.operation_type), input.usage!);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "CommitReservation", request: input }, async () => {
+          // Account lock first (the ledger's order), then the reservation.
+          await this.sequelize.query(`SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, { bind: [found.account_id], transaction: t });
+          const r = await this.lock(t, found.account_id, id!);
+          if (r.status !== "active" || r.expired) {
+            throw failedPrecondition(Reason.InvalidStateTransition, `reservation ${id} is ${r.expired && r.status === "active" ? "expired" : r.status} and cannot be committed`, {
+              status: r.expired && r.status === "active" ? "expired" : r.status,
+            });
+          }
+          const [settled] = await this.sequelize.query<Row>(
+            `UPDATE credit_reservations SET status = 'committed', credits_committed = $3, settled_at = now()
+             WHERE account_id = $1 AND id = $2 RETURNING *, false AS expired`,
+            { bind: [found.account_id, id, price.credits.toString()], transaction: t, type: QueryTypes.SELECT },
+          );
+          const usage = input.usage!;
+          const charged = await this.ledger.debitIn(t, {
+            accountId: found.account_id,
+            credits: price.credits,
+            type: "deduction",
+            description: describeUsage(price.operationType, input.relatedObjectType, input.relatedObjectId),
+            metadata: { ...input.metadata, reservation_id: id! },
+            usage: {
+              operationType: price.operationType,
+              costUsd: price.costUsd,
+              model: usage.model,
+              tokensInput: usage.tokensInput,
+              tokensOutput: usage.tokensOutput,
+              relatedObjectType: input.relatedObjectType,
+              relatedObjectId: input.relatedObjectId,
+            },
+          });
+          return { reservation: view(settled!), transaction: charged.transaction, usageLog: charged.usageLog!, balance: charged.balance };
+        });
+        return result;
+      },
+      options,
+    );
+  }
+
+  /** Frees a hold; an already released hold is answered as it is. */
+  async release(reservationId: string, options: TransactionOptions = {}): Promise<{ reservation: ReservationView; balance: BalanceView }> {
+    const id = requireUuid(reservationId, "reservation_id");
+    const found = await this.find(id);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const r = await this.lock(t, found.account_id, id);
+        let row: Row = r;
+        if (r.status === "active") {
+          const status = r.expired ? "expired" : "released";
+          [row] = (await this.sequelize.query<Row>(
+            `UPDATE credit_reservations SET status = $3, settled_at = now() WHERE account_id = $1 AND id = $2 RETURNING *, false AS expired`,
+            { bind: [found.account_id, id, status], transaction: t, type: QueryTypes.SELECT },
+          )) as [Row];
+          await this.notify(t, found.account_id);
+        } else if (r.status === "committed") {
+          throw failedPrecondition(Reason.InvalidStateTransition, `reservation ${id} is committed and cannot be released`, { status: "committed" });
+        }
+        const [b] = await this.sequelize.query<{ balance: string | null; updated_at: Date | null; reserved: string }>(
+          `SELECT a.balance, a.updated_at, r.reserved FROM (${RESERVED_SQL}) r LEFT JOIN billing_accounts a ON a.account_id = $1`,
+          { bind: [found.account_id], transaction: t, type: QueryTypes.SELECT },
+        );
+        return { reservation: view(row), balance: balanceView(found.account_id, BigInt(b?.balance ?? 0), BigInt(b?.reserved ?? 0), b?.updated_at ?? undefined) };
+      },
+      options,
+    );
+  }
+
+  private async find(id: string): Promise<Row> {
+    const [row] = await this.sequelize.query<Row>(`SELECT *, expires_at <= now() AS expired FROM credit_reservations WHERE id = $1`, { bind: [id], type: QueryTypes.SELECT });
+    if (!row) throw notFound("reservation", id);
+    return row;
+  }
+
+  private async lock(t: Transaction, accountId: string, id: string): Promise<Row> {
+    const [row] = await this.sequelize.query<Row>(`SELECT *, expires_at <= now() AS expired FROM credit_reservations WHERE account_id = $1 AND id = $2 FOR UPDATE`, {
+      bind: [accountId, id],
+      transaction: t,
+      type: QueryTypes.SELECT,
+    });
+    if (!row) throw notFound("reservation", id);
+    return row;
+  }
+
+  private async notify(t: Transaction, accountId: string): Promise<void> {
+    await this.sequelize.query(`SELECT pg_notify('${BALANCE_CHANNEL}', $1)`, { bind: [accountId], transaction: t });
+  }
+}
+
+function view(r: Row): ReservationView {
+  const status: ReservationStatus = r.status === "active" && r.expired ? "expired" : r.status;
+  const out: ReservationView = {
+    id: r.id,
+    accountId: r.account_id,
+    operationType: r.operation_type,
+    credits: BigInt(r.credits),
+    status,
+    creditsCommitted: BigInt(r.credits_committed),
+    expiresAt: r.expires_at,
+    createdAt: r.created_at,
+  };
+  if (r.settled_at) out.settledAt = r.settled_at;
+  return out;
+}
+
+

@@ -1,0 +1,119 @@
+/**
+ * Reading usage: per-operation usage logs (keyset-paginated) and summaries
+ * grouped by operation, model or UTC day, aggregated in SQL.
+ */
+import { QueryTypes, type Sequelize } from "sequelize";
+import { PRICE, formatMoney } from "../../money.js";
+import { Violations, invalidField } from "../errors.js";
+import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { requireId } from "../validation.js";
+import { normalizeOperationType } from "./operations.js";
+import type { JsonObject, UsageLogEntry } from "./types.js";
+
+export type GroupBy = "operation" | "model" | "day";
+
+export interface SummaryGroup {
+  key: string;
+  operations: bigint;
+  credits: bigint;
+  costUsd: string;
+  tokensInput: bigint;
+  tokensOutput: bigint;
+}
+
+interface LogRow {
+  id: string;
+  account_id: string;
+  operation_type: string;
+  credits_used: string;
+  cost_usd: string | null;
+  model_used: string;
+  tokens_input: string | null;
+  tokens_output: string | null;
+  related_object_type: string;
+  related_object_id: string;
+  metadata: JsonObject;
+  created_at: Date;
+}
+
+/** The usage reading service. */
+export class UsageReports {
+  constructor(private readonly sequelize: Sequelize) {}
+
+  /** An account's usage logs, newest first. */
+  async listLogs(input: { accountId: string; operationType: string; startTime?: Date; endTime?: Date; pageSize: number; pageToken: string }): Promise<{ logs: UsageLogEntry[]; nextPageToken: string }> {
+    const v = new Violations();
+    v.collect(() => requireId(input.accountId, "account_id"));
+    const op = input.operationType ? v.collect(() => normalizeOperationType(input.operationType)) : undefined;
+    const size = v.collect(() => pageSize(input.pageSize));
+    if (input.startTime && input.endTime && input.startTime > input.endTime) v.add("end_time", "must not be before start_time");
+    v.throwIfAny();
+    const filters = { a: input.accountId, o: op ?? "", s: input.startTime, e: input.endTime };
+    const after = decodePageToken(input.pageToken, "usage_logs", filters);
+    const where = ["account_id = $1"];
+    const bind: unknown[] = [input.accountId];
+    if (op) where.push(`operation_type = $${bind.push(op)}`);
+    if (input.startTime) where.push(`created_at >= $${bind.push(input.startTime.toISOString())}`);
+    if (input.endTime) where.push(`created_at < $${bind.push(input.endTime.toISOString())}`);
+    if (after) {
+      if (typeof after[0] !== "string" || !/^\d+$/.test(after[0])) throw invalidField("page_token", "is not a valid page token for this request");
+      where.push(`id < $${bind.push(after[0])}`);
+    }
+    const rows = await this.sequelize.query<LogRow>(
+      `SELECT * FROM credit_usage_logs WHERE ${where.join(" AND ")} ORDER BY id DESC LIMIT $${bind.push(size! + 1)}`,
+      { bind, type: QueryTypes.SELECT },
+    );
+    const page = pageOf(rows, size!, (r) => [r.id], "usage_logs", filters);
+    return { logs: page.items.map(logView), nextPageToken: page.nextPageToken };
+  }
+
+  /** Usage summed per group over [start, end), computed by PostgreSQL. */
+  async summary(input: { accountId: string; startTime?: Date; endTime?: Date; groupBy: GroupBy | undefined }): Promise<{ groups: SummaryGroup[]; total: SummaryGroup }> {
+    const v = new Violations();
+    if (input.accountId !== "") v.collect(() => requireId(input.accountId, "account_id"));
+    if (!input.groupBy) v.add("group_by", "must be OPERATION, MODEL or DAY");
+    if (input.startTime && input.endTime && input.startTime > input.endTime) v.add("end_time", "must not be before start_time");
+    v.throwIfAny();
+    const key = { operation: "operation_type", model: "model_used", day: `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')` }[input.groupBy!];
+    const where: string[] = [];
+    const bind: unknown[] = [];
+    if (input.accountId) where.push(`account_id = $${bind.push(input.accountId)}`);
+    if (input.startTime) where.push(`created_at >= $${bind.push(input.startTime.toISOString())}`);
+    if (input.endTime) where.push(`created_at < $${bind.push(input.endTime.toISOString())}`);
+    const rows = await this.sequelize.query<{ key: string | null; operations: string; credits: string; cost_usd: string; tokens_input: string; tokens_output: string }>(
+      `SELECT ${key} AS key, count(*) AS operations, COALESCE(sum(credits_used), 0) AS credits, COALESCE(sum(cost_usd), 0) AS cost_usd,
+              COALESCE(sum(tokens_input), 0) AS tokens_input, COALESCE(sum(tokens_output), 0) AS tokens_output
+       FROM credit_usage_logs ${where.length ? "WHERE " + where.join(" AND ") : ""}
+       GROUP BY ROLLUP (${key}) ORDER BY ${key} NULLS LAST`,
+      { bind, type: QueryTypes.SELECT },
+    );
+    // ROLLUP's grand-total row has key NULL and sorts last; model_used is never NULL (empty string for "no model").
+    const groups = rows.map((r) => ({
+      key: r.key ?? "",
+      operations: BigInt(r.operations),
+      credits: BigInt(r.credits),
+      costUsd: formatMoney(r.cost_usd, PRICE),
+      tokensInput: BigInt(r.tokens_input),
+      tokensOutput: BigInt(r.tokens_output),
+    }));
+    const total = groups.length ? groups.pop()! : { key: "", operations: 0n, credits: 0n, costUsd: "0.0000", tokensInput: 0n, tokensOutput: 0n };
+    return { groups, total };
+  }
+}
+
+function logView(r: LogRow): UsageLogEntry {
+  return {
+    id: r.id,
+    accountId: r.account_id,
+    operationType: r.operation_type,
+    creditsUsed: BigInt(r.credits_used),
+    costUsd: r.cost_usd === null ? "" : formatMoney(r.cost_usd, PRICE),
+    modelUsed: r.model_used,
+    tokensInput: BigInt(r.tokens_input ?? 0),
+    tokensOutput: BigInt(r.tokens_output ?? 0),
+    relatedObjectType: r.related_object_type,
+    relatedObjectId: r.related_object_id,
+    metadata: r.metadata,
+    createdAt: r.created_at,
+  };
+}
