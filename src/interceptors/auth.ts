@@ -29,11 +29,25 @@ export function createAuthInterceptor(keys: ApiKeyRing): Interceptor {
     const principal = keys.lookup(match[1]!);
     if (!principal) throw new BillingError("unauthenticated", Reason.Unauthenticated, "unknown API key");
     assertRole(principal, access);
-    if ((access === "account" || access === "owner") && !req.stream) {
-      const accountId = (req.message as { accountId?: unknown }).accountId;
-      if (typeof accountId === "string") assertAccountAccess(principal, accountId);
-    }
     req.contextValues.set(principalKey, principal);
-    return next(req);
+    if (access !== "account" && access !== "owner") return next(req);
+    const check = (message: unknown) => {
+      const accountId = (message as { accountId?: unknown }).accountId;
+      if (typeof accountId === "string") assertAccountAccess(principal, accountId);
+    };
+    if (!req.stream) {
+      check(req.message);
+      return next(req);
+    }
+    // Streaming requests (server streaming included) carry their messages in
+    // an iterable: check each one before the handler sees it.
+    const source = req.message;
+    async function* checked() {
+      for await (const message of source) {
+        check(message);
+        yield message;
+      }
+    }
+    return next({ ...req, message: checked() } as typeof req);
   };
 }
