@@ -13,6 +13,7 @@ import { PlanLimits } from "./domain/credits/plan-limits.js";
 import { Pricing } from "./domain/credits/pricing.js";
 import { Reservations } from "./domain/credits/reservations.js";
 import { UsageReports } from "./domain/credits/usage.js";
+import { purgeIdempotencyKeys } from "./domain/idempotency.js";
 import { ModelCatalogue } from "./domain/models/catalogue.js";
 import { setPageTokenSecret } from "./domain/pagination.js";
 import { createAuthInterceptor } from "./interceptors/auth.js";
@@ -48,9 +49,21 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
     httpRoutes: { "/webhooks/stripe": notBuilt, "/webhooks/paypal": notBuilt },
     logger,
   });
+  // Idempotency keys are kept at least 24 hours; older ones are purged hourly.
+  let purgeTimer: NodeJS.Timeout | undefined;
+  const purge = () =>
+    purgeIdempotencyKeys(sequelize).then(
+      (n) => n > 0 && logger.info("purged idempotency keys", { count: n }),
+      (err: unknown) => logger.warn("idempotency key purge failed", { error: err instanceof Error ? err.message : String(err) }),
+    );
   return {
-    listen: (port, host) => server.listen(port, host),
+    async listen(port, host) {
+      const bound = await server.listen(port, host);
+      purgeTimer = setInterval(purge, 60 * 60 * 1000).unref();
+      return bound;
+    },
     async close(graceMs) {
+      clearInterval(purgeTimer);
       await server.close(graceMs);
       await notifications.close();
     },

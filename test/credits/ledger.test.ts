@@ -353,3 +353,19 @@ describe("CreditService ledger", () => {
     });
   });
 });
+
+describe("idempotency key retention", () => {
+  it("purges keys older than 24 hours and keeps younger ones", async () => {
+    const { purgeIdempotencyKeys } = await import("../../src/domain/idempotency.js");
+    const account = newAccount("purge");
+    const old = key();
+    const young = key();
+    await svc().grantCredits({ accountId: account, amount: 1n, type: CreditTransactionType.PURCHASE, idempotencyKey: old });
+    await svc().grantCredits({ accountId: account, amount: 1n, type: CreditTransactionType.PURCHASE, idempotencyKey: young });
+    await harness().sequelize.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE account_id = $1 AND key = $2`, { bind: [account, old] });
+    await harness().sequelize.query(`UPDATE idempotency_keys SET created_at = now() - interval '23 hours' WHERE account_id = $1 AND key = $2`, { bind: [account, young] });
+    expect(await purgeIdempotencyKeys(harness().sequelize)).to.be.at.least(1);
+    const rows = (await harness().sequelize.query(`SELECT key FROM idempotency_keys WHERE account_id = $1`, { bind: [account], type: "SELECT" as never })) as unknown as { key: string }[];
+    expect(rows.map((r) => r.key)).to.deep.equal([young]);
+  });
+});
