@@ -14,7 +14,13 @@ import { Pricing } from "./domain/credits/pricing.js";
 import { Reservations } from "./domain/credits/reservations.js";
 import { UsageReports } from "./domain/credits/usage.js";
 import { purgeIdempotencyKeys } from "./domain/idempotency.js";
+import { Invoices } from "./domain/invoices/invoices.js";
 import { ModelCatalogue } from "./domain/models/catalogue.js";
+import { PaymentMethods } from "./domain/payments/payment-methods.js";
+import { Payments } from "./domain/payments/payments.js";
+import { SecretBox } from "./domain/payments/secrets.js";
+import { Webhooks } from "./domain/payments/webhooks.js";
+import { createWebhookRoutes } from "./handlers/webhooks.js";
 import { setPageTokenSecret } from "./domain/pagination.js";
 import { createAuthInterceptor } from "./interceptors/auth.js";
 import { createLoggingInterceptor } from "./interceptors/logging.js";
@@ -29,24 +35,25 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   const pricing = new Pricing(sequelize, catalogue);
   const ledger = new CreditLedger(sequelize, pricing);
   const notifications = new BalanceNotifications(sequelize, logger);
+  const packages = new CreditPackages(sequelize);
   const credit = {
     ledger,
     pricing,
     reservations: new Reservations(sequelize, ledger, pricing),
     planLimits: new PlanLimits(sequelize),
-    packages: new CreditPackages(sequelize),
+    packages,
     usage: new UsageReports(sequelize),
     notifications,
   };
-  const notBuilt = (_req: unknown, res: { writeHead(code: number, headers: Record<string, string>): void; end(body: string): void }) => {
-    res.writeHead(501, { "content-type": "application/json" });
-    res.end(JSON.stringify({ error: "webhooks are not implemented yet" }));
-  };
+  const invoices = new Invoices(sequelize, packages);
+  const payments = new Payments(sequelize, invoices, ledger);
+  const paymentMethods = new PaymentMethods(sequelize, new SecretBox(config.secretKey));
+  const webhooks = new Webhooks(sequelize, payments, paymentMethods);
   const server = createBillingServer({
-    routes: createRoutes({ credit, catalogue, databaseIsUp: () => databaseIsUp(sequelize) }),
+    routes: createRoutes({ credit, catalogue, invoices, payments, paymentMethods, databaseIsUp: () => databaseIsUp(sequelize) }),
     interceptors: [createLoggingInterceptor(logger), createAuthInterceptor(config.apiKeys)],
     corsOrigins: config.corsOrigins,
-    httpRoutes: { "/webhooks/stripe": notBuilt, "/webhooks/paypal": notBuilt },
+    httpRoutes: createWebhookRoutes(webhooks, logger),
     logger,
   });
   // Idempotency keys are kept at least 24 hours; older ones are purged hourly.

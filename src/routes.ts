@@ -11,15 +11,23 @@ import { PaymentService, file_billing_v1_payment_service } from "../gen/billing/
 import * as reflection1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as reflectionAlpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health, file_health_v1_health } from "../gen/health/v1/health_pb.js";
+import type { Invoices } from "./domain/invoices/invoices.js";
 import type { ModelCatalogue } from "./domain/models/catalogue.js";
+import type { PaymentMethods } from "./domain/payments/payment-methods.js";
+import type { Payments } from "./domain/payments/payments.js";
 import { createCreditServiceHandler, type CreditServiceDeps } from "./handlers/credit-service.js";
 import { createHealthHandler } from "./handlers/health.js";
+import { createInvoiceServiceHandler } from "./handlers/invoice-service.js";
+import { createPaymentServiceHandler } from "./handlers/payment-service.js";
 import { createModelConfigServiceHandler } from "./handlers/model-config-service.js";
 import { createReflectionHandlers } from "./handlers/reflection.js";
 
 export interface RouteDependencies {
   credit: CreditServiceDeps;
   catalogue: ModelCatalogue;
+  invoices: Invoices;
+  payments: Payments;
+  paymentMethods: PaymentMethods;
   databaseIsUp: () => Promise<boolean>;
 }
 
@@ -42,8 +50,8 @@ export function createRoutes(deps: RouteDependencies) {
   const reflection = createReflectionHandlers(SERVED_FILES, SERVED_SERVICES);
   return (router: ConnectRouter) => {
     router.service(CreditService, createCreditServiceHandler(deps.credit));
-    router.service(InvoiceService, {});
-    router.service(PaymentService, {});
+    router.service(InvoiceService, createInvoiceServiceHandler(deps.invoices));
+    router.service(PaymentService, createPaymentServiceHandler(deps.payments, deps.paymentMethods));
     router.service(ModelConfigService, createModelConfigServiceHandler(deps.catalogue));
     router.service(Health, createHealthHandler(deps.databaseIsUp));
     router.service(reflection1.ServerReflection, reflection.v1);

@@ -37,6 +37,7 @@ export const TOKENS = {
 export const ACCOUNT_A = "acct_a";
 export const ACCOUNT_B = "acct_b";
 export const CORS_ORIGIN = "https://dashboard.example";
+export const TEST_SECRET_KEY = "test-billing-secret-key";
 
 export interface Harness {
   port: number;
@@ -97,6 +98,7 @@ export async function startHarness(): Promise<Harness> {
       ].join(","),
     ),
     corsOrigins: [CORS_ORIGIN],
+    secretKey: TEST_SECRET_KEY,
     logLevel: "silent",
   };
   const logger = createLogger(process.env.TEST_LOG_LEVEL === "debug" ? "debug" : "silent");

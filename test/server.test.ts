@@ -9,8 +9,6 @@ import { expect } from "chai";
 import http from "node:http";
 import http2 from "node:http2";
 import { CreditService } from "../gen/billing/v1/credit_service_pb.js";
-import { InvoiceService } from "../gen/billing/v1/invoice_service_pb.js";
-import { PaymentService } from "../gen/billing/v1/payment_service_pb.js";
 import { ServerReflection, ServerReflectionRequestSchema } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
@@ -75,18 +73,6 @@ describe("server", () => {
     it("answers an unknown path with 404", async () => {
       const res = await rawRequest({ method: "POST", path: "/nope", headers: { "content-type": "application/json" } }, "{}");
       expect(res.status).to.equal(404);
-    });
-  });
-
-  describe("RPCs not built yet", () => {
-    it("answer UNIMPLEMENTED", async () => {
-      await expectError(client(InvoiceService, TOKENS.admin).getInvoice({ invoiceId: "x" }), Code.Unimplemented);
-      await expectError(client(PaymentService, TOKENS.admin, "grpc-http2").getPayment({ paymentId: "x" }), Code.Unimplemented);
-    });
-
-    it("the webhook endpoints answer 501", async () => {
-      const res = await rawRequest({ method: "POST", path: "/webhooks/stripe", headers: { "content-type": "application/json" } }, "{}");
-      expect(res.status).to.equal(501);
     });
   });
 

@@ -34,3 +34,17 @@ export function calendarDateOf(iso: string): CalendarDate {
 export function todayUtc(now = new Date()): string {
   return now.toISOString().slice(0, 10);
 }
+
+/**
+ * "YYYY-MM-DD" of a SQL DATE as the driver returns it: node-postgres turns
+ * DATE into a local-midnight Date unless a query formats it, so both forms
+ * are accepted.
+ */
+export function isoDateOf(value: string | Date | null | undefined): string {
+  if (!value) return "";
+  if (value instanceof Date) {
+    const pad = (n: number) => String(n).padStart(2, "0");
+    return `${String(value.getFullYear()).padStart(4, "0")}-${pad(value.getMonth() + 1)}-${pad(value.getDate())}`;
+  }
+  return value.slice(0, 10);
+}

@@ -353,16 +353,23 @@ CREATE TABLE ai_model_config_history (
 );
 CREATE INDEX ai_model_config_history_model ON ai_model_config_history (model_name, id);
 
+-- Every provider callback received, with its outcome. Only events whose
+-- signature verified claim their event id, so a forged event can never make
+-- a genuine one look like a replay.
 CREATE TABLE webhook_events (
-  provider    varchar(20) NOT NULL,
-  event_id    varchar(255) NOT NULL,
-  event_type  varchar(255) NOT NULL DEFAULT '',
-  outcome     varchar(50) NOT NULL,
-  detail      text NOT NULL DEFAULT '',
-  payload     jsonb,
-  received_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (provider, event_id)
+  id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  provider        varchar(20) NOT NULL,
+  event_id        varchar(255) NOT NULL DEFAULT '',
+  event_type      varchar(255) NOT NULL DEFAULT '',
+  signature_valid boolean NOT NULL,
+  outcome         varchar(50) NOT NULL,
+  detail          text NOT NULL DEFAULT '',
+  payment_id      uuid,
+  payload         jsonb,
+  received_at     timestamptz NOT NULL DEFAULT now()
 );
+CREATE UNIQUE INDEX webhook_events_claim ON webhook_events (provider, event_id) WHERE signature_valid AND outcome <> 'duplicate';
+CREATE INDEX webhook_events_received ON webhook_events (received_at);
 `;
   const seedCostConfigs = OPERATION_TYPES.map(([op, name]) => `('${op}', '${name}')`).join(",\n  ");
   await sequelize.query(sql);

@@ -81,13 +81,16 @@ export class PaymentHistory extends Model<InferAttributes<PaymentHistory>, Infer
   declare created_at: CreationOptional<Date>;
 }
 
-/** A provider callback as received, with what it did; the key makes replays no-ops. */
+/** A provider callback as received, with what it did (verified events claim their id: replays are no-ops). */
 export class WebhookEvent extends Model<InferAttributes<WebhookEvent>, InferCreationAttributes<WebhookEvent>> {
+  declare id: CreationOptional<string>;
   declare provider: string;
   declare event_id: string;
   declare event_type: string;
+  declare signature_valid: boolean;
   declare outcome: string;
   declare detail: string;
+  declare payment_id: string | null;
   declare payload: unknown;
   declare received_at: CreationOptional<Date>;
 }
@@ -184,11 +187,14 @@ export function initInvoicingModels(sequelize: Sequelize) {
   const WebhookEventBound = class extends WebhookEvent {};
   WebhookEventBound.init(
     {
-      provider: { type: DataTypes.STRING(20), primaryKey: true },
-      event_id: { type: DataTypes.STRING(255), primaryKey: true },
+      id: { type: DataTypes.BIGINT, primaryKey: true, autoIncrement: true },
+      provider: { type: DataTypes.STRING(20), allowNull: false },
+      event_id: text(DataTypes.STRING(255)),
       event_type: text(DataTypes.STRING(255)),
+      signature_valid: { type: DataTypes.BOOLEAN, allowNull: false },
       outcome: { type: DataTypes.STRING(50), allowNull: false },
       detail: text(),
+      payment_id: optional(DataTypes.UUID),
       payload: optional(DataTypes.JSONB),
       received_at: now(),
     },

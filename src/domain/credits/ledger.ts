@@ -340,6 +340,17 @@ export class CreditLedger {
     return result;
   }
 
+  /** Locks the account inside the caller's transaction and returns its available credits. */
+  async availableIn(t: Transaction, accountId: string): Promise<bigint> {
+    await this.sequelize.query(`SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, { bind: [accountId], transaction: t });
+    const [row] = await this.sequelize.query<{ balance: string | null; reserved: string }>(
+      `SELECT a.balance, r.reserved FROM (${RESERVED_SQL}) r LEFT JOIN billing_accounts a ON a.account_id = $1`,
+      { bind: [accountId], transaction: t, type: QueryTypes.SELECT },
+    );
+    const available = BigInt(row?.balance ?? 0) - BigInt(row?.reserved ?? 0);
+    return available > 0n ? available : 0n;
+  }
+
   /** Pages through an account's ledger, newest first (keyset on id). */
   async listTransactions(input: ListTransactionsInput): Promise<{ transactions: LedgerEntry[]; nextPageToken: string }> {
     const v = new Violations();

@@ -17,7 +17,7 @@ import { modelsOf, type AIModelConfig } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { Dec, PRICE, formatMoney, formatOptionalMoney, parseMoney } from "../../money.js";
 import { AuditTrail, type AuditRecord, type JsonObject } from "../audit.js";
-import { parseCalendarDate, type CalendarDate } from "../dates.js";
+import { isoDateOf, parseCalendarDate, type CalendarDate } from "../dates.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { maskField } from "../field-mask.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
@@ -454,8 +454,8 @@ function fromColumns(m: AIModelConfig): ModelRecord {
     isDefault: m.is_default,
     sortOrder: m.sort_order,
     description: m.description,
-    releaseDate: m.release_date ?? "",
-    deprecationDate: m.deprecation_date ?? "",
+    releaseDate: isoDateOf(m.release_date),
+    deprecationDate: isoDateOf(m.deprecation_date),
     updatedBy: m.updated_by ?? "",
     createdAt: m.created_at,
     updatedAt: m.updated_at,

@@ -1,0 +1,374 @@
+/**
+ * Payment methods: the methods offered per country (seed:
+ * PaymentMethodConfig, with write-only encrypted provider secrets) and the
+ * methods each account saved (seed: AccountPaymentMethod).
+ *
+ * Rules:
+ * - api_key, api_secret and webhook_secret are write-only: stored encrypted,
+ *   never returned (views say has_api_key etc.).
+ * - At most one default per account (unique partial index; default changes
+ *   serialise on a per-account advisory lock). Display names are unique per
+ *   account.
+ */
+import { QueryTypes, UniqueConstraintError, type Sequelize, type Transaction } from "sequelize";
+import { modelsOf, type AccountPaymentMethod, type PaymentMethodConfig } from "../../db/models/index.js";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import type { JsonObject } from "../audit.js";
+import { BillingError, Reason, Violations, invalidField, notFound } from "../errors.js";
+import { maskField } from "../field-mask.js";
+import type { PaymentMethodName } from "../invoices/invoices.js";
+import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { checkText, requireId, requireUuid } from "../validation.js";
+import type { SecretBox } from "./secrets.js";
+
+export interface MethodConfigView {
+  countryCode: string;
+  paymentMethod: PaymentMethodName;
+  isEnabled: boolean;
+  displayName: string;
+  instructions: string;
+  bankName: string;
+  accountNumber: string;
+  routingNumber: string;
+  swiftCode: string;
+  walletType: string;
+  walletId: string;
+  webhookUrl: string;
+  sortOrder: number;
+  hasApiKey: boolean;
+  hasApiSecret: boolean;
+  hasWebhookSecret: boolean;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export type MethodConfigInput = Omit<MethodConfigView, "paymentMethod" | "hasApiKey" | "hasApiSecret" | "hasWebhookSecret" | "createdAt" | "updatedAt"> & { paymentMethod: PaymentMethodName | undefined };
+
+export interface SecretsInput {
+  apiKey: string;
+  apiSecret: string;
+  webhookSecret: string;
+  clear: string[];
+}
+
+export interface AccountMethodView {
+  id: string;
+  accountId: string;
+  type: PaymentMethodName;
+  displayName: string;
+  isDefault: boolean;
+  isEnabled: boolean;
+  isVerified: boolean;
+  countryCode: string;
+  instructions: string;
+  metadata: JsonObject;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export type AccountMethodInput = Omit<AccountMethodView, "type" | "createdAt" | "updatedAt"> & { type: PaymentMethodName | undefined };
+
+export const ACCOUNT_METHOD_FIELDS = ["type", "display_name", "is_enabled", "is_verified", "country_code", "instructions", "metadata"] as const;
+const COUNTRY_RE = /^[A-Z]{2}$/;
+const SECRET_NAMES = ["api_key", "api_secret", "webhook_secret"] as const;
+
+/** The payment method service. */
+export class PaymentMethods {
+  constructor(
+    private readonly sequelize: Sequelize,
+    private readonly secrets: SecretBox,
+  ) {}
+
+  private get models() {
+    return modelsOf(this.sequelize);
+  }
+
+  /** Enabled methods of a country, in display order. */
+  async listForCountry(countryCode: string): Promise<MethodConfigView[]> {
+    const country = countryOf(countryCode, "country_code");
+    const rows = await this.models.PaymentMethodConfig.findAll({ where: { country_code: country, is_enabled: true }, order: [["sort_order", "ASC"], ["payment_method", "ASC"]] });
+    return rows.map(configView);
+  }
+
+  /** Admin: creates or replaces a country's config of a method; secrets are encrypted, empty ones kept. */
+  async upsertConfig(input: MethodConfigInput, secrets: SecretsInput, options: TransactionOptions = {}): Promise<MethodConfigView> {
+    const v = new Violations();
+    const f = (n: string) => `payment_method_config.${n}`;
+    const country = v.collect(() => countryOf(input.countryCode, f("country_code")));
+    if (!input.paymentMethod) v.add(f("payment_method"), "is required");
+    for (const [name, value, max] of [
+      ["display_name", input.displayName, 255],
+      ["instructions", input.instructions, 4000],
+      ["bank_name", input.bankName, 255],
+      ["account_number", input.accountNumber, 255],
+      ["routing_number", input.routingNumber, 255],
+      ["swift_code", input.swiftCode, 255],
+      ["wallet_type", input.walletType, 255],
+      ["wallet_id", input.walletId, 255],
+      ["webhook_url", input.webhookUrl, 2000],
+    ] as const) {
+      v.collect(() => checkText(value, f(name), max));
+    }
+    if (input.webhookUrl && !/^https?:\/\/\S+$/.test(input.webhookUrl)) v.add(f("webhook_url"), "must be an http(s) URL");
+    for (const [name, value] of [["api_key", secrets.apiKey], ["api_secret", secrets.apiSecret], ["webhook_secret", secrets.webhookSecret]] as const) {
+      if ([...value].length > 1000) v.add(`secrets.${name}`, "must be at most 1000 characters");
+    }
+    secrets.clear.forEach((c, i) => {
+      if (!(SECRET_NAMES as readonly string[]).includes(c)) v.add(`secrets.clear[${i}]`, `must be one of ${SECRET_NAMES.join(", ")}`);
+    });
+    v.throwIfAny();
+    const encrypted: Record<string, string | null> = {};
+    for (const [column, value, name] of [["api_key_enc", secrets.apiKey, "api_key"], ["api_secret_enc", secrets.apiSecret, "api_secret"], ["webhook_secret_enc", secrets.webhookSecret, "webhook_secret"]] as const) {
+      if (value !== "") encrypted[column] = this.secrets.encrypt(value);
+      else if (secrets.clear.includes(name)) encrypted[column] = null;
+    }
+    const values = {
+      country_code: country!,
+      payment_method: input.paymentMethod!,
+      is_enabled: input.isEnabled,
+      display_name: input.displayName,
+      instructions: input.instructions,
+      bank_name: input.bankName,
+      account_number: input.accountNumber,
+      routing_number: input.routingNumber,
+      swift_code: input.swiftCode,
+      wallet_type: input.walletType,
+      wallet_id: input.walletId,
+      webhook_url: input.webhookUrl,
+      sort_order: input.sortOrder,
+    };
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        await this.sequelize.query(`SELECT pg_advisory_xact_lock(hashtext('billing.method_config'), hashtext($1))`, { bind: [`${country}/${input.paymentMethod}`], transaction: t });
+        const existing = await this.models.PaymentMethodConfig.findOne({ where: { country_code: country!, payment_method: input.paymentMethod! }, transaction: t, lock: t.LOCK.UPDATE });
+        if (existing) {
+          await existing.update({ ...values, ...encrypted, updated_at: new Date() }, { transaction: t });
+          return configView(existing);
+        }
+        const created = await this.models.PaymentMethodConfig.create(
+          { ...values, webhook_secret_enc: null, api_key_enc: null, api_secret_enc: null, ...encrypted },
+          { transaction: t },
+        );
+        return configView(created);
+      },
+      options,
+    );
+  }
+
+  /** Admin: deletes a country's config of a method. */
+  async deleteConfig(countryCode: string, paymentMethod: PaymentMethodName | undefined): Promise<void> {
+    const v = new Violations();
+    const country = v.collect(() => countryOf(countryCode, "country_code"));
+    if (!paymentMethod) v.add("payment_method", "is required");
+    v.throwIfAny();
+    const deleted = await this.models.PaymentMethodConfig.destroy({ where: { country_code: country!, payment_method: paymentMethod! } });
+    if (deleted === 0) throw notFound("payment method config", `${country}/${paymentMethod}`);
+  }
+
+  /** Decrypted webhook secrets of every config of `method` (for signature checks only). */
+  async webhookSecrets(method: "stripe" | "paypal"): Promise<string[]> {
+    const rows = await this.models.PaymentMethodConfig.findAll({ where: { payment_method: method } });
+    return rows.map((r) => (r.webhook_secret_enc ? this.secrets.decrypt(r.webhook_secret_enc) : undefined)).filter((s): s is string => !!s);
+  }
+
+  /** Saves a payment method for an account. */
+  async createAccountMethod(input: AccountMethodInput, options: TransactionOptions = {}): Promise<AccountMethodView> {
+    const values = validateAccountMethod(input, [...ACCOUNT_METHOD_FIELDS]);
+    requireId(input.accountId, "account_payment_method.account_id");
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        await this.lockAccount(t, input.accountId);
+        if (input.isDefault) await this.clearDefault(t, input.accountId);
+        const row = await this.uniqueName(() => this.models.AccountPaymentMethod.create({ ...(values as Record<string, unknown>), account_id: input.accountId, is_default: input.isDefault } as never, { transaction: t }));
+        return accountMethodView(row);
+      },
+      options,
+    );
+  }
+
+  /** An account's methods, default first, then by display name. */
+  async listAccountMethods(accountId: string, requestedPageSize: number, pageToken: string): Promise<{ methods: AccountMethodView[]; nextPageToken: string }> {
+    requireId(accountId, "account_id");
+    const size = pageSize(requestedPageSize);
+    const after = decodePageToken(pageToken, "account_methods", accountId);
+    const bind: unknown[] = [accountId];
+    let keyset = "";
+    if (after) {
+      const [notDefault, name, id] = after;
+      if (typeof notDefault !== "number" || typeof name !== "string" || typeof id !== "string") throw invalidField("page_token", "is not a valid page token for this request");
+      keyset = `AND (CASE WHEN is_default THEN 0 ELSE 1 END, display_name, id) > ($${bind.push(notDefault)}, $${bind.push(name)}, $${bind.push(id)}::uuid)`;
+    }
+    const rows = await this.sequelize.query<Record<string, unknown>>(
+      `SELECT * FROM account_payment_methods WHERE account_id = $1 ${keyset}
+       ORDER BY CASE WHEN is_default THEN 0 ELSE 1 END, display_name, id LIMIT $${bind.push(size + 1)}`,
+      { bind, type: QueryTypes.SELECT },
+    );
+    const views = rows.map((r) => accountMethodView(this.models.AccountPaymentMethod.build(r as never, { raw: true, isNewRecord: false })));
+    const page = pageOf(views, size, (m) => [m.isDefault ? 0 : 1, m.displayName, m.id], "account_methods", accountId);
+    return { methods: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  /** Changes the masked fields of a saved method. */
+  async updateAccountMethod(input: AccountMethodInput, paths: string[], authorize: (accountId: string) => void, options: TransactionOptions = {}): Promise<AccountMethodView> {
+    const id = requireUuid(input.id, "account_payment_method.id");
+    const fields = paths.length
+      ? paths.map((p) => maskField(p, "account_payment_method", ACCOUNT_METHOD_FIELDS))
+      : ACCOUNT_METHOD_FIELDS.filter((f) => {
+          const value = { type: input.type, display_name: input.displayName, is_enabled: input.isEnabled, is_verified: input.isVerified, country_code: input.countryCode, instructions: input.instructions, metadata: Object.keys(input.metadata).length ? input.metadata : undefined }[f];
+          return !(value === "" || value === false || value === undefined);
+        });
+    if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
+    const values = validateAccountMethod(input, fields);
+    const found = await this.findAccountMethod(id, authorize);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const row = await this.models.AccountPaymentMethod.findOne({ where: { account_id: found.account_id, id }, transaction: t, lock: t.LOCK.UPDATE });
+        if (!row) throw notFound("account payment method", id);
+        await this.uniqueName(() => row.update({ ...values, updated_at: new Date() }, { transaction: t }));
+        return accountMethodView(row);
+      },
+      options,
+    );
+  }
+
+  /** Makes a saved method the account's only default. */
+  async setDefaultAccountMethod(methodId: string, authorize: (accountId: string) => void, options: TransactionOptions = {}): Promise<AccountMethodView> {
+    const id = requireUuid(methodId, "id");
+    const found = await this.findAccountMethod(id, authorize);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        await this.lockAccount(t, found.account_id);
+        const row = await this.models.AccountPaymentMethod.findOne({ where: { account_id: found.account_id, id }, transaction: t, lock: t.LOCK.UPDATE });
+        if (!row) throw notFound("account payment method", id);
+        if (!row.is_default) {
+          await this.clearDefault(t, found.account_id);
+          await row.update({ is_default: true, updated_at: new Date() }, { transaction: t });
+        }
+        return accountMethodView(row);
+      },
+      options,
+    );
+  }
+
+  /** Deletes a saved method. */
+  async deleteAccountMethod(methodId: string, authorize: (accountId: string) => void): Promise<void> {
+    const id = requireUuid(methodId, "id");
+    const found = await this.findAccountMethod(id, authorize);
+    await this.models.AccountPaymentMethod.destroy({ where: { account_id: found.account_id, id } });
+  }
+
+  private async findAccountMethod(id: string, authorize: (accountId: string) => void): Promise<AccountPaymentMethod> {
+    const row = await this.models.AccountPaymentMethod.findOne({ where: { id } });
+    if (!row) throw notFound("account payment method", id);
+    authorize(row.account_id);
+    return row;
+  }
+
+  private async lockAccount(t: Transaction, accountId: string): Promise<void> {
+    await this.sequelize.query(`SELECT pg_advisory_xact_lock(hashtext('billing.account_methods'), hashtext($1))`, { bind: [accountId], transaction: t });
+  }
+
+  private async clearDefault(t: Transaction, accountId: string): Promise<void> {
+    await this.models.AccountPaymentMethod.update({ is_default: false, updated_at: new Date() }, { where: { account_id: accountId, is_default: true }, transaction: t });
+  }
+
+  private async uniqueName<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (err) {
+      if (err instanceof UniqueConstraintError && JSON.stringify(err.fields ?? {}).includes("display_name")) {
+        throw new BillingError("already_exists", Reason.AlreadyExists, "this account already has a payment method with that display name", [
+          { field: "account_payment_method.display_name", description: "must be unique per account" },
+        ]);
+      }
+      throw err;
+    }
+  }
+}
+
+function countryOf(value: string, field: string): string {
+  const c = value.toUpperCase();
+  if (!COUNTRY_RE.test(c)) throw invalidField(field, "must be an ISO 3166-1 alpha-2 country code like US");
+  return c;
+}
+
+function validateAccountMethod(input: AccountMethodInput, fields: readonly string[]): Record<string, unknown> {
+  const v = new Violations();
+  const f = (n: string) => `account_payment_method.${n}`;
+  const out: Record<string, unknown> = {};
+  for (const field of fields) {
+    switch (field) {
+      case "type":
+        if (!input.type) v.add(f("type"), "is required");
+        else out.type = input.type;
+        break;
+      case "display_name":
+        if (input.displayName === "") v.add(f("display_name"), "is required");
+        else if (v.collect(() => checkText(input.displayName, f("display_name"))) !== undefined) out.display_name = input.displayName;
+        break;
+      case "country_code":
+        if (input.countryCode === "") out.country_code = "";
+        else {
+          const c = v.collect(() => countryOf(input.countryCode, f("country_code")));
+          if (c) out.country_code = c;
+        }
+        break;
+      case "instructions":
+        if (v.collect(() => checkText(input.instructions, f("instructions"), 4000)) !== undefined) out.instructions = input.instructions;
+        break;
+      case "is_enabled":
+      case "is_verified":
+        out[field] = field === "is_enabled" ? input.isEnabled : input.isVerified;
+        break;
+      case "metadata":
+        out.metadata = input.metadata;
+        break;
+    }
+  }
+  v.throwIfAny();
+  return out;
+}
+
+function configView(r: PaymentMethodConfig): MethodConfigView {
+  return {
+    countryCode: r.country_code,
+    paymentMethod: r.payment_method as PaymentMethodName,
+    isEnabled: r.is_enabled,
+    displayName: r.display_name,
+    instructions: r.instructions,
+    bankName: r.bank_name,
+    accountNumber: r.account_number,
+    routingNumber: r.routing_number,
+    swiftCode: r.swift_code,
+    walletType: r.wallet_type,
+    walletId: r.wallet_id,
+    webhookUrl: r.webhook_url,
+    sortOrder: r.sort_order,
+    hasApiKey: !!r.api_key_enc,
+    hasApiSecret: !!r.api_secret_enc,
+    hasWebhookSecret: !!r.webhook_secret_enc,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function accountMethodView(r: AccountPaymentMethod): AccountMethodView {
+  return {
+    id: r.id,
+    accountId: r.account_id,
+    type: r.type as PaymentMethodName,
+    displayName: r.display_name,
+    isDefault: r.is_default,
+    isEnabled: r.is_enabled,
+    isVerified: r.is_verified,
+    countryCode: r.country_code,
+    instructions: r.instructions,
+    metadata: r.metadata ?? {},
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}

@@ -1,0 +1,507 @@
+/**
+ * Payments of invoices (seed: Payment), with a history row for every state
+ * change.
+ *
+ * Rules:
+ * - Manual payments (bank transfer, local wallet, manual) are submitted for
+ *   a PENDING invoice, for exactly its outstanding amount (no partial
+ *   payments), one awaiting approval at a time: PENDING_APPROVAL.
+ * - Settling a payment (admin approval, or a provider's success callback)
+ *   happens in one database transaction: the payment SUCCEEDED, the invoice
+ *   PAID once covered, and a package's credits granted (a PURCHASE linked to
+ *   the payment). Locks are taken invoice first, then payment, so approval
+ *   and a webhook racing for one invoice serialise and the credits are
+ *   granted exactly once.
+ * - A refund (SUCCEEDED -> REFUNDED) takes back the credits the payment
+ *   granted through the ledger (a negative REFUND linked to the payment).
+ *   Balances never go below zero: if some were spent the refund fails with
+ *   CREDITS_ALREADY_SPENT unless revoke_available_only, which takes back what
+ *   is available and records the shortfall. The invoice stays PAID with its
+ *   amount_paid reduced.
+ */
+import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { modelsOf, type Invoice, type Payment } from "../../db/models/index.js";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { AMOUNT, Dec, formatMoney, parseMoney } from "../../money.js";
+import type { JsonObject } from "../audit.js";
+import type { CreditLedger } from "../credits/ledger.js";
+import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
+import { runIdempotent } from "../idempotency.js";
+import type { Invoices, PaymentMethodName } from "../invoices/invoices.js";
+import { transition, type InvoiceStatus } from "../invoices/state-machine.js";
+import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+
+export type PaymentStatus = "pending_approval" | "succeeded" | "failed" | "refunded";
+export const MANUAL_METHODS: readonly PaymentMethodName[] = ["bank_transfer", "local_wallet", "manual"];
+
+export interface PaymentView {
+  id: string;
+  accountId: string;
+  invoiceId: string;
+  amount: string;
+  currency: string;
+  status: PaymentStatus;
+  paymentMethod: PaymentMethodName;
+  stripePaymentIntentId: string;
+  stripeChargeId: string;
+  paypalOrderId: string;
+  paypalCaptureId: string;
+  manualReference: string;
+  manualNotes: string;
+  adminNotes: string;
+  approvedBy: string;
+  approvedAt?: Date;
+  processedAt?: Date;
+  failedAt?: Date;
+  refundedAt?: Date;
+  failureReason: string;
+  metadata: JsonObject;
+  creditsGranted: bigint;
+  creditsRevoked: bigint;
+  creditsShortfall: bigint;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface PaymentHistoryView {
+  id: string;
+  paymentId: string;
+  fromStatus: PaymentStatus | "";
+  toStatus: PaymentStatus;
+  actor: string;
+  note: string;
+  createdAt: Date;
+}
+
+/** A provider's reference to its side of a payment. */
+export type ProviderRef = { stripePaymentIntentId: string; stripeChargeId?: string } | { paypalCaptureId: string; paypalOrderId?: string };
+
+type Authorize = (accountId: string) => void;
+const anyone: Authorize = () => undefined;
+
+/** The payment service. */
+export class Payments {
+  constructor(
+    private readonly sequelize: Sequelize,
+    private readonly invoices: Invoices,
+    private readonly ledger: CreditLedger,
+  ) {}
+
+  private get models() {
+    return modelsOf(this.sequelize);
+  }
+
+  /** Records a manual payment awaiting approval; idempotent by key. */
+  async submitManual(
+    input: { invoiceId: string; paymentMethod: PaymentMethodName | undefined; amount: string; manualReference: string; manualNotes: string; idempotencyKey: string },
+    actor: string,
+    authorize: Authorize,
+    options: TransactionOptions = {},
+  ): Promise<PaymentView> {
+    const v = new Violations();
+    const invoiceId = v.collect(() => requireUuid(input.invoiceId, "invoice_id"));
+    if (!input.paymentMethod || !MANUAL_METHODS.includes(input.paymentMethod)) v.add("payment_method", "must be BANK_TRANSFER, LOCAL_WALLET or MANUAL");
+    const amount = v.collect(() => parseMoney(input.amount, "amount", AMOUNT, { positive: true }));
+    v.collect(() => checkText(input.manualReference, "manual_reference"));
+    v.collect(() => checkText(input.manualNotes, "manual_notes", 4000));
+    v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    v.throwIfAny();
+    const invoice = await this.invoices.get(invoiceId!, authorize);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: invoice.accountId, key: input.idempotencyKey, method: "SubmitManualPayment", request: input }, async () => {
+          const inv = await this.invoices.lock(t, invoice.id);
+          if (inv.status !== "pending") {
+            throw failedPrecondition(Reason.InvalidStateTransition, `only PENDING invoices can be paid; this one is ${inv.status.toUpperCase()}`, { status: inv.status.toUpperCase() });
+          }
+          const outstanding = new Dec(inv.total).minus(inv.amount_paid);
+          if (!amount!.eq(outstanding)) {
+            throw failedPrecondition(Reason.AmountMismatch, `amount must equal the outstanding total ${formatMoney(outstanding, AMOUNT)} ${inv.currency} (partial payments are not supported)`, {
+              outstanding: formatMoney(outstanding, AMOUNT),
+            });
+          }
+          const waiting = await this.models.Payment.count({ where: { invoice_id: inv.id, status: "pending_approval" }, transaction: t });
+          if (waiting > 0) throw failedPrecondition(Reason.PaymentPending, "a payment for this invoice is already awaiting approval");
+          const payment = await this.models.Payment.create(
+            {
+              account_id: inv.account_id,
+              invoice_id: inv.id,
+              amount: formatMoney(amount!, AMOUNT),
+              currency: inv.currency,
+              payment_method: input.paymentMethod!,
+              manual_reference: input.manualReference,
+              manual_notes: input.manualNotes,
+              stripe_payment_intent_id: null,
+              stripe_charge_id: null,
+              paypal_order_id: null,
+              paypal_capture_id: null,
+              approved_by: null,
+              approved_at: null,
+              processed_at: null,
+              failed_at: null,
+              refunded_at: null,
+            },
+            { transaction: t },
+          );
+          await this.recordHistory(t, payment, null, actor, "submitted");
+          return view(payment);
+        });
+        return result;
+      },
+      options,
+    );
+  }
+
+  /** Admin: PENDING_APPROVAL -> SUCCEEDED, invoice paid and credits granted, together. */
+  async approve(paymentId: string, adminNotes: string, actor: string, options: TransactionOptions = {}): Promise<PaymentView> {
+    const id = requireUuid(paymentId, "payment_id");
+    checkText(adminNotes, "admin_notes", 4000);
+    const found = await this.find(id);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const invoice = await this.invoices.lock(t, found.invoice_id);
+        const payment = await this.lock(t, found.account_id, id);
+        expectStatus(payment, "pending_approval", "approve");
+        if (invoice.status !== "pending") {
+          throw failedPrecondition(Reason.InvalidStateTransition, `the invoice is ${invoice.status.toUpperCase()}, not PENDING: reject this payment instead`, { invoice_status: invoice.status.toUpperCase() });
+        }
+        const now = new Date();
+        await payment.update({ admin_notes: adminNotes, approved_by: actor, approved_at: now }, { transaction: t });
+        await this.settle(t, invoice, payment, actor, "approved");
+        return view(payment);
+      },
+      options,
+    );
+  }
+
+  /** Admin: PENDING_APPROVAL -> FAILED with a reason. */
+  async reject(paymentId: string, reason: string, actor: string, options: TransactionOptions = {}): Promise<PaymentView> {
+    const v = new Violations();
+    const id = v.collect(() => requireUuid(paymentId, "payment_id"));
+    if (reason === "") v.add("reason", "is required");
+    else v.collect(() => checkText(reason, "reason", 4000));
+    v.throwIfAny();
+    const found = await this.find(id!);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const payment = await this.lock(t, found.account_id, id!);
+        expectStatus(payment, "pending_approval", "reject");
+        const from = payment.status as PaymentStatus;
+        await payment.update({ status: "failed", failure_reason: reason, failed_at: new Date(), updated_at: new Date() }, { transaction: t });
+        await this.recordHistory(t, payment, from, actor, reason);
+        return view(payment);
+      },
+      options,
+    );
+  }
+
+  /** Admin: SUCCEEDED -> REFUNDED, taking back the credits it granted; idempotent by key. */
+  async refund(
+    input: { paymentId: string; reason: string; revokeAvailableOnly: boolean; idempotencyKey: string },
+    actor: string,
+    options: TransactionOptions = {},
+  ): Promise<PaymentView> {
+    const v = new Violations();
+    const id = v.collect(() => requireUuid(input.paymentId, "payment_id"));
+    v.collect(() => checkText(input.reason, "reason", 4000));
+    v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    v.throwIfAny();
+    const found = await this.find(id!);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "RefundPayment", request: input }, async () => {
+          const invoice = await this.invoices.lock(t, found.invoice_id);
+          const payment = await this.lock(t, found.account_id, id!);
+          await this.refundIn(t, invoice, payment, input.reason, input.revokeAvailableOnly, actor);
+          return view(payment);
+        });
+        return result;
+      },
+      options,
+    );
+  }
+
+  /** One payment; `authorize` sees its account first. */
+  async get(paymentId: string, authorize: Authorize = anyone): Promise<PaymentView> {
+    const found = await this.find(requireUuid(paymentId, "payment_id"));
+    authorize(found.account_id);
+    return view(found);
+  }
+
+  /** Payments newest first, filtered by account, statuses and methods. */
+  async list(input: { accountId: string; statuses: PaymentStatus[]; methods: PaymentMethodName[]; pageSize: number; pageToken: string }): Promise<{ payments: PaymentView[]; nextPageToken: string }> {
+    if (input.accountId) requireId(input.accountId, "account_id");
+    const size = pageSize(input.pageSize);
+    const filters = { a: input.accountId, s: [...input.statuses].sort(), m: [...input.methods].sort() };
+    const after = decodePageToken(input.pageToken, "payments", filters);
+    const where: string[] = [];
+    const bind: unknown[] = [];
+    if (input.accountId) where.push(`account_id = $${bind.push(input.accountId)}`);
+    if (input.statuses.length) where.push(`status = ANY($${bind.push(input.statuses)}::text[])`);
+    if (input.methods.length) where.push(`payment_method = ANY($${bind.push(input.methods)}::text[])`);
+    if (after) {
+      const [created, pid] = after;
+      if (typeof created !== "string" || typeof pid !== "string") throw invalidField("page_token", "is not a valid page token for this request");
+      where.push(`(created_at, id) < ($${bind.push(created)}::timestamptz, $${bind.push(pid)}::uuid)`);
+    }
+    const rows = await this.sequelize.query<Record<string, unknown>>(
+      `SELECT *, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_key FROM payments
+       ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY created_at DESC, id DESC LIMIT $${bind.push(size + 1)}`,
+      { bind, type: QueryTypes.SELECT },
+    );
+    const page = pageOf(rows, size, (r) => [r.created_key as string, r.id as string], "payments", filters);
+    return { payments: page.items.map((r) => view(this.models.Payment.build(r as never, { raw: true, isNewRecord: false }))), nextPageToken: page.nextPageToken };
+  }
+
+  /** A payment's state changes, newest first. */
+  async history(paymentId: string, requestedPageSize: number, pageToken: string, authorize: Authorize = anyone): Promise<{ entries: PaymentHistoryView[]; nextPageToken: string }> {
+    const found = await this.find(requireUuid(paymentId, "payment_id"));
+    authorize(found.account_id);
+    const size = pageSize(requestedPageSize);
+    const after = decodePageToken(pageToken, "payment_history", found.id);
+    if (after && (typeof after[0] !== "string" || !/^\d+$/.test(after[0]))) throw invalidField("page_token", "is not a valid page token for this request");
+    const rows = await this.sequelize.query<{ id: string; payment_id: string; from_status: PaymentStatus | null; to_status: PaymentStatus; actor: string; note: string; created_at: Date }>(
+      `SELECT id, payment_id, from_status, to_status, actor, note, created_at FROM payment_history
+       WHERE account_id = $1 AND payment_id = $2 ${after ? "AND id < $4" : ""} ORDER BY id DESC LIMIT $3`,
+      { bind: after ? [found.account_id, found.id, size + 1, after[0]] : [found.account_id, found.id, size + 1], type: QueryTypes.SELECT },
+    );
+    const page = pageOf(rows, size, (r) => [r.id], "payment_history", found.id);
+    return {
+      entries: page.items.map((r) => ({ id: r.id, paymentId: r.payment_id, fromStatus: r.from_status ?? "", toStatus: r.to_status, actor: r.actor, note: r.note, createdAt: r.created_at })),
+      nextPageToken: page.nextPageToken,
+    };
+  }
+
+  /**
+   * A provider reports a payment of an invoice succeeded. Creates or updates
+   * the payment and settles it, inside the caller's transaction. Returns what
+   * happened, for the webhook log.
+   */
+  async providerSucceeded(
+    t: Transaction,
+    e: { invoiceId: string; method: "stripe" | "paypal"; amount: string; currency: string; ref: ProviderRef },
+    actor: string,
+  ): Promise<{ outcome: string; paymentId?: string }> {
+    const invoice = await this.invoices.lock(t, e.invoiceId).catch(() => undefined);
+    if (!invoice) return { outcome: "ignored", paymentId: undefined };
+    let payment = await this.byProviderRef(t, e.ref);
+    if (payment?.status === "succeeded" || payment?.status === "refunded") return { outcome: "already_settled", paymentId: payment.id };
+    if (invoice.status !== "pending") return { outcome: `ignored_invoice_${invoice.status}`, paymentId: payment?.id };
+    const amount = new Dec(e.amount);
+    if (!amount.eq(new Dec(invoice.total).minus(invoice.amount_paid)) || e.currency.toUpperCase() !== invoice.currency) {
+      return { outcome: "ignored_amount_mismatch", paymentId: payment?.id };
+    }
+    if (!payment) {
+      payment = await this.models.Payment.create(
+        {
+          account_id: invoice.account_id,
+          invoice_id: invoice.id,
+          amount: formatMoney(amount, AMOUNT),
+          currency: invoice.currency,
+          payment_method: e.method,
+          ...refColumns(e.ref),
+          approved_by: null,
+          approved_at: null,
+          processed_at: null,
+          failed_at: null,
+          refunded_at: null,
+        } as never,
+        { transaction: t },
+      );
+      await this.recordHistory(t, payment, null, actor, "created by provider");
+    } else {
+      payment = await this.lock(t, payment.account_id, payment.id);
+    }
+    await this.settle(t, invoice, payment, actor, "provider confirmed");
+    return { outcome: "settled", paymentId: payment.id };
+  }
+
+  /** A provider reports a payment failed. */
+  async providerFailed(t: Transaction, e: { invoiceId: string; method: "stripe" | "paypal"; amount: string; currency: string; ref: ProviderRef; reason: string }, actor: string): Promise<{ outcome: string; paymentId?: string }> {
+    const existing = await this.byProviderRef(t, e.ref);
+    if (existing) {
+      const payment = await this.lock(t, existing.account_id, existing.id);
+      if (payment.status !== "pending_approval") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
+      await payment.update({ status: "failed", failure_reason: e.reason, failed_at: new Date(), updated_at: new Date() }, { transaction: t });
+      await this.recordHistory(t, payment, "pending_approval", actor, e.reason);
+      return { outcome: "failed", paymentId: payment.id };
+    }
+    const invoice = await this.invoices.lock(t, e.invoiceId).catch(() => undefined);
+    if (!invoice) return { outcome: "ignored" };
+    const payment = await this.models.Payment.create(
+      {
+        account_id: invoice.account_id,
+        invoice_id: invoice.id,
+        amount: formatMoney(new Dec(e.amount).gt(0) ? e.amount : invoice.total, AMOUNT),
+        currency: invoice.currency,
+        payment_method: e.method,
+        status: "failed",
+        failure_reason: e.reason,
+        failed_at: new Date(),
+        ...refColumns(e.ref),
+        approved_by: null,
+        approved_at: null,
+        processed_at: null,
+        refunded_at: null,
+      } as never,
+      { transaction: t },
+    );
+    await this.recordHistory(t, payment, null, actor, e.reason);
+    return { outcome: "failed", paymentId: payment.id };
+  }
+
+  /** A provider reports a refund: never refused, so credits are revoked as far as available. */
+  async providerRefunded(t: Transaction, ref: ProviderRef, reason: string, actor: string): Promise<{ outcome: string; paymentId?: string }> {
+    const existing = await this.byProviderRef(t, ref);
+    if (!existing) return { outcome: "ignored_unknown_payment" };
+    const invoice = await this.invoices.lock(t, existing.invoice_id);
+    const payment = await this.lock(t, existing.account_id, existing.id);
+    if (payment.status === "refunded") return { outcome: "already_refunded", paymentId: payment.id };
+    if (payment.status !== "succeeded") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
+    await this.refundIn(t, invoice, payment, reason, true, actor);
+    return { outcome: "refunded", paymentId: payment.id };
+  }
+
+  /** SUCCEEDED + invoice PAID once covered + package credits granted; history written. */
+  private async settle(t: Transaction, invoice: Invoice, payment: Payment, actor: string, note: string): Promise<void> {
+    const from = payment.status as PaymentStatus;
+    const now = new Date();
+    const paid = new Dec(invoice.amount_paid).plus(payment.amount);
+    const covered = paid.gte(invoice.total);
+    let creditsGranted = 0n;
+    if (covered) {
+      const status = transition(invoice.status as InvoiceStatus, "pay");
+      const credits = BigInt(invoice.credit_package_credits ?? 0);
+      if (credits > 0n) {
+        await this.ledger.creditIn(t, {
+          accountId: invoice.account_id,
+          amount: credits,
+          type: "purchase",
+          description: `Credit package ${invoice.credit_package_slug} (invoice ${invoice.invoice_number})`.slice(0, 255),
+          metadata: { invoice_id: invoice.id, package_slug: invoice.credit_package_slug },
+          paymentId: payment.id,
+        });
+        creditsGranted = credits;
+      }
+      await invoice.update({ status, paid_at: now, amount_paid: formatMoney(paid, AMOUNT), payment_method: payment.payment_method, updated_at: now }, { transaction: t });
+    } else {
+      await invoice.update({ amount_paid: formatMoney(paid, AMOUNT), updated_at: now }, { transaction: t });
+    }
+    await payment.update({ status: "succeeded", processed_at: now, credits_granted: creditsGranted.toString(), updated_at: now }, { transaction: t });
+    await this.recordHistory(t, payment, from, actor, note);
+  }
+
+  private async refundIn(t: Transaction, invoice: Invoice, payment: Payment, reason: string, revokeAvailableOnly: boolean, actor: string): Promise<void> {
+    expectStatus(payment, "succeeded", "refund");
+    const granted = BigInt(payment.credits_granted);
+    let revoked = 0n;
+    if (granted > 0n) {
+      const available = await this.ledger.availableIn(t, payment.account_id);
+      if (available < granted && !revokeAvailableOnly) {
+        throw new BillingError(
+          "failed_precondition",
+          Reason.CreditsAlreadySpent,
+          `${granted - available} of the ${granted} credits this payment granted were already spent; set revoke_available_only to take back the ${available} available`,
+          [],
+          { granted: granted.toString(), available: available.toString() },
+        );
+      }
+      revoked = available < granted ? available : granted;
+      if (revoked > 0n) {
+        await this.ledger.debitIn(t, {
+          accountId: payment.account_id,
+          credits: revoked,
+          type: "refund",
+          description: `Refund of payment ${payment.id}`.slice(0, 255),
+          metadata: { reason, invoice_id: invoice.id },
+          paymentId: payment.id,
+        });
+      }
+    }
+    const now = new Date();
+    await invoice.update({ amount_paid: formatMoney(new Dec(invoice.amount_paid).minus(payment.amount), AMOUNT), metadata: { ...invoice.metadata, refunded_at: now.toISOString() }, updated_at: now }, { transaction: t });
+    await payment.update(
+      { status: "refunded", refunded_at: now, credits_revoked: revoked.toString(), credits_shortfall: (granted - revoked).toString(), failure_reason: payment.failure_reason, updated_at: now, metadata: { ...payment.metadata, refund_reason: reason } },
+      { transaction: t },
+    );
+    await this.recordHistory(t, payment, "succeeded", actor, reason || "refunded");
+  }
+
+  private async find(id: string): Promise<Payment> {
+    const row = await this.models.Payment.findOne({ where: { id } });
+    if (!row) throw notFound("payment", id);
+    return row;
+  }
+
+  private async lock(t: Transaction, accountId: string, id: string): Promise<Payment> {
+    const row = await this.models.Payment.findOne({ where: { account_id: accountId, id }, transaction: t, lock: t.LOCK.UPDATE });
+    if (!row) throw notFound("payment", id);
+    return row;
+  }
+
+  private async byProviderRef(t: Transaction, ref: ProviderRef): Promise<Payment | null> {
+    const where = "stripePaymentIntentId" in ref ? { stripe_payment_intent_id: ref.stripePaymentIntentId } : { paypal_capture_id: ref.paypalCaptureId };
+    return this.models.Payment.findOne({ where, transaction: t });
+  }
+
+  private async recordHistory(t: Transaction, payment: Payment, from: PaymentStatus | null, actor: string, note: string): Promise<void> {
+    await this.models.PaymentHistory.create(
+      { account_id: payment.account_id, payment_id: payment.id, from_status: from, to_status: payment.status, actor, note, snapshot: snapshotOf(payment) },
+      { transaction: t },
+    );
+  }
+}
+
+function expectStatus(payment: Payment, status: PaymentStatus, action: string): void {
+  if (payment.status !== status) {
+    throw failedPrecondition(Reason.InvalidStateTransition, `cannot ${action} a payment that is ${payment.status.toUpperCase()}`, { status: payment.status.toUpperCase(), action });
+  }
+}
+
+function refColumns(ref: ProviderRef) {
+  return "stripePaymentIntentId" in ref
+    ? { stripe_payment_intent_id: ref.stripePaymentIntentId, stripe_charge_id: ref.stripeChargeId ?? null, paypal_order_id: null, paypal_capture_id: null }
+    : { paypal_capture_id: ref.paypalCaptureId, paypal_order_id: ref.paypalOrderId ?? null, stripe_payment_intent_id: null, stripe_charge_id: null };
+}
+
+function snapshotOf(p: Payment): Record<string, unknown> {
+  return { status: p.status, amount: formatMoney(p.amount, AMOUNT), currency: p.currency, payment_method: p.payment_method, credits_granted: String(p.credits_granted ?? 0) };
+}
+
+/** The caller-facing form of a payment row. */
+export function view(r: Payment): PaymentView {
+  const out: PaymentView = {
+    id: r.id,
+    accountId: r.account_id,
+    invoiceId: r.invoice_id,
+    amount: formatMoney(r.amount, AMOUNT),
+    currency: r.currency,
+    status: r.status as PaymentStatus,
+    paymentMethod: r.payment_method as PaymentMethodName,
+    stripePaymentIntentId: r.stripe_payment_intent_id ?? "",
+    stripeChargeId: r.stripe_charge_id ?? "",
+    paypalOrderId: r.paypal_order_id ?? "",
+    paypalCaptureId: r.paypal_capture_id ?? "",
+    manualReference: r.manual_reference ?? "",
+    manualNotes: r.manual_notes ?? "",
+    adminNotes: r.admin_notes ?? "",
+    approvedBy: r.approved_by ?? "",
+    failureReason: r.failure_reason ?? "",
+    metadata: r.metadata ?? {},
+    creditsGranted: BigInt(r.credits_granted ?? 0),
+    creditsRevoked: BigInt(r.credits_revoked ?? 0),
+    creditsShortfall: BigInt(r.credits_shortfall ?? 0),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+  if (r.approved_at) out.approvedAt = r.approved_at;
+  if (r.processed_at) out.processedAt = r.processed_at;
+  if (r.failed_at) out.failedAt = r.failed_at;
+  if (r.refunded_at) out.refundedAt = r.refunded_at;
+  return out;
+}
