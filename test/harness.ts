@@ -3,8 +3,8 @@
  * real PostgreSQL (a throwaway embedded cluster, or a fresh database on the
  * server named by DATABASE_URL), and clients for every protocol.
  */
-import { fromBinary, type DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
+import { fromBinary, toJsonString, type DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -123,19 +123,47 @@ export async function startHarness(): Promise<Harness> {
 
 export type Protocol = "connect-json-http1" | "grpc-http2" | "grpc-web-http1" | "connect-binary-http2";
 
+/** Every response message any test client received, as JSON (for the secrets scan). */
+export const RECORDED_RESPONSES: string[] = [];
+
+/** Secrets the tests store; no response may ever contain one. */
+export const KNOWN_SECRETS = new Set<string>();
+
+const recordResponses: Interceptor = (next) => async (req) => {
+  const res = await next(req);
+  if (!res.stream) {
+    RECORDED_RESPONSES.push(toJsonString(res.method.output, res.message as never));
+    return res;
+  }
+  const source = res.message;
+  async function* recorded() {
+    for await (const m of source) {
+      RECORDED_RESPONSES.push(toJsonString(res.method.output, m as never));
+      yield m;
+    }
+  }
+  return { ...res, message: recorded() } as typeof res;
+};
+
 /** A transport for one protocol against the harness server. */
 export function transport(protocol: Protocol): Transport {
   const baseUrl = harness().baseUrl;
+  const interceptors = [recordResponses];
   switch (protocol) {
     case "connect-json-http1":
-      return createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false });
+      return createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: false, interceptors });
     case "connect-binary-http2":
-      return createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true });
+      return createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true, interceptors });
     case "grpc-http2":
-      return createGrpcTransport({ baseUrl });
+      return createGrpcTransport({ baseUrl, interceptors });
     case "grpc-web-http1":
-      return createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
+      return createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors });
   }
+}
+
+/** The recorded responses that contain a known secret (should be none). */
+export function responsesLeakingSecrets(): string[] {
+  return RECORDED_RESPONSES.filter((r) => [...KNOWN_SECRETS].some((s) => r.includes(s)));
 }
 
 const transports = new Map<Protocol, Transport>();
