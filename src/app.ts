@@ -33,8 +33,8 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   if (config.secretKey) setPageTokenSecret(config.secretKey);
   const catalogue = new ModelCatalogue(sequelize);
   const pricing = new Pricing(sequelize, catalogue);
-  const ledger = new CreditLedger(sequelize, pricing);
   const notifications = new BalanceNotifications(sequelize, logger);
+  const ledger = new CreditLedger(sequelize, pricing, (accountId) => notifications.announce(accountId));
   const packages = new CreditPackages(sequelize);
   const credit = {
     ledger,

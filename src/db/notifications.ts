@@ -1,15 +1,21 @@
 /**
- * Balance change notifications across server processes: every ledger write
- * runs `pg_notify('billing_balance', account_id)` in its transaction, so the
- * notice is delivered on commit to every process LISTENing on the database.
- * One dedicated connection per process listens and fans notices out to the
- * local subscribers of each account; it reconnects after a lost connection.
+ * Balance change notifications across server processes (LISTEN/NOTIFY).
+ *
+ * After a ledger transaction commits, the changed account is `announce`d;
+ * announcements are batched into one `pg_notify` statement per tick, sent
+ * outside the ledger's transactions, so ledger commits never queue on
+ * PostgreSQL's notification lock. One dedicated connection per process
+ * LISTENs and fans notices out to the local subscribers of each account; it
+ * reconnects after a lost connection and then wakes every subscriber.
+ * A process that dies between a commit and the next tick loses that notice;
+ * watchers see the change with the next one.
  */
 import pg from "pg";
 import type { Sequelize } from "sequelize";
 import type { Logger } from "../logger.js";
 
 export const BALANCE_CHANNEL = "billing_balance";
+const FLUSH_MS = 20;
 
 type Listener = () => void;
 
@@ -20,6 +26,8 @@ export class BalanceNotifications {
   private readonly listeners = new Map<string, Set<Listener>>();
   private closed = false;
   private retryTimer?: NodeJS.Timeout;
+  private pending = new Set<string>();
+  private flushTimer?: NodeJS.Timeout;
 
   constructor(
     private readonly sequelize: Sequelize,
@@ -38,8 +46,28 @@ export class BalanceNotifications {
     };
   }
 
-  /** Stops listening. */
+  /** Announces (after its commit) that `accountId`'s balance changed; batched per tick. */
+  announce(accountId: string): void {
+    this.pending.add(accountId);
+    this.flushTimer ??= setTimeout(() => void this.flush(), FLUSH_MS);
+  }
+
+  private async flush(): Promise<void> {
+    this.flushTimer = undefined;
+    const accounts = [...this.pending];
+    this.pending.clear();
+    if (accounts.length === 0) return;
+    try {
+      await this.sequelize.query(`SELECT pg_notify('${BALANCE_CHANNEL}', a) FROM unnest($1::text[]) a`, { bind: [accounts] });
+    } catch (err) {
+      this.logger?.warn("balance notification failed", { error: err instanceof Error ? err.message : String(err), accounts: accounts.length });
+    }
+  }
+
+  /** Stops listening (after sending what was announced). */
   async close(): Promise<void> {
+    clearTimeout(this.flushTimer);
+    await this.flush();
     this.closed = true;
     clearTimeout(this.retryTimer);
     const c = this.client;

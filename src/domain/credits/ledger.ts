@@ -12,7 +12,6 @@
  *   nothing is written.
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { BALANCE_CHANNEL } from "../../db/notifications.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { BillingError, Reason, Violations, invalidField } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
@@ -97,7 +96,17 @@ export class CreditLedger {
   constructor(
     private readonly sequelize: Sequelize,
     private readonly pricing: Pricing,
+    /** Called after the commit of every transaction that changed an account's balance or holds. */
+    private readonly onBalanceChange: (accountId: string) => void = () => undefined,
   ) {}
+
+  /** Announces a balance change of `accountId` once `t` commits. */
+  changedOnCommit(t: Transaction, accountId: string): void {
+    // A savepoint "commits" early: wait for the outermost transaction.
+    let root = t as Transaction & { parent?: Transaction };
+    while (root.parent) root = root.parent as Transaction & { parent?: Transaction };
+    root.afterCommit(() => this.onBalanceChange(accountId));
+  }
 
   /** The account's balance; zeros for an account never credited. */
   async getBalance(accountId: string): Promise<BalanceView> {
@@ -159,8 +168,7 @@ export class CreditLedger {
          INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
          SELECT $1, $3, $2, acct.balance, $4, $5::jsonb, $6 FROM acct
          RETURNING id, balance_after, created_at)
-       SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved,
-              pg_notify('${BALANCE_CHANNEL}', $1) IS NULL AS notified FROM tx, acct`,
+       SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved FROM tx, acct`,
       {
         bind: [entry.accountId, entry.amount.toString(), entry.type, entry.description, JSON.stringify(entry.metadata), entry.paymentId],
         transaction: t,
@@ -168,6 +176,7 @@ export class CreditLedger {
       },
     );
     const balanceAfter = BigInt(row!.balance_after);
+    this.changedOnCommit(t, entry.accountId);
     return {
       transaction: {
         id: row!.id,
@@ -287,8 +296,7 @@ export class CreditLedger {
                INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
                SELECT $1, $5, -$2::bigint, acct.balance, $3, $4::jsonb, $6::uuid FROM acct
                RETURNING id, created_at)${logCte}
-             SELECT tx.id AS tx_id, ${u ? "log.id" : "NULL"} AS log_id, tx.created_at, acct.balance, acct.updated_at, acct.reserved,
-                    pg_notify('${BALANCE_CHANNEL}', $1) IS NULL AS notified
+             SELECT tx.id AS tx_id, ${u ? "log.id" : "NULL"} AS log_id, tx.created_at, acct.balance, acct.updated_at, acct.reserved
              FROM tx, acct${u ? ", log" : ""}`,
             { bind, transaction: t, type: QueryTypes.SELECT },
           );
@@ -307,6 +315,7 @@ export class CreditLedger {
       );
     }
     const balanceAfter = BigInt(row.balance);
+    this.changedOnCommit(t, d.accountId);
     const result: GrantResult & { usageLog?: UsageLogEntry } = {
       transaction: {
         id: row.tx_id,

@@ -16,7 +16,6 @@
  *   Committed, released and expired holds cannot be committed.
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { BALANCE_CHANNEL } from "../../db/notifications.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { BillingError, Reason, Violations, failedPrecondition, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
@@ -227,7 +226,7 @@ export class Reservations {
   }
 
   private async notify(t: Transaction, accountId: string): Promise<void> {
-    await this.sequelize.query(`SELECT pg_notify('${BALANCE_CHANNEL}', $1)`, { bind: [accountId], transaction: t });
+    this.ledger.changedOnCommit(t, accountId);
   }
 }
 

@@ -1,0 +1,285 @@
+/**
+ * `npm run bench`: DeductCredits throughput and latency against the real
+ * service, beside a baseline of the same SQL transaction driven straight
+ * through `pg`.
+ *
+ * The service runs as a child process (`src/main.ts`), so its peak RSS is
+ * its own. Scenarios: (a) spread over 1,000 accounts, (b) one hot account;
+ * each over gRPC (HTTP/2) and Connect JSON (HTTP/1.1), with a fixed number of
+ * calls in flight for a fixed time. The baseline runs the conditional
+ * balance UPDATE + ledger INSERT transaction at 1, 8 and 64 connections and
+ * keeps the best. Prints one table and writes the figures as JSON.
+ *
+ * Options: --duration=SECONDS (10) --concurrency=N (64) --scenario=spread|hot|all
+ *          --protocol=grpc|connect|all --quick (2 s, 16 in flight) --out=FILE
+ */
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import pg from "pg";
+import { CreditService } from "../gen/billing/v1/credit_service_pb.js";
+import { PROJECT_ROOT } from "../src/db/connect.js";
+import { createSequelize } from "../src/db/database.js";
+import { EmbeddedPostgres, temporaryDataDir } from "../src/db/embedded.js";
+import { migrate } from "../src/db/migrate.js";
+
+interface Options {
+  duration: number;
+  concurrency: number;
+  scenarios: ("spread" | "hot")[];
+  protocols: ("grpc" | "connect")[];
+  out: string;
+  quick: boolean;
+}
+
+interface Result {
+  name: string;
+  calls: number;
+  errors: number;
+  seconds: number;
+  rate: number;
+  p50: number;
+  p99: number;
+}
+
+const ACCOUNTS = 1000;
+const TOKEN = "bench-service-token";
+
+function parseOptions(argv: string[]): Options {
+  const get = (name: string) => argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1];
+  const quick = argv.includes("--quick");
+  const scenario = get("scenario") ?? "all";
+  const protocol = get("protocol") ?? "all";
+  return {
+    quick,
+    duration: Number(get("duration") ?? (quick ? 2 : 10)),
+    concurrency: Number(get("concurrency") ?? (quick ? 16 : 64)),
+    scenarios: scenario === "all" ? ["spread", "hot"] : [scenario as "spread" | "hot"],
+    protocols: protocol === "all" ? ["grpc", "connect"] : [protocol as "grpc" | "connect"],
+    out: get("out") ?? path.join(PROJECT_ROOT, "bench", "results", "deduct-latest.json"),
+  };
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/** Runs `call` with `concurrency` calls in flight for `seconds`, printing progress each second. */
+async function drive(name: string, seconds: number, concurrency: number, call: (i: number) => Promise<unknown>): Promise<Result> {
+  const latencies: number[] = [];
+  let errors = 0;
+  let lastError = "";
+  const start = performance.now();
+  const deadline = start + seconds * 1000;
+  let done = 0;
+  const progress = setInterval(() => {
+    process.stderr.write(`  ${name}: ${done} calls, ${errors} errors, ${Math.round((done / (performance.now() - start)) * 1000)}/s\r`);
+  }, 1000);
+  let n = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < deadline) {
+        const t0 = performance.now();
+        try {
+          await call(n++);
+          latencies.push(performance.now() - t0);
+        } catch (err) {
+          errors++;
+          lastError = err instanceof Error ? err.message : String(err);
+        }
+        done++;
+      }
+    }),
+  );
+  clearInterval(progress);
+  const elapsed = (performance.now() - start) / 1000;
+  latencies.sort((a, b) => a - b);
+  process.stderr.write(`  ${name}: done${" ".repeat(50)}\n`);
+  if (errors > 0) process.stderr.write(`  ${name}: last error: ${lastError}\n`);
+  return { name, calls: latencies.length, errors, seconds: elapsed, rate: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startService(databaseUrl: string, port: number): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", path.join(PROJECT_ROOT, "src", "main.ts")], {
+    cwd: PROJECT_ROOT,
+    env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), HOST: "127.0.0.1", BILLING_API_KEYS: `service=${TOKEN}`, LOG_LEVEL: "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stderr!.on("data", (d: Buffer) => process.stderr.write(`  [service] ${d}`));
+  await new Promise<void>((resolve, reject) => {
+    const deadline = Date.now() + 30_000;
+    const poll = () => {
+      const s = net.connect(port, "127.0.0.1", () => {
+        s.end();
+        resolve();
+      });
+      s.on("error", () => (Date.now() > deadline ? reject(new Error("service did not start")) : setTimeout(poll, 100)));
+    };
+    child.once("exit", (code) => reject(new Error(`service exited with ${code}`)));
+    poll();
+  });
+  return child;
+}
+
+/** Peak resident set of a process in MB (VmHWM), Linux only. */
+function peakRssMb(pid: number): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
+    return Math.round(kb / 1024);
+  } catch {
+    return 0;
+  }
+}
+
+async function main(): Promise<void> {
+  const opt = parseOptions(process.argv.slice(2));
+  process.stderr.write(`bench: ${opt.duration}s per run, ${opt.concurrency} in flight, scenarios ${opt.scenarios.join("+")}, protocols ${opt.protocols.join("+")}\n`);
+
+  // A throwaway database: the embedded one, or a fresh one on DATABASE_URL's server.
+  let embedded: EmbeddedPostgres | undefined;
+  let url: string;
+  let drop: (() => Promise<void>) | undefined;
+  if (process.env.DATABASE_URL) {
+    const name = `billing_bench_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+    const admin = new pg.Client({ connectionString: process.env.DATABASE_URL });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const u = new URL(process.env.DATABASE_URL);
+    u.pathname = `/${name}`;
+    url = u.toString();
+    drop = async () => {
+      const c = new pg.Client({ connectionString: process.env.DATABASE_URL });
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await c.end();
+    };
+  } else {
+    embedded = await EmbeddedPostgres.start({ dataDir: temporaryDataDir("billing-bench-"), ephemeral: true });
+    url = embedded.url();
+  }
+  const sequelize = createSequelize({ url });
+  await migrate(sequelize);
+  await sequelize.close();
+
+  const big = 1_000_000_000n;
+  const seed = new pg.Pool({ connectionString: url, max: 4 });
+  const accounts = Array.from({ length: ACCOUNTS }, (_, i) => `bench_${i}`);
+  const seedAccounts = async (prefix: string) => {
+    await seed.query(
+      `INSERT INTO billing_accounts (account_id, balance) SELECT $1 || g, $2 FROM generate_series(0, $3 - 1) g
+       ON CONFLICT (account_id) DO UPDATE SET balance = EXCLUDED.balance`,
+      [prefix, big.toString(), ACCOUNTS],
+    );
+    await seed.query(
+      `INSERT INTO credit_transactions (account_id, type, amount, balance_after, description)
+       SELECT $1 || g, 'purchase', $2, $2, 'bench seed' FROM generate_series(0, $3 - 1) g`,
+      [prefix, big.toString(), ACCOUNTS],
+    );
+  };
+  await seedAccounts("bench_");
+  await seedAccounts("base_");
+  const results: (Result & { kind: string; scenario: string; protocol?: string; connections?: number })[] = [];
+
+  // Baseline: the same transaction shape straight through pg.
+  for (const scenario of opt.scenarios) {
+    for (const connections of [1, 8, 64]) {
+      const pool = new pg.Pool({ connectionString: url, max: connections });
+      const r = await drive(`baseline ${scenario} x${connections}`, opt.duration, connections, async (i) => {
+        const account = scenario === "hot" ? "base_0" : `base_${i % ACCOUNTS}`;
+        const c = await pool.connect();
+        try {
+          await c.query("BEGIN");
+          const u = await c.query(`UPDATE billing_accounts SET balance = balance - $2, updated_at = now() WHERE account_id = $1 AND balance >= $2 RETURNING balance`, [account, 1]);
+          await c.query(`INSERT INTO credit_transactions (account_id, type, amount, balance_after, description) VALUES ($1, 'deduction', -1, $2, 'bench')`, [account, u.rows[0].balance]);
+          await c.query("COMMIT");
+        } catch (err) {
+          await c.query("ROLLBACK").catch(() => undefined);
+          throw err;
+        } finally {
+          c.release();
+        }
+      });
+      results.push({ ...r, kind: "baseline", scenario, connections });
+      await pool.end();
+    }
+  }
+
+  // The service.
+  const port = await freePort();
+  const service = await startService(url, port);
+  try {
+    const clients: Record<string, Client<typeof CreditService>> = {
+      grpc: createClient(CreditService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` })),
+      connect: createClient(CreditService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" })),
+    };
+    const headers = { authorization: `Bearer ${TOKEN}` };
+    await clients.grpc!.getBalance({ accountId: accounts[0]! }, { headers }); // warm up
+    for (const scenario of opt.scenarios) {
+      for (const protocol of opt.protocols) {
+        const c = clients[protocol]!;
+        const r = await drive(`service ${scenario} ${protocol}`, opt.duration, opt.concurrency, (i) =>
+          c.deductCredits(
+            { accountId: scenario === "hot" ? accounts[0]! : accounts[i % ACCOUNTS]!, operationType: "content_generation", usage: { credits: 1n }, idempotencyKey: randomUUID() },
+            { headers },
+          ),
+        );
+        results.push({ ...r, kind: "service", scenario, protocol });
+      }
+    }
+  } finally {
+    const rss = peakRssMb(service.pid!);
+    service.kill("SIGTERM");
+    await new Promise((r) => service.once("exit", r));
+    await seed.end();
+    await embedded?.stop();
+    await drop?.();
+    printAndSave(results, rss, opt);
+  }
+}
+
+function printAndSave(results: (Result & { kind: string; scenario: string; protocol?: string; connections?: number })[], peakRss: number, opt: Options): void {
+  const best = (scenario: string) => Math.max(0, ...results.filter((r) => r.kind === "baseline" && r.scenario === scenario).map((r) => r.rate));
+  const rows = results.map((r) => ({
+    run: r.kind === "baseline" ? `baseline pg x${r.connections}` : `DeductCredits ${r.protocol}`,
+    scenario: r.scenario,
+    "calls/s": Math.round(r.rate),
+    "p50 ms": r.p50.toFixed(2),
+    "p99 ms": r.p99.toFixed(2),
+    errors: r.errors,
+    "vs best baseline": r.kind === "service" ? (r.rate / best(r.scenario)).toFixed(2) + "x" : "",
+  }));
+  console.log("");
+  console.table(rows);
+  console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight)`);
+  mkdirSync(path.dirname(opt.out), { recursive: true });
+  writeFileSync(
+    opt.out,
+    JSON.stringify(
+      { date: new Date().toISOString(), options: opt, serverPeakRssMb: peakRss, bestBaseline: { spread: best("spread"), hot: best("hot") }, results },
+      null,
+      2,
+    ),
+  );
+  console.log(`figures written to ${path.relative(process.cwd(), opt.out)}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
