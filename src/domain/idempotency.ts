@@ -25,6 +25,8 @@ export interface IdempotencyScope {
   method: string;
   /** Every input that defines the effect; hashed to detect a reused key. */
   request: unknown;
+  /** The hash of `request`, when the caller already computed it with requestHash. */
+  requestHash?: string;
 }
 
 /**
@@ -33,7 +35,7 @@ export interface IdempotencyScope {
  * same key is ALREADY_EXISTS with reason IDEMPOTENCY_KEY_REUSED.
  */
 export async function runIdempotent<T>(sequelize: Sequelize, t: Transaction, scope: IdempotencyScope, effect: () => Promise<T>): Promise<{ result: T; replayed: boolean }> {
-  const hash = requestHash(scope.method, scope.request);
+  const hash = scope.requestHash ?? requestHash(scope.method, scope.request);
   const claimed = await sequelize.query(
     `INSERT INTO idempotency_keys (account_id, key, method, request_hash, response)
      VALUES ($1, $2, $3, $4, 'null'::jsonb) ON CONFLICT (account_id, key) DO NOTHING RETURNING 1 AS claimed`,
@@ -69,7 +71,8 @@ export async function purgeIdempotencyKeys(sequelize: Sequelize): Promise<number
   return (meta as { rowCount?: number })?.rowCount ?? 0;
 }
 
-function requestHash(method: string, request: unknown): string {
+/** The hash that identifies a request under its key (method + canonical JSON). */
+export function requestHash(method: string, request: unknown): string {
   return createHash("sha256").update(method).update("\0").update(canonicalJson(request)).digest("hex");
 }
 

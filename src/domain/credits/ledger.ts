@@ -14,12 +14,13 @@
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { BillingError, Reason, Violations, invalidField } from "../errors.js";
-import { runIdempotent } from "../idempotency.js";
+import { requestHash, runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
-import type { BalanceView, JsonObject, LedgerEntry, TransactionType, UsageInput, UsageLogEntry } from "./types.js";
+import { DeductionBatcher, type DeductionJob } from "./deduction-batcher.js";
+import type { BalanceView, DeductResult, GrantResult, JsonObject, LedgerEntry, TransactionType, UsageInput, UsageLogEntry } from "./types.js";
 
 export interface GrantInput {
   accountId: string;
@@ -50,14 +51,7 @@ export interface ListTransactionsInput {
   pageToken: string;
 }
 
-export interface GrantResult {
-  transaction: LedgerEntry;
-  balance: BalanceView;
-}
-
-export interface DeductResult extends GrantResult {
-  usageLog: UsageLogEntry;
-}
+export type { DeductResult, GrantResult };
 
 const GRANT_TYPES: readonly TransactionType[] = ["purchase", "subscription", "refund", "adjustment"];
 
@@ -98,7 +92,15 @@ export class CreditLedger {
     private readonly pricing: Pricing,
     /** Called after the commit of every transaction that changed an account's balance or holds. */
     private readonly onBalanceChange: (accountId: string) => void = () => undefined,
-  ) {}
+  ) {
+    this.batcher = new DeductionBatcher(
+      sequelize,
+      (job) => this.deductOne(job),
+      (t, accountId) => this.changedOnCommit(t, accountId),
+    );
+  }
+
+  private readonly batcher: DeductionBatcher;
 
   /** Announces a balance change of `accountId` once `t` commits. */
   changedOnCommit(t: Transaction, accountId: string): void {
@@ -205,35 +207,55 @@ export class CreditLedger {
     v.throwIfAny();
     const usage = input.usage!;
     const price = await this.pricing.price(operationType!, usage);
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        const { result } = await runIdempotent(
-          this.sequelize,
-          t,
-          { accountId: input.accountId, key: input.idempotencyKey, method: "DeductCredits", request: { ...input, operationType } },
-          async () =>
-            (await this.debitIn(t, {
-              accountId: input.accountId,
-              credits: price.credits,
-              type: "deduction",
-              description: describeUsage(price.operationType, input.relatedObjectType, input.relatedObjectId),
-              metadata: input.metadata,
-              usage: {
-                operationType: price.operationType,
-                costUsd: price.costUsd,
-                model: usage.model,
-                tokensInput: usage.tokensInput,
-                tokensOutput: usage.tokensOutput,
-                relatedObjectType: input.relatedObjectType,
-                relatedObjectId: input.relatedObjectId,
-              },
-            })) as DeductResult,
-        );
-        return result;
-      },
-      options,
-    );
+    const job: DeductionJob = {
+      accountId: input.accountId,
+      credits: price.credits,
+      description: describeUsage(price.operationType, input.relatedObjectType, input.relatedObjectId),
+      metadata: input.metadata,
+      operationType: price.operationType,
+      costUsd: price.costUsd,
+      model: usage.model,
+      tokensInput: usage.tokensInput,
+      tokensOutput: usage.tokensOutput,
+      relatedObjectType: input.relatedObjectType,
+      relatedObjectId: input.relatedObjectId,
+      idempotencyKey: input.idempotencyKey,
+      method: "DeductCredits",
+      requestHash: requestHash("DeductCredits", { ...input, operationType }),
+    };
+    // Coalesced with concurrent deductions (see deduction-batcher.ts); the
+    // caller's deadline still bounds how long it waits.
+    void options;
+    return this.batcher.submit(job);
+  }
+
+  /** One deduction in its own transaction: replays, reused keys, and the batcher's taken keys. */
+  private deductOne(job: DeductionJob): Promise<DeductResult> {
+    return inTransaction(this.sequelize, async (t) => {
+      const { result } = await runIdempotent(
+        this.sequelize,
+        t,
+        { accountId: job.accountId, key: job.idempotencyKey, method: job.method, request: undefined, requestHash: job.requestHash },
+        async () =>
+          (await this.debitIn(t, {
+            accountId: job.accountId,
+            credits: job.credits,
+            type: "deduction",
+            description: job.description,
+            metadata: job.metadata,
+            usage: {
+              operationType: job.operationType,
+              costUsd: job.costUsd,
+              model: job.model,
+              tokensInput: job.tokensInput,
+              tokensOutput: job.tokensOutput,
+              relatedObjectType: job.relatedObjectType,
+              relatedObjectId: job.relatedObjectId,
+            },
+          })) as DeductResult,
+      );
+      return result;
+    });
   }
 
   /** Admin: a signed manual adjustment that never takes the available balance below zero; idempotent by key. */

@@ -15,11 +15,14 @@
  *   given; it is empty when no model is named.
  * - An inactive operation is FAILED_PRECONDITION (OPERATION_INACTIVE); an
  *   unknown model is INVALID_ARGUMENT on usage.model.
+ * - Pricing reads the cost configs and billing configuration from a cache of
+ *   at most CONFIG_CACHE_MS: an update through this process applies at once,
+ *   an update through another process within that time.
  */
 import { QueryTypes, type Sequelize } from "sequelize";
-import { modelsOf, type CreditCostConfig } from "../../db/models/index.js";
+import { modelsOf, type BillingConfiguration, type CreditCostConfig } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { Dec, PRICE, formatMoney, parseMoney, roundToInteger } from "../../money.js";
+import { Dec, PRICE, fitsColumn, formatMoney, parseMoney, roundToInteger } from "../../money.js";
 import { AuditTrail, type AuditRecord, type JsonObject } from "../audit.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { maskField } from "../field-mask.js";
@@ -86,9 +89,13 @@ export interface BillingConfigUpdate {
 
 const INT32_MAX = 2_147_483_647n;
 
+/** How long pricing may use configuration read earlier. */
+export const CONFIG_CACHE_MS = 1_000;
+
 /** Pricing and its configuration. */
 export class Pricing {
   readonly history: AuditTrail;
+  private cache?: { at: number; costs: Map<string, CreditCostConfig>; billing: BillingConfiguration };
 
   constructor(
     private readonly sequelize: Sequelize,
@@ -122,13 +129,16 @@ export class Pricing {
 
   /** Prices `usage` for `operationType` (already validated with checkUsage). */
   async price(operationType: OperationType, usage: UsageInput, field = "usage"): Promise<Price> {
-    const [config, billing] = await Promise.all([this.costConfigRow(operationType), this.billingRow()]);
+    const { costs, billing } = await this.cachedConfig();
+    const config = costs.get(operationType);
+    if (!config) throw notFound("cost config", operationType);
     if (!config.is_active) throw failedPrecondition(Reason.OperationInactive, `operation ${operationType} is not active`, { operation_type: operationType });
     const model = usage.model ? await this.catalogue.get(usage.model).catch((e: unknown) => {
       if (e instanceof BillingError && e.kind === "not_found") throw invalidField(`${field}.model`, `unknown model ${JSON.stringify(usage.model)}`);
       throw e;
     }) : undefined;
     const costUsd = model ? costOf(model, { tokensInput: usage.tokensInput, tokensOutput: usage.tokensOutput, imageCount: usage.imageCount, size: "" }) : "";
+    if (costUsd && !fitsColumn(new Dec(costUsd), PRICE)) throw invalidField(field, `costs ${costUsd} USD, more than one usage log can record`);
     if (usage.credits > 0n) return { operationType, credits: usage.credits, costUsd };
     const mode = billing.credit_rounding_mode as RoundingMode;
     let raw: Dec;
@@ -217,6 +227,7 @@ export class Pricing {
         await row.update({ ...changes, updated_by: actor, updated_at: new Date() }, { transaction: t });
         const after = costConfigView(row);
         await this.history.record(t, operationType, "update", actor, costConfigAudit(before), costConfigAudit(after));
+        t.afterCommit(() => (this.cache = undefined));
         return after;
       },
       options,
@@ -272,10 +283,19 @@ export class Pricing {
         const row = await this.models.BillingConfiguration.findByPk(1, { transaction: t, lock: t.LOCK.UPDATE });
         if (!row) throw new Error("billing configuration row is missing (migrations not applied?)");
         await row.update({ ...changes, updated_by: actor, updated_at: new Date() }, { transaction: t });
+        t.afterCommit(() => (this.cache = undefined));
         return billingView(row);
       },
       options,
     );
+  }
+
+  /** Cost configs and billing configuration, re-read at most every CONFIG_CACHE_MS. */
+  private async cachedConfig(): Promise<{ costs: Map<string, CreditCostConfig>; billing: BillingConfiguration }> {
+    if (this.cache && Date.now() - this.cache.at < CONFIG_CACHE_MS) return this.cache;
+    const [rows, billing] = await Promise.all([this.models.CreditCostConfig.findAll(), this.billingRow()]);
+    this.cache = { at: Date.now(), costs: new Map(rows.map((r) => [r.operation_type, r])), billing };
+    return this.cache;
   }
 
   private async costConfigRow(operationType: OperationType): Promise<CreditCostConfig> {

@@ -54,3 +54,14 @@ export interface UsageInput {
   model: string;
   imageCount: bigint;
 }
+
+/** The result of a grant or an adjustment. */
+export interface GrantResult {
+  transaction: LedgerEntry;
+  balance: BalanceView;
+}
+
+/** The result of a deduction. */
+export interface DeductResult extends GrantResult {
+  usageLog: UsageLogEntry;
+}
