@@ -64,3 +64,51 @@ describe("CreditService under concurrency", function () {
     expect(row!.n).to.equal(0);
   });
 });
+
+describe("CreditService with two server instances on one database", function () {
+  this.timeout(60_000);
+
+  it("coalesced deductions through both stay exact: affordable ones succeed, ledgers consistent", async () => {
+    const { createClient } = await import("@connectrpc/connect");
+    const { createGrpcTransport } = await import("@connectrpc/connect-node");
+    const { createApp } = await import("../../src/app.js");
+    const { createSequelize } = await import("../../src/db/database.js");
+    const { createLogger } = await import("../../src/logger.js");
+    const sequelize = createSequelize({ url: harness().databaseUrl, applicationName: "billing-second-instance", poolMax: 10 });
+    const other = createApp(harness().config, sequelize, createLogger("silent"));
+    const port = await other.listen(0, "127.0.0.1");
+    try {
+      const first = client(CreditService, TOKENS.service, "grpc-http2");
+      const second = createClient(CreditService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
+      const headers = { authorization: `Bearer ${TOKENS.service}` };
+      const hot = newAccount("two");
+      const spread = Array.from({ length: 5 }, () => newAccount("two"));
+      for (const a of [hot, ...spread]) await first.grantCredits({ accountId: a, amount: 100n, type: CreditTransactionType.PURCHASE, idempotencyKey: key() });
+      const calls: Promise<unknown>[] = [];
+      // Every account is asked for more than it has: 200 x 3 on the hot one, 40 x 3 on each other.
+      for (let i = 0; i < 400; i++) {
+        const accountId = i % 2 ? hot : spread[Math.floor(i / 2) % 5]!;
+        const req = { accountId, operationType: "clustering", usage: { credits: 3n }, idempotencyKey: key() };
+        calls.push(i % 3 ? first.deductCredits(req) : second.deductCredits(req, { headers }));
+      }
+      // Retries of one key through both instances at once: one effect.
+      const retry = { accountId: hot, operationType: "linking", usage: { credits: 1n }, idempotencyKey: key() };
+      const retries = Array.from({ length: 6 }, (_, i) => (i % 2 ? first.deductCredits(retry) : second.deductCredits(retry, { headers })));
+      const results = await Promise.allSettled([...calls, ...retries]);
+      const retryResults = results.slice(400);
+      const retryIds = new Set(retryResults.filter((r) => r.status === "fulfilled").map((r) => (r as PromiseFulfilledResult<{ transaction?: { id: string } }>).value.transaction?.id));
+      expect(retryIds.size).to.be.at.most(1);
+      for (const r of results.slice(0, 400)) {
+        if (r.status === "rejected") expect(errorReason(r.reason as ConnectError)).to.equal("INSUFFICIENT_CREDITS");
+      }
+      // Demand exceeded every balance, so every affordable charge went through: less than 3 credits are left.
+      for (const a of [hot, ...spread]) {
+        const balance = await assertLedgerConsistent(a);
+        expect(balance < 3n, `${a} kept ${balance}`).to.equal(true);
+      }
+    } finally {
+      await other.close(1_000);
+      await sequelize.close();
+    }
+  });
+});
