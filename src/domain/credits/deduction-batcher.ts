@@ -24,21 +24,14 @@ import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction } from "../../db/transaction.js";
 import { BillingError, Reason } from "../errors.js";
 import { encodeStored } from "../idempotency.js";
-import type { BalanceView, DeductResult, JsonObject } from "./types.js";
+import type { BalanceView, DeductResult, JsonObject, UsageRecord } from "./types.js";
 
 /** One priced, validated deduction waiting for its batch. */
-export interface DeductionJob {
+export interface DeductionJob extends UsageRecord {
   accountId: string;
   credits: bigint;
   description: string;
   metadata: JsonObject;
-  operationType: string;
-  costUsd: string;
-  model: string;
-  tokensInput: bigint;
-  tokensOutput: bigint;
-  relatedObjectType: string;
-  relatedObjectId: string;
   idempotencyKey: string;
   method: string;
   requestHash: string;

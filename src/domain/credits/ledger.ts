@@ -20,7 +20,8 @@ import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../val
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
 import { DeductionBatcher, type DeductionJob } from "./deduction-batcher.js";
-import type { BalanceView, DeductResult, GrantResult, JsonObject, LedgerEntry, TransactionType, UsageInput, UsageLogEntry } from "./types.js";
+import type { Price } from "./pricing.js";
+import type { BalanceView, DeductResult, GrantResult, JsonObject, LedgerEntry, TransactionType, UsageInput, UsageLogEntry, UsageRecord } from "./types.js";
 
 export interface GrantInput {
   accountId: string;
@@ -67,15 +68,7 @@ export interface Debit {
   description: string;
   metadata: JsonObject;
   paymentId?: string | null;
-  usage?: {
-    operationType: string;
-    costUsd: string;
-    model: string;
-    tokensInput: bigint;
-    tokensOutput: bigint;
-    relatedObjectType: string;
-    relatedObjectId: string;
-  };
+  usage?: UsageRecord;
 }
 
 export interface AdjustInput {
@@ -212,13 +205,7 @@ export class CreditLedger {
       credits: price.credits,
       description: describeUsage(price.operationType, input.relatedObjectType, input.relatedObjectId),
       metadata: input.metadata,
-      operationType: price.operationType,
-      costUsd: price.costUsd,
-      model: usage.model,
-      tokensInput: usage.tokensInput,
-      tokensOutput: usage.tokensOutput,
-      relatedObjectType: input.relatedObjectType,
-      relatedObjectId: input.relatedObjectId,
+      ...usageRecordOf(price, usage, input.relatedObjectType, input.relatedObjectId),
       idempotencyKey: input.idempotencyKey,
       method: "DeductCredits",
       requestHash: requestHash("DeductCredits", { ...input, operationType }),
@@ -243,15 +230,7 @@ export class CreditLedger {
             type: "deduction",
             description: job.description,
             metadata: job.metadata,
-            usage: {
-              operationType: job.operationType,
-              costUsd: job.costUsd,
-              model: job.model,
-              tokensInput: job.tokensInput,
-              tokensOutput: job.tokensOutput,
-              relatedObjectType: job.relatedObjectType,
-              relatedObjectId: job.relatedObjectId,
-            },
+            usage: job,
           })) as DeductResult,
       );
       return result;
@@ -450,6 +429,19 @@ export function balanceView(accountId: string, balance: bigint, reserved: bigint
   const view: BalanceView = { accountId, balance, reserved, available: balance > reserved ? balance - reserved : 0n };
   if (updatedAt) view.updatedAt = updatedAt;
   return view;
+}
+
+/** The usage-log fields of a priced usage. */
+export function usageRecordOf(price: Price, usage: UsageInput, relatedObjectType: string, relatedObjectId: string): UsageRecord {
+  return {
+    operationType: price.operationType,
+    costUsd: price.costUsd,
+    model: usage.model,
+    tokensInput: usage.tokensInput,
+    tokensOutput: usage.tokensOutput,
+    relatedObjectType,
+    relatedObjectId,
+  };
 }
 
 /** The description of a usage charge. */

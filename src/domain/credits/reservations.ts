@@ -20,7 +20,7 @@ import { inTransaction, type TransactionOptions } from "../../db/transaction.js"
 import { BillingError, Reason, Violations, failedPrecondition, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
-import { RESERVED_SQL, balanceView, describeUsage, type CreditLedger } from "./ledger.js";
+import { RESERVED_SQL, balanceView, describeUsage, usageRecordOf, type CreditLedger } from "./ledger.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
 import type { BalanceView, JsonObject, LedgerEntry, UsageInput, UsageLogEntry } from "./types.js";
@@ -162,15 +162,7 @@ export class Reservations {
             type: "deduction",
             description: describeUsage(price.operationType, input.relatedObjectType, input.relatedObjectId),
             metadata: { ...input.metadata, reservation_id: id! },
-            usage: {
-              operationType: price.operationType,
-              costUsd: price.costUsd,
-              model: usage.model,
-              tokensInput: usage.tokensInput,
-              tokensOutput: usage.tokensOutput,
-              relatedObjectType: input.relatedObjectType,
-              relatedObjectId: input.relatedObjectId,
-            },
+            usage: usageRecordOf(price, usage, input.relatedObjectType, input.relatedObjectId),
           });
           return { reservation: view(settled!), transaction: charged.transaction, usageLog: charged.usageLog!, balance: charged.balance };
         });

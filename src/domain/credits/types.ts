@@ -65,3 +65,15 @@ export interface GrantResult {
 export interface DeductResult extends GrantResult {
   usageLog: UsageLogEntry;
 }
+
+/** What a usage log records about one charged operation (besides the credits). */
+export interface UsageRecord {
+  operationType: string;
+  /** Scale-4 USD; "" when unknown. */
+  costUsd: string;
+  model: string;
+  tokensInput: bigint;
+  tokensOutput: bigint;
+  relatedObjectType: string;
+  relatedObjectId: string;
+}
