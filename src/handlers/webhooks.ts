@@ -40,13 +40,13 @@ function readBody(req: http.IncomingMessage | http2.Http2ServerRequest): Promise
     req.on("data", (c: Buffer) => {
       size += c.length;
       if (size > MAX_BODY) {
-        resolve(undefined);
-        req.destroy?.();
+        // Stop keeping the body but let it drain, so the 413 reaches the caller.
+        chunks.length = 0;
         return;
       }
       chunks.push(c);
     });
-    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("end", () => resolve(size > MAX_BODY ? undefined : Buffer.concat(chunks)));
     req.on("error", reject);
   });
 }

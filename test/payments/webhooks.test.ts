@@ -173,7 +173,8 @@ describe("webhooks", () => {
   it("answers GET with 405 and oversize bodies with 413", async () => {
     const res = await fetch(`${harness().baseUrl}/webhooks/stripe`);
     expect(res.status).to.equal(405);
-    const big = await fetch(`${harness().baseUrl}/webhooks/stripe`, { method: "POST", body: "x".repeat(2 * 1024 * 1024) }).catch(() => undefined);
-    if (big) expect(big.status).to.equal(413);
+    const big = await fetch(`${harness().baseUrl}/webhooks/stripe`, { method: "POST", body: "x".repeat(2 * 1024 * 1024) });
+    expect(big.status).to.equal(413);
+    expect(((await big.json()) as { outcome: string }).outcome).to.equal("rejected_too_large");
   });
 });

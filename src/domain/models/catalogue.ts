@@ -54,28 +54,18 @@ export interface ModelRecord {
   updatedAt: Date;
 }
 
-/** A model as given by a caller (wire decimals, calendar dates). */
-export interface ModelInput {
-  modelName: string;
-  displayName: string;
+/** A model as given by a caller: the stored fields, with optional enums, int64 limits and calendar dates. */
+export type ModelInput = Omit<
+  ModelRecord,
+  "modelType" | "provider" | "contextWindow" | "maxOutputTokens" | "releaseDate" | "deprecationDate" | "updatedBy" | "createdAt" | "updatedAt"
+> & {
   modelType: ModelType | undefined;
   provider: Provider | undefined;
-  inputCostPer1m: string;
-  outputCostPer1m: string;
   contextWindow: bigint;
   maxOutputTokens: bigint;
-  costPerImage: string;
-  validSizes: string[];
-  supportsJsonMode: boolean;
-  supportsVision: boolean;
-  supportsFunctionCalling: boolean;
-  isActive: boolean;
-  isDefault: boolean;
-  sortOrder: number;
-  description: string;
   releaseDate: CalendarDate | undefined;
   deprecationDate: CalendarDate | undefined;
-}
+};
 
 /** Fields an update mask may name. */
 export const UPDATABLE_FIELDS = [
