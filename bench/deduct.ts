@@ -12,12 +12,13 @@
  *
  * Options: --duration=SECONDS (10) --concurrency=N (64) --scenario=spread|hot|all
  *          --protocol=grpc|connect|all --quick (2 s, 16 in flight) --out=FILE
+ *          --profile=DIR (write a V8 CPU profile of the service into DIR)
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import pg from "pg";
@@ -34,6 +35,8 @@ interface Options {
   protocols: ("grpc" | "connect")[];
   out: string;
   quick: boolean;
+  /** Directory for a V8 CPU profile of the service (--profile=DIR), or "". */
+  profile: string;
 }
 
 interface Result {
@@ -44,6 +47,12 @@ interface Result {
   rate: number;
   p50: number;
   p99: number;
+  /** Cores used by the service process during the run (0 for the baseline). */
+  serverCores: number;
+  /** Cores used by this load-generating process during the run. */
+  clientCores: number;
+  /** Cores used by local postgres processes during the run (0 when the database is elsewhere). */
+  dbCores: number;
 }
 
 const ACCOUNTS = 1000;
@@ -61,6 +70,7 @@ function parseOptions(argv: string[]): Options {
     scenarios: scenario === "all" ? ["spread", "hot"] : [scenario as "spread" | "hot"],
     protocols: protocol === "all" ? ["grpc", "connect"] : [protocol as "grpc" | "connect"],
     out: get("out") ?? path.join(PROJECT_ROOT, "bench", "results", "deduct-latest.json"),
+    profile: get("profile") ?? "",
   };
 }
 
@@ -70,11 +80,14 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /** Runs `call` with `concurrency` calls in flight for `seconds`, printing progress each second. */
-async function drive(name: string, seconds: number, concurrency: number, call: (i: number) => Promise<unknown>): Promise<Result> {
+async function drive(name: string, seconds: number, concurrency: number, call: (i: number) => Promise<unknown>, serverPid?: number): Promise<Result> {
   const latencies: number[] = [];
   let errors = 0;
   let lastError = "";
   const start = performance.now();
+  const clientCpu0 = process.cpuUsage();
+  const serverCpu0 = serverPid ? cpuSeconds(serverPid) : 0;
+  const dbCpu0 = postgresCpuSeconds();
   const deadline = start + seconds * 1000;
   let done = 0;
   const progress = setInterval(() => {
@@ -98,10 +111,14 @@ async function drive(name: string, seconds: number, concurrency: number, call: (
   );
   clearInterval(progress);
   const elapsed = (performance.now() - start) / 1000;
+  const clientCpu = process.cpuUsage(clientCpu0);
+  const serverCores = serverPid ? (cpuSeconds(serverPid) - serverCpu0) / elapsed : 0;
+  const clientCores = (clientCpu.user + clientCpu.system) / 1e6 / elapsed;
+  const dbCores = (postgresCpuSeconds() - dbCpu0) / elapsed;
   latencies.sort((a, b) => a - b);
   process.stderr.write(`  ${name}: done${" ".repeat(50)}\n`);
   if (errors > 0) process.stderr.write(`  ${name}: last error: ${lastError}\n`);
-  return { name, calls: latencies.length, errors, seconds: elapsed, rate: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
+  return { name, calls: latencies.length, errors, seconds: elapsed, rate: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), serverCores, clientCores, dbCores };
 }
 
 function freePort(): Promise<number> {
@@ -113,8 +130,9 @@ function freePort(): Promise<number> {
   });
 }
 
-async function startService(databaseUrl: string, port: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", path.join(PROJECT_ROOT, "src", "main.ts")], {
+async function startService(databaseUrl: string, port: number, profileDir: string): Promise<ChildProcess> {
+  const profiling = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(profileDir)}`] : [];
+  const child = spawn(process.execPath, [...profiling, "--import", "tsx", path.join(PROJECT_ROOT, "src", "main.ts")], {
     cwd: PROJECT_ROOT,
     env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), HOST: "127.0.0.1", BILLING_API_KEYS: `service=${TOKEN}`, LOG_LEVEL: "warn" },
     stdio: ["ignore", "pipe", "pipe"],
@@ -133,6 +151,35 @@ async function startService(databaseUrl: string, port: number): Promise<ChildPro
     poll();
   });
   return child;
+}
+
+/** CPU seconds (user + system) a process has used so far, Linux only; 0 elsewhere. */
+function cpuSeconds(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks (USER_HZ = 100)
+  } catch {
+    return 0;
+  }
+}
+
+/** CPU seconds used so far by every local `postgres` process (the database's share of the machine), Linux only. */
+function postgresCpuSeconds(): number {
+  let total = 0;
+  try {
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+        if (stat.includes("(postgres)")) total += cpuSeconds(Number(entry));
+      } catch {
+        // the process ended meanwhile
+      }
+    }
+  } catch {
+    // no /proc
+  }
+  return total;
 }
 
 /** Peak resident set of a process in MB (VmHWM), Linux only. */
@@ -222,7 +269,7 @@ async function main(): Promise<void> {
 
   // The service.
   const port = await freePort();
-  const service = await startService(url, port);
+  const service = await startService(url, port, opt.profile);
   try {
     const clients: Record<string, Client<typeof CreditService>> = {
       grpc: createClient(CreditService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` })),
@@ -238,6 +285,7 @@ async function main(): Promise<void> {
             { accountId: scenario === "hot" ? accounts[0]! : accounts[i % ACCOUNTS]!, operationType: "content_generation", usage: { credits: 1n }, idempotencyKey: randomUUID() },
             { headers },
           ),
+          service.pid,
         );
         results.push({ ...r, kind: "service", scenario, protocol });
       }
@@ -262,6 +310,9 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
     "p50 ms": r.p50.toFixed(2),
     "p99 ms": r.p99.toFixed(2),
     errors: r.errors,
+    "server cores": r.kind === "service" ? r.serverCores.toFixed(2) : "",
+    "client cores": r.clientCores.toFixed(2),
+    "db cores": r.dbCores.toFixed(2),
     "vs best baseline": r.kind === "service" ? (r.rate / best(r.scenario)).toFixed(2) + "x" : "",
   }));
   console.log("");

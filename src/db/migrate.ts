@@ -7,11 +7,13 @@
 import { type Sequelize } from "sequelize";
 import { SequelizeStorage, Umzug, type MigrationParams } from "umzug";
 import * as initialSchema from "./migrations/0001-initial-schema.js";
+import * as deductBatchFunction from "./migrations/0002-deduct-batch-function.js";
 
 export type Migration = (params: MigrationParams<Sequelize>) => Promise<void>;
 
 const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
   { name: "0001-initial-schema", ...initialSchema },
+  { name: "0002-deduct-batch-function", ...deductBatchFunction },
 ];
 
 const MIGRATION_LOCK = 0x62696c6c; // "bill"

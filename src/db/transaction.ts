@@ -16,15 +16,26 @@ const RETRYABLE = new Set(["40001", "40P01"]);
 const MAX_ATTEMPTS = 4;
 
 /** Runs `work` in one transaction, committing on success and rolling back on any error. */
-export async function inTransaction<T>(sequelize: Sequelize, work: (t: Transaction) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+export function inTransaction<T>(sequelize: Sequelize, work: (t: Transaction) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+  return retryingConflicts(() =>
+    sequelize.transaction(async (t) => {
+      if (options.timeoutMs !== undefined && options.timeoutMs > 0) {
+        await sequelize.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.floor(options.timeoutMs))}`, { transaction: t });
+      }
+      return work(t);
+    }),
+  );
+}
+
+/**
+ * Runs an atomic unit of work (a transaction, or one statement that is its
+ * own transaction) again when PostgreSQL aborted it for a serialization
+ * failure or a deadlock.
+ */
+export async function retryingConflicts<T>(attemptWork: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await sequelize.transaction(async (t) => {
-        if (options.timeoutMs !== undefined && options.timeoutMs > 0) {
-          await sequelize.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.floor(options.timeoutMs))}`, { transaction: t });
-        }
-        return work(t);
-      });
+      return await attemptWork();
     } catch (err) {
       if (attempt < MAX_ATTEMPTS && RETRYABLE.has(sqlState(err) ?? "")) continue;
       throw err;

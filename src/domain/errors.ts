@@ -110,3 +110,13 @@ export class Violations {
     if (this.list.length > 0) throw invalidArgument(this.list);
   }
 }
+
+/** FAILED_PRECONDITION / INSUFFICIENT_CREDITS: a debit of `required` credits does not fit the available credits. */
+export function insufficientCredits(accountId: string, required: bigint, available: bigint): BillingError {
+  const shown = available < 0n ? 0n : available;
+  return new BillingError("failed_precondition", Reason.InsufficientCredits, `insufficient credits: ${required} required, ${shown} available`, [], {
+    required: required.toString(),
+    available: shown.toString(),
+    account_id: accountId,
+  });
+}

@@ -101,9 +101,14 @@ export function encodeStored(value: unknown): string {
   });
 }
 
-/** The inverse of encodeStored. */
+/** The inverse of encodeStored, from a stored value as the driver returned it. */
 export function decodeStored(value: unknown): unknown {
-  return JSON.parse(JSON.stringify(value), (_k, v: unknown) => {
+  return decodeStoredText(JSON.stringify(value));
+}
+
+/** The inverse of encodeStored, from its JSON text. */
+export function decodeStoredText(text: string): unknown {
+  return JSON.parse(text, (_k, v: unknown) => {
     if (v && typeof v === "object" && !Array.isArray(v)) {
       const o = v as Record<string, unknown>;
       const keys = Object.keys(o);

@@ -213,6 +213,28 @@ describe("CreditService ledger", () => {
       expect(await assertLedgerConsistent(account)).to.equal(70n);
     });
 
+    it("answers with exactly what the ledger, the usage log and the balance hold, reservations included", async () => {
+      const account = newAccount();
+      await grant(account, 100n);
+      await svc().reserveCredits({ accountId: account, operationType: "clustering", credits: 15n, idempotencyKey: key() });
+      const res = await svc().deductCredits({
+        accountId: account,
+        operationType: "content_generation",
+        usage: { credits: 25n, tokensInput: 10n, model: "" },
+        relatedObjectType: "task",
+        relatedObjectId: "t-7",
+        metadata: { nested: { a: [1, "two"] }, quote: "it's \"quoted\"" },
+        idempotencyKey: key(),
+      });
+      const [tx] = (await svc().listTransactions({ accountId: account, pageSize: 1 })).transactions;
+      const [log] = (await svc().listUsageLogs({ accountId: account, pageSize: 1 })).usageLogs;
+      expect(res.transaction).to.deep.equal(tx);
+      expect(res.usageLog).to.deep.equal(log);
+      expect(res.balance).to.include({ balance: 75n, reserved: 15n, available: 60n });
+      const balance = (await svc().getBalance({ accountId: account })).balance!;
+      expect(res.balance?.updatedAt).to.deep.equal(balance.updatedAt);
+    });
+
     it("stores legacy operation names as their modern names", async () => {
       const account = newAccount();
       await grant(account, 10n);

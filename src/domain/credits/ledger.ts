@@ -13,7 +13,7 @@
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { BillingError, Reason, Violations, invalidField } from "../errors.js";
+import { Violations, insufficientCredits, invalidField } from "../errors.js";
 import { requestHash, runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
@@ -89,7 +89,7 @@ export class CreditLedger {
     this.batcher = new DeductionBatcher(
       sequelize,
       (job) => this.deductOne(job),
-      (t, accountId) => this.changedOnCommit(t, accountId),
+      (accountId) => this.onBalanceChange(accountId),
     );
   }
 
@@ -305,15 +305,7 @@ export class CreditLedger {
     if (!row) {
       const [r] = await this.sequelize.query<{ reserved: string }>(RESERVED_SQL, { bind: [d.accountId], transaction: t, type: QueryTypes.SELECT });
       const balance = BigInt(locked[0]?.balance ?? 0);
-      let available = balance - BigInt(r?.reserved ?? 0);
-      if (available < 0n) available = 0n;
-      throw new BillingError(
-        "failed_precondition",
-        Reason.InsufficientCredits,
-        `insufficient credits: ${d.credits} required, ${available} available`,
-        [],
-        { required: d.credits.toString(), available: available.toString(), account_id: d.accountId },
-      );
+      throw insufficientCredits(d.accountId, d.credits, balance - BigInt(r?.reserved ?? 0));
     }
     const balanceAfter = BigInt(row.balance);
     this.changedOnCommit(t, d.accountId);

@@ -17,7 +17,7 @@
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { BillingError, Reason, Violations, failedPrecondition, notFound } from "../errors.js";
+import { BillingError, Reason, Violations, failedPrecondition, insufficientCredits, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { RESERVED_SQL, balanceView, describeUsage, usageRecordOf, type CreditLedger } from "./ledger.js";
@@ -104,11 +104,7 @@ export class Reservations {
           const balance = BigInt(locked?.balance ?? 0);
           const available = balance - BigInt(reserved);
           if (available < input.credits) {
-            throw new BillingError("failed_precondition", Reason.InsufficientCredits, `insufficient credits: ${input.credits} required, ${available < 0n ? 0n : available} available`, [], {
-              required: input.credits.toString(),
-              available: (available < 0n ? 0n : available).toString(),
-              account_id: input.accountId,
-            });
+            throw insufficientCredits(input.accountId, input.credits, available);
           }
           const [row] = await this.sequelize.query<Row>(
             `INSERT INTO credit_reservations (account_id, operation_type, credits, expires_at)
