@@ -13,6 +13,7 @@
  * Options: --duration=SECONDS (10) --concurrency=N (64) --scenario=spread|hot|all
  *          --protocol=grpc|connect|all --quick (2 s, 16 in flight) --out=FILE
  *          --profile=DIR (write a V8 CPU profile of the service into DIR)
+ *          --client=lean|connect (load generator; see bench/lean-clients.ts)
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
@@ -23,6 +24,7 @@ import net from "node:net";
 import path from "node:path";
 import pg from "pg";
 import { CreditService } from "../gen/billing/v1/credit_service_pb.js";
+import { leanConnectClient, leanGrpcClient } from "./lean-clients.js";
 import { PROJECT_ROOT } from "../src/db/connect.js";
 import { createSequelize } from "../src/db/database.js";
 import { EmbeddedPostgres, temporaryDataDir } from "../src/db/embedded.js";
@@ -37,6 +39,8 @@ interface Options {
   quick: boolean;
   /** Directory for a V8 CPU profile of the service (--profile=DIR), or "". */
   profile: string;
+  /** The load generator: lean wire-level clients (default) or the generated Connect clients. */
+  client: "lean" | "connect";
 }
 
 interface Result {
@@ -71,6 +75,7 @@ function parseOptions(argv: string[]): Options {
     protocols: protocol === "all" ? ["grpc", "connect"] : [protocol as "grpc" | "connect"],
     out: get("out") ?? path.join(PROJECT_ROOT, "bench", "results", "deduct-latest.json"),
     profile: get("profile") ?? "",
+    client: get("client") === "connect" ? "connect" : "lean",
   };
 }
 
@@ -271,22 +276,28 @@ async function main(): Promise<void> {
   const port = await freePort();
   const service = await startService(url, port, opt.profile);
   try {
-    const clients: Record<string, Client<typeof CreditService>> = {
-      grpc: createClient(CreditService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` })),
-      connect: createClient(CreditService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "1.1" })),
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const connectClients: Record<string, Client<typeof CreditService>> = {
+      grpc: createClient(CreditService, createGrpcTransport({ baseUrl })),
+      connect: createClient(CreditService, createConnectTransport({ baseUrl, httpVersion: "1.1" })),
     };
     const headers = { authorization: `Bearer ${TOKEN}` };
-    await clients.grpc!.getBalance({ accountId: accounts[0]! }, { headers }); // warm up
+    await connectClients.grpc!.getBalance({ accountId: accounts[0]! }, { headers }); // warm up
     for (const scenario of opt.scenarios) {
       for (const protocol of opt.protocols) {
-        const c = clients[protocol]!;
-        const r = await drive(`service ${scenario} ${protocol}`, opt.duration, opt.concurrency, (i) =>
-          c.deductCredits(
-            { accountId: scenario === "hot" ? accounts[0]! : accounts[i % ACCOUNTS]!, operationType: "content_generation", usage: { credits: 1n }, idempotencyKey: randomUUID() },
-            { headers },
-          ),
-          service.pid,
-        );
+        const account = (i: number) => (scenario === "hot" ? accounts[0]! : accounts[i % ACCOUNTS]!);
+        let call: (i: number) => Promise<unknown>;
+        let close = () => undefined as void;
+        if (opt.client === "lean") {
+          const lean = protocol === "grpc" ? leanGrpcClient(baseUrl, TOKEN) : leanConnectClient(baseUrl, TOKEN, opt.concurrency);
+          call = (i) => lean.deduct({ accountId: account(i), idempotencyKey: randomUUID() });
+          close = () => lean.close();
+        } else {
+          const c = connectClients[protocol]!;
+          call = (i) => c.deductCredits({ accountId: account(i), operationType: "content_generation", usage: { credits: 1n }, idempotencyKey: randomUUID() }, { headers });
+        }
+        const r = await drive(`service ${scenario} ${protocol}`, opt.duration, opt.concurrency, call, service.pid);
+        close();
         results.push({ ...r, kind: "service", scenario, protocol });
       }
     }
@@ -317,7 +328,7 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
   }));
   console.log("");
   console.table(rows);
-  console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight)`);
+  console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight, ${opt.client} clients)`);
   mkdirSync(path.dirname(opt.out), { recursive: true });
   writeFileSync(
     opt.out,
