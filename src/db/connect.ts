@@ -2,6 +2,7 @@
  * Opens the configured database (DATABASE_URL or the embedded one) and
  * applies pending migrations.
  */
+import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Sequelize } from "sequelize";
@@ -11,7 +12,15 @@ import { createSequelize } from "./database.js";
 import { EmbeddedPostgres, defaultDataDir } from "./embedded.js";
 import { migrate } from "./migrate.js";
 
-export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** The checkout's root (where package.json is), whether this runs from src/ under tsx or compiled from dist/. */
+export const PROJECT_ROOT = projectRoot(path.dirname(fileURLToPath(import.meta.url)));
+
+function projectRoot(from: string): string {
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    if (existsSync(path.join(dir, "package.json"))) return dir;
+    if (path.dirname(dir) === dir) return path.resolve(from, "..", "..");
+  }
+}
 
 export interface OpenDatabase {
   sequelize: Sequelize;

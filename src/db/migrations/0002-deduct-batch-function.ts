@@ -16,8 +16,9 @@
  *    ('insufficient', with the credits that were available) and its key is
  *    released, so a retry is evaluated afresh.
  * 4. Accepted requests get their ledger row (DEDUCTION, balance_after), their
- *    usage log and their stored response, all with ids drawn up front and
- *    created_at = now(); the balances are written once per account.
+ *    usage log and their stored response, all with created_at = now(); each
+ *    changed balance is written once. Returned rows follow arrival order;
+ *    nothing is visible to anyone before the statement commits.
  *
  * The stored response is the DeductResult of src/domain/credits/types.ts in
  * the encoding of encodeStored (src/domain/idempotency.ts); the function
@@ -28,6 +29,10 @@
 import type { Migration } from "../migrate.js";
 
 export const up: Migration = async ({ context: sequelize }) => {
+  // Written as loops of simple statements: PL/pgSQL caches a generic plan for
+  // each (primary-key lookups and single-row inserts), so a batch costs no
+  // planning; set-based statements over the input arrays were re-planned on
+  // every call and cost more for the small batches of a quiet service.
   await sequelize.query(String.raw`
 CREATE FUNCTION billing_deduct_batch(
   p_method text, p_account text[], p_key text[], p_hash text[], p_credits bigint[],
@@ -36,128 +41,101 @@ CREATE FUNCTION billing_deduct_batch(
 RETURNS TABLE (ord integer, outcome text, detail text)
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
-  n        integer := coalesce(cardinality(p_account), 0);
-  claimed  boolean[] := array_fill(false, ARRAY[n]);
-  accepted boolean[] := array_fill(false, ARRAY[n]);
-  bal_after bigint[] := array_fill(NULL::bigint, ARRAY[n]);
-  shortfall bigint[] := array_fill(NULL::bigint, ARRAY[n]);
-  slot     integer[] := array_fill(NULL::integer, ARRAY[n]);
-  accts    text[];
-  bal      bigint[];
-  held     bigint[];
-  changed  boolean[];
-  j        integer;
-  k        integer := 0;
-  o        integer;
-  rows_i   integer[] := '{}';
-  tx_ids   bigint[];
-  log_ids  bigint[];
-  resp_i   integer[];
-  resp     text[];
-  stamp    text := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+  n         integer := coalesce(cardinality(p_account), 0);
+  claimed   boolean[] := array_fill(false, ARRAY[n]);
+  accts     text[];
+  bal       bigint[];
+  held      bigint[];
+  changed   boolean[];
+  j         integer;
+  i         integer;
+  available bigint;
+  tx_id     bigint;
+  log_id    bigint;
+  meta      jsonb;
+  stamp     jsonb := jsonb_build_object('$d', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'));
+  answer    jsonb;
+  reserved  bigint;
 BEGIN
   IF n = 0 THEN RETURN; END IF;
 
-  -- 1. Claim the keys; a request whose key was not claimed here is 'taken'.
-  FOR o IN
-    WITH ins AS (
-      INSERT INTO idempotency_keys (account_id, key, method, request_hash, response)
-      SELECT x.a, x.k, p_method, x.h, 'null'::jsonb
-      FROM unnest(p_account, p_key, p_hash) WITH ORDINALITY AS x(a, k, h, i) ORDER BY x.a, x.k, x.i
-      ON CONFLICT (account_id, key) DO NOTHING
-      RETURNING account_id, key)
-    SELECT min(x.i)::integer FROM ins JOIN unnest(p_account, p_key) WITH ORDINALITY AS x(a, k, i)
-      ON x.a = ins.account_id AND x.k = ins.key GROUP BY x.a, x.k
-  LOOP
-    claimed[o] := true;
+  -- 1. Claim the keys in (account, key) order; a key not claimed is 'taken'.
+  FOR i IN SELECT s.i FROM generate_subscripts(p_account, 1) AS s(i) ORDER BY p_account[s.i], p_key[s.i], s.i LOOP
+    INSERT INTO idempotency_keys (account_id, key, method, request_hash, response)
+    VALUES (p_account[i], p_key[i], p_method, p_hash[i], 'null'::jsonb)
+    ON CONFLICT (account_id, key) DO NOTHING;
+    claimed[i] := FOUND;
   END LOOP;
 
-  -- 2. Lock the accounts in a fixed order, then read their open holds.
+  -- 2. Lock the accounts in a fixed order, then read their open holds (a fresh snapshot, after the lock).
   SELECT coalesce(array_agg(l.account_id ORDER BY l.account_id), '{}'), coalesce(array_agg(l.balance ORDER BY l.account_id), '{}')
     INTO accts, bal
   FROM (SELECT a.account_id, a.balance FROM billing_accounts a
-        WHERE a.account_id = ANY (SELECT p_account[s.i] FROM generate_subscripts(p_account, 1) AS s(i) WHERE claimed[s.i])
-        ORDER BY a.account_id FOR UPDATE) l;
-  SELECT coalesce(array_agg(coalesce(r.reserved, 0) ORDER BY u.i), '{}') INTO held
-  FROM unnest(accts) WITH ORDINALITY AS u(id, i)
-  LEFT JOIN LATERAL (SELECT sum(c.credits)::bigint AS reserved FROM credit_reservations c
-                     WHERE c.account_id = u.id AND c.status = 'active' AND c.expires_at > now()) r ON true;
+        WHERE a.account_id = ANY (p_account) ORDER BY a.account_id FOR UPDATE) l;
+  held := array_fill(0::bigint, ARRAY[greatest(cardinality(accts), 1)]);
   changed := array_fill(false, ARRAY[greatest(cardinality(accts), 1)]);
-
-  -- 3. Decide in arrival order.
-  FOR i IN 1..n LOOP
-    CONTINUE WHEN NOT claimed[i];
-    j := array_position(accts, p_account[i]);
-    IF j IS NOT NULL AND bal[j] - held[j] >= p_credits[i] THEN
-      bal[j] := bal[j] - p_credits[i];
-      changed[j] := true;
-      accepted[i] := true;
-      bal_after[i] := bal[j];
-      slot[i] := j;
-      k := k + 1;
-      rows_i := rows_i || i;
-    ELSE
-      shortfall[i] := CASE WHEN j IS NULL THEN 0 ELSE greatest(bal[j] - held[j], 0) END;
-    END IF;
+  FOR j IN 1..cardinality(accts) LOOP
+    SELECT coalesce(sum(c.credits), 0)::bigint INTO reserved FROM credit_reservations c
+    WHERE c.account_id = accts[j] AND c.status = 'active' AND c.expires_at > now();
+    held[j] := reserved;
   END LOOP;
 
-  -- Failed requests store nothing under their keys.
-  DELETE FROM idempotency_keys d USING generate_subscripts(p_account, 1) AS g(i)
-  WHERE claimed[g.i] AND NOT accepted[g.i] AND d.account_id = p_account[g.i] AND d.key = p_key[g.i];
+  -- 3. In arrival order: each request fits what is left, or fails alone.
+  FOR i IN 1..n LOOP
+    IF NOT claimed[i] THEN
+      ord := i; outcome := 'taken'; detail := NULL;
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    j := array_position(accts, p_account[i]);
+    available := CASE WHEN j IS NULL THEN 0 ELSE bal[j] - held[j] END;
+    IF available < p_credits[i] THEN
+      -- Failed requests store nothing under their keys.
+      DELETE FROM idempotency_keys d WHERE d.account_id = p_account[i] AND d.key = p_key[i];
+      ord := i; outcome := 'insufficient'; detail := greatest(available, 0)::text;
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    bal[j] := bal[j] - p_credits[i];
+    changed[j] := true;
+    meta := p_metadata[i]::jsonb;
 
-  IF k > 0 THEN
-    -- 4. Write: balances once per account, then ledger rows, usage logs and stored responses.
-    UPDATE billing_accounts a SET balance = v.b, updated_at = now()
-    FROM unnest(accts, bal, changed) AS v(id, b, c) WHERE v.c AND a.account_id = v.id;
+    INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata)
+    VALUES (p_account[i], 'deduction', -p_credits[i], bal[j], p_description[i], meta)
+    RETURNING id INTO tx_id;
+    INSERT INTO credit_usage_logs (account_id, transaction_id, operation_type, credits_used, cost_usd, model_used,
+                                   tokens_input, tokens_output, related_object_type, related_object_id, metadata)
+    VALUES (p_account[i], tx_id, p_operation[i], p_credits[i], nullif(p_cost[i], '')::numeric, p_model[i],
+            p_tokens_in[i], p_tokens_out[i], p_related_type[i], p_related_id[i], meta)
+    RETURNING id INTO log_id;
 
-    SELECT array_agg(nextval('credit_transactions_id_seq')), array_agg(nextval('credit_usage_logs_id_seq'))
-      INTO tx_ids, log_ids FROM generate_series(1, k);
-
-    INSERT INTO credit_transactions (account_id, id, type, amount, balance_after, description, metadata, created_at)
-    OVERRIDING SYSTEM VALUE
-    SELECT p_account[b.i], b.tx_id, 'deduction', -p_credits[b.i], bal_after[b.i], p_description[b.i], p_metadata[b.i]::jsonb, now()
-    FROM unnest(rows_i, tx_ids, log_ids) AS b(i, tx_id, log_id) ORDER BY b.i;
-
-    INSERT INTO credit_usage_logs (account_id, id, transaction_id, operation_type, credits_used, cost_usd, model_used,
-                                   tokens_input, tokens_output, related_object_type, related_object_id, metadata, created_at)
-    OVERRIDING SYSTEM VALUE
-    SELECT p_account[b.i], b.log_id, b.tx_id, p_operation[b.i], p_credits[b.i], nullif(p_cost[b.i], '')::numeric, p_model[b.i],
-           p_tokens_in[b.i], p_tokens_out[b.i], p_related_type[b.i], p_related_id[b.i], p_metadata[b.i]::jsonb, now()
-    FROM unnest(rows_i, tx_ids, log_ids) AS b(i, tx_id, log_id) ORDER BY b.i;
-
-    WITH stored AS (
-    UPDATE idempotency_keys d SET response = jsonb_build_object(
+    answer := jsonb_build_object(
       'transaction', jsonb_build_object(
-        'id', b.tx_id::text, 'accountId', p_account[b.i], 'type', 'deduction',
-        'amount', jsonb_build_object('$n', (-p_credits[b.i])::text),
-        'balanceAfter', jsonb_build_object('$n', bal_after[b.i]::text),
-        'description', p_description[b.i], 'metadata', p_metadata[b.i]::jsonb, 'paymentId', '',
-        'createdAt', jsonb_build_object('$d', stamp)),
+        'id', tx_id::text, 'accountId', p_account[i], 'type', 'deduction',
+        'amount', jsonb_build_object('$n', (-p_credits[i])::text),
+        'balanceAfter', jsonb_build_object('$n', bal[j]::text),
+        'description', p_description[i], 'metadata', meta, 'paymentId', '', 'createdAt', stamp),
       'usageLog', jsonb_build_object(
-        'id', b.log_id::text, 'accountId', p_account[b.i], 'operationType', p_operation[b.i],
-        'creditsUsed', jsonb_build_object('$n', p_credits[b.i]::text), 'costUsd', p_cost[b.i], 'modelUsed', p_model[b.i],
-        'tokensInput', jsonb_build_object('$n', p_tokens_in[b.i]::text), 'tokensOutput', jsonb_build_object('$n', p_tokens_out[b.i]::text),
-        'relatedObjectType', p_related_type[b.i], 'relatedObjectId', p_related_id[b.i],
-        'metadata', p_metadata[b.i]::jsonb, 'createdAt', jsonb_build_object('$d', stamp)),
+        'id', log_id::text, 'accountId', p_account[i], 'operationType', p_operation[i],
+        'creditsUsed', jsonb_build_object('$n', p_credits[i]::text), 'costUsd', p_cost[i], 'modelUsed', p_model[i],
+        'tokensInput', jsonb_build_object('$n', p_tokens_in[i]::text), 'tokensOutput', jsonb_build_object('$n', p_tokens_out[i]::text),
+        'relatedObjectType', p_related_type[i], 'relatedObjectId', p_related_id[i], 'metadata', meta, 'createdAt', stamp),
       'balance', jsonb_build_object(
-        'accountId', p_account[b.i],
-        'balance', jsonb_build_object('$n', bal_after[b.i]::text),
-        'reserved', jsonb_build_object('$n', held[slot[b.i]]::text),
-        'available', jsonb_build_object('$n', greatest(bal_after[b.i] - held[slot[b.i]], 0)::text),
-        'updatedAt', jsonb_build_object('$d', stamp)))
-    FROM unnest(rows_i, tx_ids, log_ids) AS b(i, tx_id, log_id)
-    WHERE d.account_id = p_account[b.i] AND d.key = p_key[b.i]
-    RETURNING b.i, d.response::text AS r)
-    SELECT array_agg(stored.i), array_agg(stored.r) INTO resp_i, resp FROM stored;
-  END IF;
+        'accountId', p_account[i],
+        'balance', jsonb_build_object('$n', bal[j]::text),
+        'reserved', jsonb_build_object('$n', held[j]::text),
+        'available', jsonb_build_object('$n', greatest(bal[j] - held[j], 0)::text),
+        'updatedAt', stamp));
+    UPDATE idempotency_keys d SET response = answer WHERE d.account_id = p_account[i] AND d.key = p_key[i];
+    ord := i; outcome := 'ok'; detail := answer::text;
+    RETURN NEXT;
+  END LOOP;
 
-  RETURN QUERY
-    SELECT g.i::integer,
-           CASE WHEN accepted[g.i] THEN 'ok' WHEN claimed[g.i] THEN 'insufficient' ELSE 'taken' END,
-           CASE WHEN accepted[g.i] THEN s.r WHEN claimed[g.i] THEN shortfall[g.i]::text END
-    FROM generate_subscripts(p_account, 1) g(i)
-    LEFT JOIN unnest(resp_i, resp) AS s(i, r) ON s.i = g.i
-    ORDER BY g.i;
+  -- 4. Each changed balance is written once.
+  FOR j IN 1..cardinality(accts) LOOP
+    CONTINUE WHEN NOT changed[j];
+    UPDATE billing_accounts a SET balance = bal[j], updated_at = now() WHERE a.account_id = accts[j];
+  END LOOP;
 END
 $fn$;`);
 };
