@@ -19,8 +19,9 @@
  *
  * Scheduling: requests that arrive while the event loop handles one round of
  * I/O are gathered (the batch starts on setImmediate); at most MAX_IN_FLIGHT
- * batches run at once, and when one ends the next takes everything queued
- * (at most MAX_BATCH). An idle service adds no latency beyond one tick.
+ * batches run at once, an account is in at most one running batch, and when
+ * a batch ends the next takes everything queued that it may (at most
+ * MAX_BATCH). An idle service adds no latency beyond one tick.
  */
 import { QueryTypes, type Sequelize } from "sequelize";
 import { retryingConflicts } from "../../db/transaction.js";
@@ -56,6 +57,8 @@ export class DeductionBatcher {
   private queue: Pending[] = [];
   private inFlight = 0;
   private scheduled = false;
+  /** Accounts with a batch running. */
+  private readonly busy = new Set<string>();
 
   constructor(
     private readonly sequelize: Sequelize,
@@ -81,9 +84,22 @@ export class DeductionBatcher {
 
   private pump(): void {
     while (this.inFlight < MAX_IN_FLIGHT && this.queue.length > 0) {
-      const batch = this.queue.splice(0, MAX_BATCH);
+      // An account already in a running batch waits for the next one: its
+      // requests would only queue on its row lock, and gathering them makes
+      // that next batch bigger instead of adding another commit on that row.
+      const batch: Pending[] = [];
+      const waiting: Pending[] = [];
+      for (const p of this.queue) {
+        if (batch.length < MAX_BATCH && !this.busy.has(p.job.accountId)) batch.push(p);
+        else waiting.push(p);
+      }
+      if (batch.length === 0) return;
+      this.queue = waiting;
+      const accounts = new Set(batch.map((p) => p.job.accountId));
+      for (const a of accounts) this.busy.add(a);
       this.inFlight++;
       this.run(batch).finally(() => {
+        for (const a of accounts) this.busy.delete(a);
         this.inFlight--;
         this.pump();
       });
