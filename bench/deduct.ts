@@ -97,7 +97,7 @@ async function drive(name: string, seconds: number, concurrency: number, call: (
   const deadline = start + seconds * 1000;
   let done = 0;
   const progress = setInterval(() => {
-    process.stderr.write(`  ${name}: ${done} calls, ${errors} errors, ${Math.round((done / (performance.now() - start)) * 1000)}/s\r`);
+    process.stderr.write(`  ${name}: ${done} calls, ${errors} errors, ${Math.round((done / (performance.now() - start)) * 1000)}/s${process.stderr.isTTY ? "\r" : "\n"}`);
   }, 1000);
   let n = 0;
   await Promise.all(
