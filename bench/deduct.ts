@@ -85,8 +85,11 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-/** Runs `call` with `concurrency` calls in flight for `seconds`, printing progress each second. */
-async function drive(name: string, seconds: number, concurrency: number, call: (i: number) => Promise<unknown>, serverPid?: number): Promise<Result> {
+/**
+ * What one run records: latencies, errors, and the CPU the service, this
+ * load generator and the local PostgreSQL used meanwhile.
+ */
+function measure(name: string, serverPid?: number) {
   const latencies: number[] = [];
   let errors = 0;
   let lastError = "";
@@ -94,10 +97,50 @@ async function drive(name: string, seconds: number, concurrency: number, call: (
   const clientCpu0 = process.cpuUsage();
   const serverCpu0 = serverPid ? cpuSeconds(serverPid) : 0;
   const dbCpu0 = postgresCpu();
-  const deadline = start + seconds * 1000;
-  let done = 0;
+  return {
+    start,
+    get done() {
+      return latencies.length + errors;
+    },
+    get errors() {
+      return errors;
+    },
+    ok(latencyMs: number) {
+      latencies.push(latencyMs);
+    },
+    fail(err: unknown) {
+      errors++;
+      lastError = err instanceof Error ? err.message : String(err);
+    },
+    finish(summary: string): Result {
+      const elapsed = (performance.now() - start) / 1000;
+      const clientCpu = process.cpuUsage(clientCpu0);
+      latencies.sort((x, y) => x - y);
+      process.stderr.write(`  ${name}: ${summary}\n`);
+      if (errors > 0) process.stderr.write(`  ${name}: last error: ${lastError}\n`);
+      return {
+        name,
+        calls: latencies.length,
+        errors,
+        seconds: elapsed,
+        rate: latencies.length / elapsed,
+        p50: percentile(latencies, 50),
+        p99: percentile(latencies, 99),
+        serverCores: serverPid ? (cpuSeconds(serverPid) - serverCpu0) / elapsed : 0,
+        clientCores: (clientCpu.user + clientCpu.system) / 1e6 / elapsed,
+        dbCores: postgresCpuSince(dbCpu0) / elapsed,
+      };
+    },
+  };
+}
+
+/** Runs `call` with `concurrency` calls in flight for `seconds`, printing progress each second. */
+async function drive(name: string, seconds: number, concurrency: number, call: (i: number) => Promise<unknown>, serverPid?: number): Promise<Result> {
+  const m = measure(name, serverPid);
+  const deadline = m.start + seconds * 1000;
   const progress = setInterval(() => {
-    process.stderr.write(`  ${name}: ${done} calls, ${errors} errors, ${Math.round((done / (performance.now() - start)) * 1000)}/s${process.stderr.isTTY ? "\r" : "\n"}`);
+    const rate = Math.round((m.done / (performance.now() - m.start)) * 1000);
+    process.stderr.write(`  ${name}: ${m.done} calls, ${m.errors} errors, ${rate}/s${process.stderr.isTTY ? "\r" : "\n"}`);
   }, 1000);
   let n = 0;
   await Promise.all(
@@ -106,25 +149,15 @@ async function drive(name: string, seconds: number, concurrency: number, call: (
         const t0 = performance.now();
         try {
           await call(n++);
-          latencies.push(performance.now() - t0);
+          m.ok(performance.now() - t0);
         } catch (err) {
-          errors++;
-          lastError = err instanceof Error ? err.message : String(err);
+          m.fail(err);
         }
-        done++;
       }
     }),
   );
   clearInterval(progress);
-  const elapsed = (performance.now() - start) / 1000;
-  const clientCpu = process.cpuUsage(clientCpu0);
-  const serverCores = serverPid ? (cpuSeconds(serverPid) - serverCpu0) / elapsed : 0;
-  const clientCores = (clientCpu.user + clientCpu.system) / 1e6 / elapsed;
-  const dbCores = postgresCpuSince(dbCpu0) / elapsed;
-  latencies.sort((a, b) => a - b);
-  process.stderr.write(`  ${name}: done${" ".repeat(50)}\n`);
-  if (errors > 0) process.stderr.write(`  ${name}: last error: ${lastError}\n`);
-  return { name, calls: latencies.length, errors, seconds: elapsed, rate: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), serverCores, clientCores, dbCores };
+  return m.finish(`done${" ".repeat(50)}`);
 }
 
 /**
@@ -133,30 +166,16 @@ async function drive(name: string, seconds: number, concurrency: number, call: (
  * not hidden by calls that were never started (no coordinated omission).
  */
 async function pace(name: string, seconds: number, rate: number, call: (i: number) => Promise<unknown>, serverPid?: number): Promise<Result> {
-  const latencies: number[] = [];
-  let errors = 0;
-  let lastError = "";
-  const start = performance.now();
-  const clientCpu0 = process.cpuUsage();
-  const serverCpu0 = serverPid ? cpuSeconds(serverPid) : 0;
-  const dbCpu0 = postgresCpu();
+  const m = measure(name, serverPid);
   const total = Math.max(1, Math.floor(rate * seconds));
   const pending: Promise<void>[] = [];
   let started = 0;
   await new Promise<void>((resolve) => {
     const tick = () => {
       const now = performance.now();
-      while (started < total && start + (started * 1000) / rate <= now) {
-        const due = start + (started * 1000) / rate;
-        pending.push(
-          call(started).then(
-            () => void latencies.push(performance.now() - due),
-            (err: unknown) => {
-              errors++;
-              lastError = err instanceof Error ? err.message : String(err);
-            },
-          ),
-        );
+      while (started < total && m.start + (started * 1000) / rate <= now) {
+        const due = m.start + (started * 1000) / rate;
+        pending.push(call(started).then(() => m.ok(performance.now() - due), (err: unknown) => m.fail(err)));
         started++;
       }
       if (started >= total) resolve();
@@ -165,23 +184,7 @@ async function pace(name: string, seconds: number, rate: number, call: (i: numbe
     tick();
   });
   await Promise.all(pending);
-  const elapsed = (performance.now() - start) / 1000;
-  const clientCpu = process.cpuUsage(clientCpu0);
-  latencies.sort((a, b) => a - b);
-  process.stderr.write(`  ${name}: done (${total} calls at ${Math.round(rate)}/s)\n`);
-  if (errors > 0) process.stderr.write(`  ${name}: last error: ${lastError}\n`);
-  return {
-    name,
-    calls: latencies.length,
-    errors,
-    seconds: elapsed,
-    rate: latencies.length / elapsed,
-    p50: percentile(latencies, 50),
-    p99: percentile(latencies, 99),
-    serverCores: serverPid ? (cpuSeconds(serverPid) - serverCpu0) / elapsed : 0,
-    clientCores: (clientCpu.user + clientCpu.system) / 1e6 / elapsed,
-    dbCores: postgresCpuSince(dbCpu0) / elapsed,
-  };
+  return m.finish(`done (${total} calls at ${Math.round(rate)}/s)`);
 }
 
 function freePort(): Promise<number> {
