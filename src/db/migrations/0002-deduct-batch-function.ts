@@ -23,7 +23,8 @@
  * The stored response is the DeductResult of src/domain/credits/types.ts in
  * the encoding of encodeStored (src/domain/idempotency.ts); the function
  * returns that same text, so a caller's answer and a later replay are
- * byte-for-byte the same. test/credits/coalescing.test.ts holds the two
+ * byte-for-byte the same. test/credits/ledger.test.ts ("answers with exactly what the
+ * ledger, the usage log and the balance hold") holds the two
  * together.
  */
 import type { Migration } from "../migrate.js";
