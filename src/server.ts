@@ -15,6 +15,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import { setMaxListeners } from "node:events";
 import net from "node:net";
+import { createGrpcUnary } from "./grpc-unary.js";
 import type { Logger } from "./logger.js";
 
 /** A plain HTTP route beside the RPCs (e.g. provider webhooks). */
@@ -44,12 +45,16 @@ export function createBillingServer(options: ServerOptions): BillingServer {
   const shutdown = new AbortController();
   setMaxListeners(0, shutdown.signal); // every in-flight call listens for shutdown
   const { logger } = options;
+  const readMaxBytes = 4 * 1024 * 1024;
+  // Unary gRPC calls take a leaner path built from connect's own pieces
+  // (grpc-unary.ts); every other call goes through the Connect adapter.
+  const grpcUnary = createGrpcUnary({ interceptors: options.interceptors, shutdownSignal: shutdown.signal, readMaxBytes });
   const adapter = connectNodeAdapter({
-    routes: options.routes,
+    routes: grpcUnary.recordRoutes(options.routes),
     interceptors: options.interceptors,
     shutdownSignal: shutdown.signal,
     jsonOptions: { alwaysEmitImplicit: true, ignoreUnknownFields: true },
-    readMaxBytes: 4 * 1024 * 1024,
+    readMaxBytes,
     fallback: (_req, res) => notFound(res as http.ServerResponse),
   });
 
@@ -70,6 +75,7 @@ export function createBillingServer(options: ServerOptions): BillingServer {
       });
       return;
     }
+    if (req.httpVersionMajor === 2 && grpcUnary.handle(req as http2.Http2ServerRequest, res as http2.Http2ServerResponse)) return;
     adapter(req as never, res as never);
   };
 
@@ -83,6 +89,9 @@ export function createBillingServer(options: ServerOptions): BillingServer {
   });
 
   const tcp = net.createServer((socket) => {
+    // Answers are small and latency-bound: no Nagle delay (http.createServer
+    // would set this itself, but connections arrive here first).
+    socket.setNoDelay(true);
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.once("error", () => socket.destroy());
