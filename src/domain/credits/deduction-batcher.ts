@@ -19,9 +19,10 @@
  *
  * Scheduling: requests that arrive while the event loop handles one round of
  * I/O are gathered (the batch starts on setImmediate); at most MAX_IN_FLIGHT
- * batches run at once, an account is in at most one running batch, and when
- * a batch ends the next takes everything queued that it may (at most
- * MAX_BATCH). An idle service adds no latency beyond one tick.
+ * batches run at once, an account is in at most one running batch, and the
+ * queue is shared among the free slots (at least MIN_SHARE requests, at most
+ * MAX_BATCH, per batch), so that batches of different accounts use several
+ * database cores at once. An idle service adds no latency beyond one tick.
  */
 import { QueryTypes, type Sequelize } from "sequelize";
 import { retryingConflicts } from "../../db/transaction.js";
@@ -48,6 +49,8 @@ interface Pending {
 
 const MAX_BATCH = 512;
 const MAX_IN_FLIGHT = 4;
+/** Below this many requests a batch is not split further. */
+const MIN_SHARE = 8;
 
 const DEDUCT_BATCH_SQL = `SELECT ord, outcome, detail FROM billing_deduct_batch($1, $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
   $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::text[])`;
@@ -87,15 +90,23 @@ export class DeductionBatcher {
       // An account already in a running batch waits for the next one: its
       // requests would only queue on its row lock, and gathering them makes
       // that next batch bigger instead of adding another commit on that row.
+      // The queue is shared among the free slots, so that batches of
+      // different accounts run side by side on several database cores;
+      // an account's requests all go to the batch that takes the account.
+      const share = Math.max(MIN_SHARE, Math.ceil(this.queue.length / (MAX_IN_FLIGHT - this.inFlight)));
       const batch: Pending[] = [];
       const waiting: Pending[] = [];
+      const accounts = new Set<string>();
       for (const p of this.queue) {
-        if (batch.length < MAX_BATCH && !this.busy.has(p.job.accountId)) batch.push(p);
-        else waiting.push(p);
+        const account = p.job.accountId;
+        const takes = batch.length < MAX_BATCH && !this.busy.has(account) && (batch.length < share || accounts.has(account));
+        if (takes) {
+          batch.push(p);
+          accounts.add(account);
+        } else waiting.push(p);
       }
       if (batch.length === 0) return;
       this.queue = waiting;
-      const accounts = new Set(batch.map((p) => p.job.accountId));
       for (const a of accounts) this.busy.add(a);
       this.inFlight++;
       this.run(batch).finally(() => {
