@@ -92,10 +92,20 @@ const INT32_MAX = 2_147_483_647n;
 /** How long pricing may use configuration read earlier. */
 export const CONFIG_CACHE_MS = 1_000;
 
+interface PricingConfig {
+  at: number;
+  costs: Map<string, CreditCostConfig>;
+  billing: BillingConfiguration;
+}
+
 /** Pricing and its configuration. */
 export class Pricing {
   readonly history: AuditTrail;
-  private cache?: { at: number; costs: Map<string, CreditCostConfig>; billing: BillingConfiguration };
+  private cache?: PricingConfig;
+  /** The configuration read in progress, shared by its callers. */
+  private reading?: Promise<PricingConfig>;
+  /** Bumped by every invalidation, so that a read begun before it is not cached. */
+  private generation = 0;
 
   constructor(
     private readonly sequelize: Sequelize,
@@ -227,7 +237,7 @@ export class Pricing {
         await row.update({ ...changes, updated_by: actor, updated_at: new Date() }, { transaction: t });
         const after = costConfigView(row);
         await this.history.record(t, operationType, "update", actor, costConfigAudit(before), costConfigAudit(after));
-        t.afterCommit(() => (this.cache = undefined));
+        t.afterCommit(() => this.invalidate());
         return after;
       },
       options,
@@ -283,19 +293,51 @@ export class Pricing {
         const row = await this.models.BillingConfiguration.findByPk(1, { transaction: t, lock: t.LOCK.UPDATE });
         if (!row) throw new Error("billing configuration row is missing (migrations not applied?)");
         await row.update({ ...changes, updated_by: actor, updated_at: new Date() }, { transaction: t });
-        t.afterCommit(() => (this.cache = undefined));
+        t.afterCommit(() => this.invalidate());
         return billingView(row);
       },
       options,
     );
   }
 
-  /** Cost configs and billing configuration, re-read at most every CONFIG_CACHE_MS. */
-  private async cachedConfig(): Promise<{ costs: Map<string, CreditCostConfig>; billing: BillingConfiguration }> {
-    if (this.cache && Date.now() - this.cache.at < CONFIG_CACHE_MS) return this.cache;
+  /**
+   * Cost configs and billing configuration, never older than CONFIG_CACHE_MS.
+   * Past half that age one background read (shared by every caller) renews
+   * it while callers keep the cached copy, so a busy service never has all
+   * its calls wait on the re-read, nor issue one read each.
+   */
+  private cachedConfig(): Promise<PricingConfig> | PricingConfig {
+    const age = this.cache ? Date.now() - this.cache.at : Infinity;
+    if (age < CONFIG_CACHE_MS / 2) return this.cache!;
+    let reading = this.reading;
+    if (!reading) {
+      const read = this.readConfig().finally(() => {
+        if (this.reading === read) this.reading = undefined;
+      });
+      this.reading = reading = read;
+    }
+    if (age < CONFIG_CACHE_MS) {
+      reading.catch(() => undefined); // a failed renewal is retried by the next caller
+      return this.cache!;
+    }
+    return reading;
+  }
+
+  private async readConfig(): Promise<PricingConfig> {
+    const generation = this.generation;
+    const at = Date.now();
     const [rows, billing] = await Promise.all([this.models.CreditCostConfig.findAll(), this.billingRow()]);
-    this.cache = { at: Date.now(), costs: new Map(rows.map((r) => [r.operation_type, r])), billing };
-    return this.cache;
+    const config = { at, costs: new Map(rows.map((r) => [r.operation_type, r])), billing };
+    // An update committed during the read invalidated it: keep what the next read sees.
+    if (generation === this.generation) this.cache = config;
+    return config;
+  }
+
+  /** Drops the cached configuration (after this process committed a change to it). */
+  private invalidate(): void {
+    this.cache = undefined;
+    this.reading = undefined;
+    this.generation++;
   }
 
   private async costConfigRow(operationType: OperationType): Promise<CreditCostConfig> {
