@@ -19,6 +19,7 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import http from "node:http";
 import http2 from "node:http2";
+import net from "node:net";
 import { DeductCreditsRequestSchema } from "../gen/billing/v1/credit_service_pb.js";
 
 /** What each call deducts. */
@@ -37,7 +38,8 @@ const OPERATION = "content_generation";
 
 /** gRPC (binary protobuf) over one HTTP/2 connection. */
 export function leanGrpcClient(baseUrl: string, token: string): LeanClient {
-  const session = http2.connect(baseUrl);
+  // TCP_NODELAY, as grpc-js and the other gRPC clients set it.
+  const session = http2.connect(baseUrl, { createConnection: (url: URL) => net.connect({ host: url.hostname, port: Number(url.port), noDelay: true }) });
   session.on("error", () => undefined); // each stream reports its own failure
   const headers = {
     ":method": "POST",

@@ -88,6 +88,9 @@ export class EmbeddedPostgres {
       "-c", "shared_buffers=128MB",
       "-c", "fsync=on",
       "-c", "synchronous_commit=on",
+      // New WAL segments are not zero-filled (16 MB written while commits
+      // wait); commits still fsync, so durability is unchanged.
+      "-c", "wal_init_zero=off",
     ];
     // A watchdog shell holds our end of a pipe: if this process dies without
     // stopping the cluster, the pipe closes and the shell stops postgres, so
