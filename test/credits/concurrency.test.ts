@@ -68,9 +68,8 @@ describe("CreditService under concurrency", function () {
 describe("CreditService with two server instances on one database", function () {
   this.timeout(60_000);
 
-  it("coalesced deductions through both stay exact: affordable ones succeed, ledgers consistent", async () => {
-    const { createClient } = await import("@connectrpc/connect");
-    const { createGrpcTransport } = await import("@connectrpc/connect-node");
+  /** Runs `fn` with a second app on the harness database, closed afterwards. */
+  async function withSecondInstance(fn: (port: number) => Promise<void>): Promise<void> {
     const { createApp } = await import("../../src/app.js");
     const { createSequelize } = await import("../../src/db/database.js");
     const { createLogger } = await import("../../src/logger.js");
@@ -78,6 +77,17 @@ describe("CreditService with two server instances on one database", function () 
     const other = createApp(harness().config, sequelize, createLogger("silent"));
     const port = await other.listen(0, "127.0.0.1");
     try {
+      await fn(port);
+    } finally {
+      await other.close(1_000);
+      await sequelize.close();
+    }
+  }
+
+  it("coalesced deductions through both stay exact: affordable ones succeed, ledgers consistent", async () => {
+    const { createClient } = await import("@connectrpc/connect");
+    const { createGrpcTransport } = await import("@connectrpc/connect-node");
+    await withSecondInstance(async (port) => {
       const first = client(CreditService, TOKENS.service, "grpc-http2");
       const second = createClient(CreditService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
       const headers = { authorization: `Bearer ${TOKENS.service}` };
@@ -106,9 +116,42 @@ describe("CreditService with two server instances on one database", function () 
         const balance = await assertLedgerConsistent(a);
         expect(balance < 3n, `${a} kept ${balance}`).to.equal(true);
       }
-    } finally {
-      await other.close(1_000);
-      await sequelize.close();
-    }
+    });
+  });
+
+  it("a pricing change through one instance prices deductions on the other within CONFIG_CACHE_MS", async () => {
+    const { createClient } = await import("@connectrpc/connect");
+    const { createGrpcTransport } = await import("@connectrpc/connect-node");
+    const { CONFIG_CACHE_MS } = await import("../../src/domain/credits/pricing.js");
+    await withSecondInstance(async (port) => {
+      const admin = client(CreditService, TOKENS.admin);
+      const elsewhere = createClient(CreditService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
+      const first = client(CreditService, TOKENS.service, "grpc-http2");
+      const account = newAccount("cfg");
+      await admin.grantCredits({ accountId: account, amount: 10_000n, type: CreditTransactionType.PURCHASE, idempotencyKey: key() });
+      const op = "site_structure_generation";
+      const before = (await admin.getCostConfig({ operationType: op })).costConfig!;
+      const charge = async () => (await first.deductCredits({ accountId: account, operationType: op, usage: { tokensInput: 1n }, idempotencyKey: key() })).transaction!.amount;
+      try {
+        expect(await charge()).to.equal(-before.minCredits); // this instance has the old config cached
+        const minCredits = before.minCredits + 6n;
+        await elsewhere.updateCostConfig(
+          { costConfig: { operationType: op, minCredits }, updateMask: { paths: ["min_credits"] } },
+          { headers: { authorization: `Bearer ${TOKENS.admin}` } },
+        );
+        const changed = performance.now();
+        let firstNew: number | undefined;
+        while (performance.now() - changed < CONFIG_CACHE_MS + 500) {
+          const amount = await charge();
+          if (amount === -minCredits) firstNew ??= performance.now() - changed;
+          else expect(firstNew, "an old price after the new one was seen").to.equal(undefined);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        expect(firstNew, "the new price was never charged").to.not.equal(undefined);
+        expect(firstNew!).to.be.at.most(CONFIG_CACHE_MS + 100);
+      } finally {
+        await admin.updateCostConfig({ costConfig: { operationType: op, minCredits: before.minCredits }, updateMask: { paths: ["min_credits"] } });
+      }
+    });
   });
 });
