@@ -108,13 +108,29 @@ export function decodeStored(value: unknown): unknown {
 
 /** The inverse of encodeStored, from its JSON text. */
 export function decodeStoredText(text: string): unknown {
-  return JSON.parse(text, (_k, v: unknown) => {
-    if (v && typeof v === "object" && !Array.isArray(v)) {
-      const o = v as Record<string, unknown>;
-      const keys = Object.keys(o);
-      if (keys.length === 1 && typeof o.$n === "string") return BigInt(o.$n);
-      if (keys.length === 1 && typeof o.$d === "string") return new Date(o.$d);
-    }
-    return v;
-  });
+  // A plain parse and one walk: several times faster than a JSON.parse reviver.
+  return revive(JSON.parse(text));
+}
+
+/** Turns {"$n": "..."} into bigint and {"$d": "..."} into Date, bottom-up, in place. */
+function revive(value: unknown): unknown {
+  if (typeof value !== "object" || value === null) return value;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = revive(value[i]);
+    return value;
+  }
+  const o = value as Record<string, unknown>;
+  let count = 0;
+  let only = "";
+  for (const key in o) {
+    if (count++ === 0) only = key;
+    const before = o[key];
+    const after = revive(before);
+    if (after !== before) Object.defineProperty(o, key, { value: after, writable: true, enumerable: true, configurable: true });
+  }
+  if (count === 1) {
+    if (only === "$n" && typeof o.$n === "string") return BigInt(o.$n);
+    if (only === "$d" && typeof o.$d === "string") return new Date(o.$d);
+  }
+  return o;
 }
