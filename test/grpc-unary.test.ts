@@ -153,6 +153,27 @@ describe("unary gRPC path", () => {
     }
   });
 
+  it("carries grpc-timeout into the SQL: a grant stuck on a locked account is DEADLINE_EXCEEDED and writes nothing, on both paths", async () => {
+    const account = newAccount("deadline");
+    await client(CreditService, TOKENS.admin).grantCredits({ accountId: account, amount: 5n, type: CreditTransactionType.ADJUSTMENT, idempotencyKey: key() });
+    const grant = toBinary(GrantCreditsRequestSchema, create(GrantCreditsRequestSchema, { accountId: account, amount: 7n, type: CreditTransactionType.ADJUSTMENT, idempotencyKey: key() }));
+    const { sequelize } = harness();
+    const lock = await sequelize.transaction();
+    try {
+      await sequelize.query("SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE", { bind: [account], transaction: lock });
+      for (const [body, headers] of [[frame(grant), {}], gzipped(grant)] as const) {
+        const started = performance.now();
+        const answer = await rawGrpc("/billing.v1.CreditService/GrantCredits", body, { authorization: `Bearer ${TOKENS.admin}`, "grpc-timeout": "300m", ...headers });
+        expect(grpcStatus(answer), String(answer.trailers["grpc-message"])).to.equal(4); // DEADLINE_EXCEEDED
+        expect(performance.now() - started).to.be.below(5_000);
+      }
+    } finally {
+      await lock.rollback();
+    }
+    const balance = await client(CreditService, TOKENS.admin).getBalance({ accountId: account });
+    expect(balance.balance?.balance).to.equal(5n);
+  });
+
   it("leaves application/grpc+json to connect-node", async () => {
     const answer = await rawGrpc(GET_BALANCE, frame(Buffer.from(JSON.stringify({ accountId: ACCOUNT_A }))), { "content-type": "application/grpc+json" });
     expect(grpcStatus(answer)).to.equal(0);
