@@ -9,7 +9,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, BadRequest_FieldViolationSchema, ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.js";
 import { sqlState } from "./db/transaction.js";
-import { BillingError, Reason, type ErrorKind } from "./domain/errors.js";
+import { BillingError, Reason, deadlineExceeded, type ErrorKind } from "./domain/errors.js";
 import type { Logger } from "./logger.js";
 
 export const ERROR_DOMAIN = "billing.v1";
@@ -84,7 +84,7 @@ export function classifyDatabaseError(err: unknown): BillingError | undefined {
   ) {
     return new BillingError("unavailable", Reason.DatabaseUnavailable, "the database is unavailable; retry later");
   }
-  if (state === "57014") return new BillingError("deadline_exceeded", Reason.DeadlineExceeded, "the request ran out of time");
+  if (state === "57014") return deadlineExceeded();
   if (state === "40001" || state === "40P01") return new BillingError("aborted", Reason.Conflict, "the request conflicted with a concurrent one; retry it");
   if (state === "23505") return new BillingError("already_exists", Reason.AlreadyExists, "a record with the same unique key already exists");
   if (state === "22003") return new BillingError("invalid_argument", Reason.InvalidArgument, "a value is out of range");

@@ -111,6 +111,11 @@ export class Violations {
   }
 }
 
+/** DEADLINE_EXCEEDED: the caller's deadline passed before the work was done (nothing was written). */
+export function deadlineExceeded(): BillingError {
+  return new BillingError("deadline_exceeded", Reason.DeadlineExceeded, "the request ran out of time");
+}
+
 /** FAILED_PRECONDITION / INSUFFICIENT_CREDITS: a debit of `required` credits does not fit the available credits. */
 export function insufficientCredits(accountId: string, required: bigint, available: bigint): BillingError {
   const shown = available < 0n ? 0n : available;

@@ -13,6 +13,7 @@ import {
   TOKENS,
   badFields,
   client,
+  type Protocol,
   errorReason,
   expectError,
   grpcJsCall,
@@ -306,6 +307,30 @@ describe("CreditService ledger", () => {
       await grant(account, 20n);
       const res = await svc().deductCredits(req);
       expect(res.balance?.balance).to.equal(0n);
+    });
+
+    it("drops a deduction whose deadline passes while it waits for its account: never applied, over gRPC and Connect", async () => {
+      const account = newAccount("late");
+      await grant(account, 100n);
+      const { sequelize } = harness();
+      const lock = await sequelize.transaction();
+      const charge = (protocol: Protocol, credits: bigint, timeoutMs?: number) =>
+        client(CreditService, TOKENS.service, protocol).deductCredits({ accountId: account, operationType: "reparse", usage: { credits }, idempotencyKey: key() }, { timeoutMs });
+      let first: Promise<unknown>;
+      try {
+        await sequelize.query("SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE", { bind: [account], transaction: lock });
+        first = charge("grpc-http2", 1n); // its batch waits on the row lock; the account is busy
+        await new Promise((r) => setTimeout(r, 50));
+        const late = [charge("grpc-http2", 10n, 200), charge("connect-json-http1", 20n, 200)];
+        for (const call of late) await expectError(call, Code.DeadlineExceeded);
+        await new Promise((r) => setTimeout(r, 100));
+      } finally {
+        await lock.rollback();
+      }
+      await first;
+      await new Promise((r) => setTimeout(r, 100)); // the queued ones are judged when the first batch ends
+      expect(await assertLedgerConsistent(account)).to.equal(99n);
+      expect(await ledgerRowCount(account)).to.equal(3); // the grant, the first deduction and its usage log
     });
   });
 

@@ -17,6 +17,11 @@
  * Accounts are locked in account_id order, so batches of several processes
  * on one database never deadlock one another.
  *
+ * Deadlines: a request still queued when its caller's deadline passes is
+ * answered DEADLINE_EXCEEDED and never applied. Once in a batch it is
+ * applied with the batch (one statement cannot drop a single caller); a
+ * caller that gave up meanwhile gets the stored answer when it retries.
+ *
  * Scheduling: requests that arrive while the event loop handles one round of
  * I/O are gathered (the batch starts on setImmediate, or as soon as EAGER
  * requests wait); at most MAX_IN_FLIGHT batches run at once, an account is
@@ -27,7 +32,7 @@
  */
 import { QueryTypes, type Sequelize } from "sequelize";
 import { retryingConflicts } from "../../db/transaction.js";
-import { insufficientCredits } from "../errors.js";
+import { deadlineExceeded, insufficientCredits } from "../errors.js";
 import { decodeStoredText } from "../idempotency.js";
 import type { DeductResult, JsonObject, UsageRecord } from "./types.js";
 
@@ -40,6 +45,8 @@ export interface DeductionJob extends UsageRecord {
   idempotencyKey: string;
   method: string;
   requestHash: string;
+  /** When the caller stops waiting (epoch ms), if it said. */
+  deadline?: number;
 }
 
 interface Pending {
@@ -110,7 +117,12 @@ export class DeductionBatcher {
       const batch: Pending[] = [];
       const waiting: Pending[] = [];
       const accounts = new Set<string>();
+      const now = Date.now();
       for (const p of this.queue) {
+        if (p.job.deadline !== undefined && p.job.deadline <= now) {
+          p.reject(deadlineExceeded()); // still queued: nothing was written
+          continue;
+        }
         const account = p.job.accountId;
         const takes = batch.length < MAX_BATCH && !this.busy.has(account) && (batch.length < share || accounts.has(account));
         if (takes) {

@@ -209,15 +209,16 @@ export class CreditLedger {
       idempotencyKey: input.idempotencyKey,
       method: "DeductCredits",
       requestHash: requestHash("DeductCredits", { ...input, operationType }),
+      deadline: options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs,
     };
-    // Coalesced with concurrent deductions (see deduction-batcher.ts); the
-    // caller's deadline still bounds how long it waits.
-    void options;
+    // Coalesced with concurrent deductions (see deduction-batcher.ts, which
+    // also says how the caller's deadline applies).
     return this.batcher.submit(job);
   }
 
   /** One deduction in its own transaction: replays, reused keys, and the batcher's taken keys. */
   private deductOne(job: DeductionJob): Promise<DeductResult> {
+    const options = job.deadline === undefined ? {} : { timeoutMs: Math.max(1, job.deadline - Date.now()) };
     return inTransaction(this.sequelize, async (t) => {
       const { result } = await runIdempotent(
         this.sequelize,
@@ -234,7 +235,7 @@ export class CreditLedger {
           })) as DeductResult,
       );
       return result;
-    });
+    }, options);
   }
 
   /** Admin: a signed manual adjustment that never takes the available balance below zero; idempotent by key. */
