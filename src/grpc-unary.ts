@@ -69,7 +69,9 @@ const RESPONSE_CONTENT_TYPE = "application/grpc+proto";
 /** Compressed requests are served by connect-node, which accepts these. */
 const ACCEPT_ENCODING = "gzip, br";
 const COMPRESSED_FLAG = 0b00000001;
-/** The reason a call's context is aborted with once it has been answered (connect aborts it too, to unlink the shutdown signal). */
+/** setTimeout's limit; a longer deadline (grpc-timeout allows ~11 years) needs no timer. */
+const MAX_TIMER_MS = 2_147_483_647;
+/** The reason a call's signal is aborted with when the client resets the call before its answer. */
 const CLIENT_CANCELLED = new ConnectError("the client cancelled the call", Code.Canceled);
 
 /** Creates the unary gRPC path; mount it with `recordRoutes` and call `handle` for each HTTP/2 request. */
@@ -134,7 +136,10 @@ async function serve(route: Route, req: http2.Http2ServerRequest, res: http2.Htt
   live.add(call);
   if (options.shutdownSignal.aborted) call.abort(options.shutdownSignal.reason);
   const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
-  const timer = timeout.timeoutMs === undefined ? undefined : setTimeout(() => call.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)), timeout.timeoutMs);
+  const timer =
+    timeout.timeoutMs === undefined || timeout.timeoutMs > MAX_TIMER_MS
+      ? undefined
+      : setTimeout(() => call.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded)), timeout.timeoutMs);
   const context: HandlerContext = {
     service: route.spec.method.parent,
     method: route.spec.method,

@@ -174,6 +174,18 @@ describe("unary gRPC path", () => {
     expect(balance.balance?.balance).to.equal(5n);
   });
 
+  it("serves a write with the longest grpc-timeout there is (99999999H), on both paths", async () => {
+    const account = newAccount("longdeadline");
+    for (const gzip of [false, true]) {
+      const grant = toBinary(GrantCreditsRequestSchema, create(GrantCreditsRequestSchema, { accountId: account, amount: 3n, type: CreditTransactionType.ADJUSTMENT, idempotencyKey: key() }));
+      const [body, headers] = gzip ? gzipped(grant) : [frame(grant), {}];
+      const answer = await rawGrpc("/billing.v1.CreditService/GrantCredits", body, { authorization: `Bearer ${TOKENS.admin}`, "grpc-timeout": "99999999H", ...headers });
+      expect(grpcStatus(answer), String(answer.trailers["grpc-message"])).to.equal(0);
+    }
+    const balance = await client(CreditService, TOKENS.admin).getBalance({ accountId: account });
+    expect(balance.balance?.balance).to.equal(6n);
+  });
+
   it("leaves application/grpc+json to connect-node", async () => {
     const answer = await rawGrpc(GET_BALANCE, frame(Buffer.from(JSON.stringify({ accountId: ACCOUNT_A }))), { "content-type": "application/grpc+json" });
     expect(grpcStatus(answer)).to.equal(0);

@@ -13,13 +13,15 @@ export interface TransactionOptions {
 }
 
 const RETRYABLE = new Set(["40001", "40P01"]);
+const MAX_STATEMENT_TIMEOUT_MS = 2_147_483_647;
 const MAX_ATTEMPTS = 4;
 
 /** Runs `work` in one transaction, committing on success and rolling back on any error. */
 export function inTransaction<T>(sequelize: Sequelize, work: (t: Transaction) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
   return retryingConflicts(() =>
     sequelize.transaction(async (t) => {
-      if (options.timeoutMs !== undefined && options.timeoutMs > 0) {
+      // statement_timeout takes at most 2^31-1 ms; a longer deadline (grpc-timeout allows years) needs none.
+      if (options.timeoutMs !== undefined && options.timeoutMs > 0 && options.timeoutMs <= MAX_STATEMENT_TIMEOUT_MS) {
         await sequelize.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.floor(options.timeoutMs))}`, { transaction: t });
       }
       return work(t);
