@@ -91,14 +91,33 @@ function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
-/** Serialises a domain result for storage, keeping bigint and Date. */
+/**
+ * Serialises a domain result for storage, keeping bigint and Date.
+ *
+ * bigint and Date become the one-key objects {"$n": "..."} and
+ * {"$d": "..."}. So that caller-given JSON (metadata) can never be mistaken
+ * for them, every object key that starts with "$" is stored with one more
+ * "$" in front, and decodeStoredText takes it off again.
+ */
 export function encodeStored(value: unknown): string {
   return JSON.stringify(value, function (this: Record<string, unknown>, key: string, v: unknown) {
     const original = this[key];
     if (typeof original === "bigint") return { $n: original.toString() };
     if (original instanceof Date) return { $d: original.toISOString() };
+    if (v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).some((k) => k.startsWith("$"))) {
+      const escaped: Record<string, unknown> = {};
+      for (const [k, item] of Object.entries(v)) defineKey(escaped, k.startsWith("$") ? `$${k}` : k, item);
+      return escaped;
+    }
     return v;
   });
+}
+
+/** Whether any object key in `value`, at any depth, starts with "$" (the stored encoding's escape). */
+export function hasDollarKeys(value: unknown): boolean {
+  if (typeof value !== "object" || value === null) return false;
+  if (Array.isArray(value)) return value.some(hasDollarKeys);
+  return Object.entries(value).some(([k, v]) => k.startsWith("$") || hasDollarKeys(v));
 }
 
 /** The inverse of encodeStored, from a stored value as the driver returned it. */
@@ -112,7 +131,10 @@ export function decodeStoredText(text: string): unknown {
   return revive(JSON.parse(text));
 }
 
-/** Turns {"$n": "..."} into bigint and {"$d": "..."} into Date, bottom-up, in place. */
+/**
+ * Turns {"$n": "..."} into bigint and {"$d": "..."} into Date and takes the
+ * escape "$" off other keys, bottom-up.
+ */
 function revive(value: unknown): unknown {
   if (typeof value !== "object" || value === null) return value;
   if (Array.isArray(value)) {
@@ -122,15 +144,25 @@ function revive(value: unknown): unknown {
   const o = value as Record<string, unknown>;
   let count = 0;
   let only = "";
+  let escaped = false;
   for (const key in o) {
     if (count++ === 0) only = key;
+    if (key.charCodeAt(0) === 36 /* $ */ && key.charCodeAt(1) === 36) escaped = true;
     const before = o[key];
     const after = revive(before);
-    if (after !== before) Object.defineProperty(o, key, { value: after, writable: true, enumerable: true, configurable: true });
+    if (after !== before) defineKey(o, key, after);
   }
   if (count === 1) {
     if (only === "$n" && typeof o.$n === "string") return BigInt(o.$n);
     if (only === "$d" && typeof o.$d === "string") return new Date(o.$d);
   }
-  return o;
+  if (!escaped) return o;
+  const out: Record<string, unknown> = {};
+  for (const key in o) defineKey(out, key.startsWith("$$") ? key.slice(1) : key, o[key]);
+  return out;
+}
+
+/** Sets an own, enumerable property, even one named "__proto__". */
+function defineKey(o: Record<string, unknown>, key: string, value: unknown): void {
+  Object.defineProperty(o, key, { value, writable: true, enumerable: true, configurable: true });
 }

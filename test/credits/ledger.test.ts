@@ -309,6 +309,25 @@ describe("CreditService ledger", () => {
       expect(res.balance?.balance).to.equal(0n);
     });
 
+    it("keeps metadata that looks like the stored encoding ($n, $d, $-keys) intact, in the answer and in a replay", async () => {
+      const account = newAccount("dollar");
+      await grant(account, 100n);
+      const metadata = { n: { $n: "5" }, d: { $d: "2020-01-01T00:00:00.000Z" }, $x: 1, $$y: [{ $n: "7" }], __proto__x: "ok" };
+      for (const protocol of ["connect-json-http1", "grpc-http2"] as const) {
+        const req = { accountId: account, operationType: "reparse", usage: { credits: 1n }, metadata, idempotencyKey: key() };
+        const first = await client(CreditService, TOKENS.service, protocol).deductCredits(req);
+        const replay = await client(CreditService, TOKENS.service, protocol).deductCredits(req);
+        expect(first.transaction?.metadata, protocol).to.deep.equal(metadata);
+        expect(first.usageLog?.metadata, protocol).to.deep.equal(metadata);
+        expect(replay).to.deep.equal(first);
+      }
+      const granted = { accountId: account, amount: 3n, type: CreditTransactionType.PURCHASE, metadata, idempotencyKey: key() };
+      const g1 = await svc().grantCredits(granted);
+      expect(g1.transaction?.metadata).to.deep.equal(metadata);
+      expect(await svc().grantCredits(granted)).to.deep.equal(g1);
+      expect(await assertLedgerConsistent(account)).to.equal(101n);
+    });
+
     it("drops a deduction whose deadline passes while it waits for its account: never applied, over gRPC and Connect", async () => {
       const account = newAccount("late");
       await grant(account, 100n);

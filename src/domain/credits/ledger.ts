@@ -14,7 +14,7 @@
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { Violations, insufficientCredits, invalidField } from "../errors.js";
-import { requestHash, runIdempotent } from "../idempotency.js";
+import { hasDollarKeys, requestHash, runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
@@ -212,7 +212,10 @@ export class CreditLedger {
       deadline: options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs,
     };
     // Coalesced with concurrent deductions (see deduction-batcher.ts, which
-    // also says how the caller's deadline applies).
+    // also says how the caller's deadline applies). The batch function writes
+    // metadata into the stored response as it is, so metadata with keys that
+    // the stored encoding escapes ("$...") takes the single path.
+    if (hasDollarKeys(input.metadata)) return this.deductOne(job);
     return this.batcher.submit(job);
   }
 
