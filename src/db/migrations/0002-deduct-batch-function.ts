@@ -25,7 +25,9 @@
  * returns that same text, so a caller's answer and a later replay are
  * byte-for-byte the same. test/credits/ledger.test.ts ("answers with exactly what the
  * ledger, the usage log and the balance hold") holds the two
- * together.
+ * together. Metadata goes into the response as given, which matches
+ * encodeStored only while no key starts with "$" (encodeStored escapes
+ * those): the ledger sends such deductions through its single path.
  */
 import type { Migration } from "../migrate.js";
 
