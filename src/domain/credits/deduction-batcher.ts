@@ -130,8 +130,8 @@ export class DeductionBatcher {
           accounts.add(account);
         } else waiting.push(p);
       }
-      if (batch.length === 0) return;
       this.queue = waiting;
+      if (batch.length === 0) return;
       for (const a of accounts) this.busy.add(a);
       this.inFlight++;
       this.run(batch).finally(() => {
