@@ -54,7 +54,7 @@ export interface GrpcUnaryOptions {
 export interface GrpcUnary {
   /** Wraps a routes function so that the unary methods it mounts are also recorded here. */
   recordRoutes(routes: (router: ConnectRouter) => void): (router: ConnectRouter) => void;
-  /** Serves the request and returns true if it is a unary gRPC call this path takes; otherwise touches nothing. */
+  /** Serves an HTTP/2 request and returns true if it is a unary gRPC call this path takes; otherwise touches nothing. */
   handle(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse): boolean;
 }
 
@@ -117,7 +117,7 @@ export function createGrpcUnary(options: GrpcUnaryOptions): GrpcUnary {
     },
 
     handle(req, res) {
-      if (req.httpVersionMajor !== 2 || req.method !== "POST") return false;
+      if (req.method !== "POST") return false;
       const route = routes.get(req.url);
       if (!route) return false;
       const contentType = req.headers["content-type"];
