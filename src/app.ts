@@ -55,6 +55,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
     corsOrigins: config.corsOrigins,
     httpRoutes: createWebhookRoutes(webhooks, logger),
     logger,
+    limits: config.serverLimits,
   });
   // Idempotency keys are kept at least 24 hours; older ones are purged hourly.
   let purgeTimer: NodeJS.Timeout | undefined;

@@ -3,6 +3,7 @@
  */
 import { ApiKeyRing } from "./auth/api-keys.js";
 import { type LogLevel, parseLogLevel } from "./logger.js";
+import { DEFAULT_SERVER_LIMITS, type ServerLimits } from "./server.js";
 
 export interface Config {
   port: number;
@@ -17,6 +18,8 @@ export interface Config {
   /** Origins allowed to call through Connect-Web; "*" allows any. */
   corsOrigins: string[];
   logLevel: LogLevel;
+  /** Connection timeouts and cap; unset means DEFAULT_SERVER_LIMITS. */
+  serverLimits?: ServerLimits;
 }
 
 /** Builds the configuration from `env`; throws a readable error on bad values. */
@@ -29,9 +32,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     apiKeys: ApiKeyRing.parse(env.BILLING_API_KEYS),
     corsOrigins: (env.CORS_ORIGINS ?? "").split(",").map((o) => o.trim()).filter((o) => o !== ""),
     logLevel: parseLogLevel(env.LOG_LEVEL),
+    serverLimits: {
+      headersTimeoutMs: positiveInteger(env, "HEADERS_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.headersTimeoutMs),
+      idleTimeoutMs: positiveInteger(env, "IDLE_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.idleTimeoutMs),
+      bodyTimeoutMs: positiveInteger(env, "BODY_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.bodyTimeoutMs),
+      maxConnections: positiveInteger(env, "MAX_CONNECTIONS", DEFAULT_SERVER_LIMITS.maxConnections),
+    },
   };
   if (env.DATABASE_URL) config.databaseUrl = env.DATABASE_URL;
   if (env.DATA_DIR) config.dataDir = env.DATA_DIR;
   if (env.BILLING_SECRET_KEY) config.secretKey = env.BILLING_SECRET_KEY;
   return config;
+}
+
+/** A positive integer variable, or its default when unset. */
+function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^[1-9][0-9]*$/.test(raw) || !Number.isSafeInteger(Number(raw))) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`);
+  return Number(raw);
 }

@@ -15,7 +15,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import { setMaxListeners } from "node:events";
 import net from "node:net";
-import { createGrpcUnary } from "./grpc-unary.js";
+import { createUnaryPath } from "./unary.js";
 import type { Logger } from "./logger.js";
 
 /** A plain HTTP route beside the RPCs (e.g. provider webhooks). */
@@ -29,7 +29,31 @@ export interface ServerOptions {
   /** Plain HTTP routes by exact path (POST only). */
   httpRoutes?: Record<string, HttpRoute>;
   logger: Logger;
+  /** Timeouts and the connection cap; defaults in DEFAULT_SERVER_LIMITS. */
+  limits?: ServerLimits;
 }
+
+/**
+ * What a connection may hold of the server (README, "Configuration"): a
+ * client that stalls is closed, and a flood of connections is capped.
+ */
+export interface ServerLimits {
+  /** From accept to the end of the request headers (protocol sniff included); HEADERS_TIMEOUT_MS. */
+  headersTimeoutMs: number;
+  /** An idle HTTP/1.1 keep-alive connection or HTTP/2 session is closed after this; IDLE_TIMEOUT_MS. */
+  idleTimeoutMs: number;
+  /** A request body must arrive within this (or the call's deadline, if sooner); BODY_TIMEOUT_MS. */
+  bodyTimeoutMs: number;
+  /** Connections beyond this many are refused at accept; MAX_CONNECTIONS. */
+  maxConnections: number;
+}
+
+export const DEFAULT_SERVER_LIMITS: ServerLimits = {
+  headersTimeoutMs: 10_000,
+  idleTimeoutMs: 60_000,
+  bodyTimeoutMs: 30_000,
+  maxConnections: 10_000,
+};
 
 export interface BillingServer {
   /** Starts listening; resolves with the bound port (useful with port 0). */
@@ -45,15 +69,17 @@ export function createBillingServer(options: ServerOptions): BillingServer {
   const shutdown = new AbortController();
   setMaxListeners(0, shutdown.signal); // every in-flight call listens for shutdown
   const { logger } = options;
+  const limits = options.limits ?? DEFAULT_SERVER_LIMITS;
   const readMaxBytes = 4 * 1024 * 1024;
-  // Unary gRPC calls take a leaner path built from connect's own pieces
-  // (grpc-unary.ts); every other call goes through the Connect adapter.
-  const grpcUnary = createGrpcUnary({ interceptors: options.interceptors, shutdownSignal: shutdown.signal, readMaxBytes });
+  // Unary calls take a leaner path built from connect's own pieces
+  // (unary.ts), which also reads their input strictly; every other call
+  // (streams, Connect GET) goes through the Connect adapter.
+  const unary = createUnaryPath({ interceptors: options.interceptors, shutdownSignal: shutdown.signal, readMaxBytes, bodyTimeoutMs: limits.bodyTimeoutMs });
   const adapter = connectNodeAdapter({
-    routes: grpcUnary.recordRoutes(options.routes),
+    routes: unary.recordRoutes(options.routes),
     interceptors: options.interceptors,
     shutdownSignal: shutdown.signal,
-    jsonOptions: { alwaysEmitImplicit: true, ignoreUnknownFields: true },
+    jsonOptions: { alwaysEmitImplicit: true, ignoreUnknownFields: false },
     readMaxBytes,
     fallback: (_req, res) => notFound(res as http.ServerResponse),
   });
@@ -75,12 +101,42 @@ export function createBillingServer(options: ServerOptions): BillingServer {
       });
       return;
     }
-    if (req.httpVersionMajor === 2 && grpcUnary.handle(req as http2.Http2ServerRequest, res as http2.Http2ServerResponse)) return;
+    if (unary.handle(req, res)) return;
+    if ("stream" in req && !req.complete) {
+      // HTTP/1.1 bodies are bounded by requestTimeout; HTTP/2 ones here.
+      const stalled = setTimeout(() => req.complete || req.stream.close(http2.constants.NGHTTP2_CANCEL), limits.bodyTimeoutMs);
+      req.once("end", () => clearTimeout(stalled)).once("close", () => clearTimeout(stalled));
+    }
     adapter(req as never, res as never);
   };
 
-  const h1 = http.createServer({ keepAliveTimeout: 5_000 }, handle);
+  const h1 = http.createServer(
+    {
+      keepAliveTimeout: limits.idleTimeoutMs,
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: limits.headersTimeoutMs + limits.bodyTimeoutMs,
+      connectionsCheckingInterval: Math.max(100, Math.min(1_000, limits.headersTimeoutMs / 4)),
+    },
+    handle,
+  );
+  // Node checks headersTimeout/requestTimeout from a timer it starts when the
+  // server starts listening; h1 never listens (connections arrive from the
+  // sniffing server below), so start that tracking the same way.
+  h1.emit("listening");
   const h2 = http2.createServer({}, handle);
+  // An HTTP/2 session with no frames for this long and no stream open (a
+  // stalled or idle client) is closed; a quiet WatchBalance stream keeps it.
+  const openStreams = new WeakMap<http2.Http2Session, number>();
+  h2.on("stream", (stream) => {
+    const session = stream.session;
+    if (!session) return;
+    openStreams.set(session, (openStreams.get(session) ?? 0) + 1);
+    stream.once("close", () => openStreams.set(session, (openStreams.get(session) ?? 1) - 1));
+  });
+  h2.setTimeout(limits.idleTimeoutMs);
+  h2.on("timeout", (session: http2.Http2Session) => {
+    if ((openStreams.get(session) ?? 0) === 0) session.destroy();
+  });
   const sockets = new Set<net.Socket>();
   const sessions = new Set<http2.Http2Session>();
   h2.on("session", (session) => {
@@ -95,7 +151,8 @@ export function createBillingServer(options: ServerOptions): BillingServer {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.once("error", () => socket.destroy());
-    // Wait for enough bytes to tell HTTP/2 from HTTP/1.
+    // Wait for enough bytes to tell HTTP/2 from HTTP/1, but not forever.
+    const sniffTimer = setTimeout(() => socket.destroy(), limits.headersTimeoutMs);
     let head = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       head = Buffer.concat([head, chunk]);
@@ -103,6 +160,7 @@ export function createBillingServer(options: ServerOptions): BillingServer {
       const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
       if (isH2 && head.length < H2_PREFACE.length) return; // need more bytes
       socket.off("data", onData);
+      clearTimeout(sniffTimer);
       socket.pause();
       socket.unshift(head);
       if (isH2) {
@@ -115,7 +173,9 @@ export function createBillingServer(options: ServerOptions): BillingServer {
       }
     };
     socket.on("data", onData);
+    socket.once("close", () => clearTimeout(sniffTimer));
   });
+  tcp.maxConnections = limits.maxConnections;
 
   return {
     listen(port, host) {

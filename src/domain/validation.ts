@@ -44,3 +44,63 @@ export function requireUuid(value: string, field: string): string {
   if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(value)) throw invalidField(field, "is not a valid id");
   return value.toLowerCase();
 }
+
+/** Limits on caller-given JSON (metadata), the same on every protocol (API.md, "Input limits"). */
+export const METADATA_MAX_DEPTH = 10;
+export const METADATA_MAX_BYTES = 16 * 1024;
+
+/**
+ * Caller-given JSON (a google.protobuf.Struct) that can be stored in
+ * PostgreSQL `jsonb` and answered back unchanged on every protocol: at most
+ * METADATA_MAX_DEPTH levels (the object itself is level 1) and
+ * METADATA_MAX_BYTES in its JSON form; every key and string well-formed
+ * UTF-16 (no lone surrogates) without NUL; every number finite; no
+ * "__proto__" key. The first offence is named by its path
+ * (e.g. "metadata.a.b").
+ */
+export function checkMetadata(value: unknown, field = "metadata"): void {
+  checkJsonValue(value, field, 1);
+  const size = Buffer.byteLength(JSON.stringify(value ?? {}), "utf8");
+  if (size > METADATA_MAX_BYTES) throw invalidField(field, `must be at most ${METADATA_MAX_BYTES} bytes as JSON (is ${size})`);
+}
+
+function checkJsonValue(value: unknown, path: string, depth: number): void {
+  switch (typeof value) {
+    case "string":
+      checkJsonString(value, path, "value");
+      return;
+    case "number":
+      if (!Number.isFinite(value)) throw invalidField(path, "must be a finite number");
+      return;
+    case "boolean":
+      return;
+    case "object": {
+      if (value === null) return;
+      if (depth > METADATA_MAX_DEPTH) throw invalidField(path, `must be nested at most ${METADATA_MAX_DEPTH} levels deep`);
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) checkJsonValue(value[i], `${path}[${i}]`, depth + 1);
+        return;
+      }
+      for (const key of Object.keys(value)) {
+        const at = `${path}.${key}`;
+        checkJsonString(key, at, "key");
+        if (key === "__proto__") throw invalidField(at, 'the key "__proto__" is not allowed');
+        checkJsonValue((value as Record<string, unknown>)[key], at, depth + 1);
+      }
+      if (Object.getPrototypeOf(value) !== Object.prototype && Object.getPrototypeOf(value) !== null) {
+        // An object whose prototype was replaced lost a "__proto__" key on the way in.
+        throw invalidField(path, 'the key "__proto__" is not allowed');
+      }
+      return;
+    }
+    default:
+      throw invalidField(path, `is not a JSON value (${typeof value})`);
+  }
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function checkJsonString(s: string, path: string, what: "key" | "value"): void {
+  if (s.includes("\u0000")) throw invalidField(path, `the ${what} must not contain NUL (\\u0000)`);
+  if (LONE_SURROGATE.test(s)) throw invalidField(path, `the ${what} must be valid UTF-8 (it holds a lone surrogate)`);
+}

@@ -22,6 +22,10 @@
  * applied with the batch (one statement cannot drop a single caller); a
  * caller that gave up meanwhile gets the stored answer when it retries.
  *
+ * Isolation: if the batch statement fails (it rolls back whole), its
+ * requests are retried one by one through the single path, so a request
+ * that cannot be written fails alone and the others are charged.
+ *
  * Scheduling: requests that arrive while the event loop handles one round of
  * I/O are gathered (the batch starts on setImmediate, or as soon as EAGER
  * requests wait); at most MAX_IN_FLIGHT batches run at once, an account is
@@ -31,7 +35,7 @@
  * service adds no latency beyond one tick.
  */
 import { QueryTypes, type Sequelize } from "sequelize";
-import { retryingConflicts } from "../../db/transaction.js";
+import { retryingConflicts, sqlState } from "../../db/transaction.js";
 import { deadlineExceeded, insufficientCredits } from "../errors.js";
 import { decodeStoredText } from "../idempotency.js";
 import type { DeductResult, JsonObject, UsageRecord } from "./types.js";
@@ -169,7 +173,13 @@ export class DeductionBatcher {
         }),
       );
     } catch (err) {
-      for (const p of batch) p.reject(err);
+      // One request's input must never fail another's charge. The statement
+      // rolled back as a whole, so each request is tried again on its own,
+      // where only a request that fails by itself gets the error (its key
+      // makes the retry exactly-once even if the failure hid a commit). A
+      // lost database fails them all at once instead of once per request.
+      if (batch.length === 1 || isConnectionLoss(err)) for (const p of batch) p.reject(err);
+      else for (const p of batch) this.single(p.job).then(p.resolve, p.reject);
       return;
     }
     const changed = new Set<string>();
@@ -189,4 +199,10 @@ export class DeductionBatcher {
     // Keys already taken: replay or ALREADY_EXISTS through the single path, now that this batch is durable.
     for (const p of taken) this.single(p.job).then(p.resolve, p.reject);
   }
+}
+
+/** Whether a failed statement lost its connection (no SQLSTATE, or a connection, shutdown or resource class one). */
+function isConnectionLoss(err: unknown): boolean {
+  const state = sqlState(err);
+  return state === undefined || /^(08|53|57P)/.test(state) || /^E[A-Z]+$/.test(state);
 }

@@ -12,11 +12,11 @@
  *   nothing is written.
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { inTransaction, sqlState, type TransactionOptions } from "../../db/transaction.js";
 import { Violations, insufficientCredits, invalidField } from "../errors.js";
 import { hasDollarKeys, requestHash, runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
 import { DeductionBatcher, type DeductionJob } from "./deduction-batcher.js";
@@ -120,6 +120,7 @@ export class CreditLedger {
     if (input.amount <= 0n) v.add("amount", "must be greater than zero");
     if (!input.type || !GRANT_TYPES.includes(input.type)) v.add("type", "must be PURCHASE, SUBSCRIPTION, REFUND or ADJUSTMENT");
     v.collect(() => checkText(input.description, "description"));
+    v.collect(() => checkMetadata(input.metadata));
     if (input.paymentId !== "") v.collect(() => requireUuid(input.paymentId, "payment_id"));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
@@ -154,7 +155,7 @@ export class CreditLedger {
     t: Transaction,
     entry: { accountId: string; amount: bigint; type: TransactionType; description: string; metadata: JsonObject; paymentId: string | null },
   ): Promise<GrantResult> {
-    const [row] = await this.sequelize.query<{ id: string; balance_after: string; created_at: Date; updated_at: Date; reserved: string }>(
+    const [row] = await overflowNamed("amount", () => this.sequelize.query<{ id: string; balance_after: string; created_at: Date; updated_at: Date; reserved: string }>(
       `WITH acct AS (
          INSERT INTO billing_accounts AS a (account_id, balance) VALUES ($1, $2)
          ON CONFLICT (account_id) DO UPDATE SET balance = a.balance + EXCLUDED.balance, updated_at = now()
@@ -169,7 +170,7 @@ export class CreditLedger {
         transaction: t,
         type: QueryTypes.SELECT,
       },
-    );
+    ));
     const balanceAfter = BigInt(row!.balance_after);
     this.changedOnCommit(t, entry.accountId);
     return {
@@ -196,6 +197,7 @@ export class CreditLedger {
     Pricing.checkUsage(v, input.usage);
     v.collect(() => checkText(input.relatedObjectType, "related_object_type"));
     v.collect(() => checkText(input.relatedObjectId, "related_object_id"));
+    v.collect(() => checkMetadata(input.metadata));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
     const usage = input.usage!;
@@ -444,4 +446,14 @@ export function usageRecordOf(price: Price, usage: UsageInput, relatedObjectType
 export function describeUsage(operationType: string, relatedType: string, relatedId: string): string {
   const about = relatedType || relatedId ? ` (${[relatedType, relatedId].filter(Boolean).join(" ")})` : "";
   return `Usage: ${operationType}${about}`.slice(0, 255);
+}
+
+/** Runs `query`; a bigint overflow (SQLSTATE 22003) is INVALID_ARGUMENT naming `field`. */
+async function overflowNamed<T>(field: string, query: () => Promise<T>): Promise<T> {
+  try {
+    return await query();
+  } catch (err) {
+    if (sqlState(err) === "22003") throw invalidField(field, "would take the balance past the largest balance a ledger holds (2^63-1 credits)");
+    throw err;
+  }
 }

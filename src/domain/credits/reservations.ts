@@ -19,7 +19,7 @@ import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { BillingError, Reason, Violations, failedPrecondition, insufficientCredits, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
-import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { RESERVED_SQL, balanceView, describeUsage, usageRecordOf, type CreditLedger } from "./ledger.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
@@ -130,6 +130,7 @@ export class Reservations {
     Pricing.checkUsage(v, input.usage);
     v.collect(() => checkText(input.relatedObjectType, "related_object_type"));
     v.collect(() => checkText(input.relatedObjectId, "related_object_id"));
+    v.collect(() => checkMetadata(input.metadata));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
     const found = await this.find(id!);

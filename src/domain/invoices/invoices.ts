@@ -23,7 +23,7 @@ import { isoDateOf, parseCalendarDate, todayUtc, type CalendarDate } from "../da
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { transition, type InvoiceAction, type InvoiceStatus } from "./state-machine.js";
 
 export type PaymentMethodName = "stripe" | "paypal" | "bank_transfer" | "local_wallet" | "manual";
@@ -123,6 +123,7 @@ export class Invoices {
     if (dueDate && dueDate < todayUtc()) v.add("due_date", "must not be in the past");
     v.collect(() => checkText(input.notes, "notes", MAX_NOTES));
     v.collect(() => checkText(input.subscriptionId, "subscription_id"));
+    v.collect(() => checkMetadata(input.metadata));
     if (input.billingSnapshot) checkSnapshot(v, input.billingSnapshot, "billing_snapshot");
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();

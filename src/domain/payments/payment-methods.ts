@@ -18,7 +18,7 @@ import { BillingError, Reason, Violations, invalidField, notFound } from "../err
 import { maskField } from "../field-mask.js";
 import type { PaymentMethodName } from "../invoices/invoices.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkText, requireId, requireUuid } from "../validation.js";
+import { checkMetadata, checkText, requireId, requireUuid } from "../validation.js";
 import type { SecretBox } from "./secrets.js";
 
 export interface MethodConfigView {
@@ -325,6 +325,7 @@ function validateAccountMethod(input: AccountMethodInput, fields: readonly strin
         out[field] = field === "is_enabled" ? input.isEnabled : input.isVerified;
         break;
       case "metadata":
+        v.collect(() => checkMetadata(input.metadata, f("metadata")));
         out.metadata = input.metadata;
         break;
     }
