@@ -8,6 +8,7 @@ import type { Config } from "./config.js";
 import { databaseIsUp } from "./db/database.js";
 import { BalanceNotifications } from "./db/notifications.js";
 import { CreditLedger } from "./domain/credits/ledger.js";
+import { CreditLots } from "./domain/credits/lots.js";
 import { CreditPackages } from "./domain/credits/packages.js";
 import { PlanLimits } from "./domain/credits/plan-limits.js";
 import { Pricing } from "./domain/credits/pricing.js";
@@ -28,6 +29,9 @@ import type { Logger } from "./logger.js";
 import { createRoutes } from "./routes.js";
 import { createBillingServer, type BillingServer } from "./server.js";
 
+/** How often lots past their expiry are swept. */
+const LOT_SWEEP_MS = 30_000;
+
 /** Builds the server for `config` over `sequelize`. */
 export function createApp(config: Config, sequelize: Sequelize, logger: Logger): BillingServer {
   if (config.secretKey) setPageTokenSecret(config.secretKey);
@@ -44,6 +48,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
     packages,
     usage: new UsageReports(sequelize),
     notifications,
+    lots: new CreditLots(sequelize, ledger),
   };
   const invoices = new Invoices(sequelize, packages);
   const payments = new Payments(sequelize, invoices, ledger);
@@ -59,6 +64,14 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   });
   // Idempotency keys are kept at least 24 hours; older ones are purged hourly.
   let purgeTimer: NodeJS.Timeout | undefined;
+  // Lots past their expiry leave balances lazily on every read and debit;
+  // the sweeper writes their EXPIRATION entries for accounts nobody touches.
+  let sweepTimer: NodeJS.Timeout | undefined;
+  const sweep = () =>
+    credit.lots.expireDue().then(
+      (accounts) => accounts.forEach((a) => notifications.announce(a)),
+      (err: unknown) => logger.warn("lot expiry sweep failed", { error: err instanceof Error ? err.message : String(err) }),
+    );
   const purge = () =>
     purgeIdempotencyKeys(sequelize).then(
       (n) => n > 0 && logger.info("purged idempotency keys", { count: n }),
@@ -68,10 +81,12 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
     async listen(port, host) {
       const bound = await server.listen(port, host);
       purgeTimer = setInterval(purge, 60 * 60 * 1000).unref();
+      sweepTimer = setInterval(sweep, LOT_SWEEP_MS).unref();
       return bound;
     },
     async close(graceMs) {
       clearInterval(purgeTimer);
+      clearInterval(sweepTimer);
       await server.close(graceMs);
       await notifications.close();
     },

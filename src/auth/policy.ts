@@ -30,6 +30,8 @@ const POLICY: Record<string, Record<string, Access>> = {
     CommitReservation: "internal",
     ReleaseReservation: "internal",
     ListTransactions: "account",
+    ListCreditLots: "account",
+    VoidCreditLot: "admin",
     ListUsageLogs: "account",
     GetUsageSummary: "account",
     WatchBalance: "account",

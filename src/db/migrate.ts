@@ -8,13 +8,24 @@ import { type Sequelize } from "sequelize";
 import { SequelizeStorage, Umzug, type MigrationParams } from "umzug";
 import * as initialSchema from "./migrations/0001-initial-schema.js";
 import * as deductBatchFunction from "./migrations/0002-deduct-batch-function.js";
+import * as creditLots from "./migrations/0003-credit-lots.js";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { PROJECT_ROOT } from "./connect.js";
 
 export type Migration = (params: MigrationParams<Sequelize>) => Promise<void>;
 
 const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
   { name: "0001-initial-schema", ...initialSchema },
   { name: "0002-deduct-batch-function", ...deductBatchFunction },
+  { name: "0003-credit-lots", ...creditLots },
 ];
+
+/**
+ * SQL functions kept as files (one home per rule, reviewed as a diff of the
+ * file): applied with CREATE OR REPLACE after the migrations, on every run.
+ */
+const FUNCTION_FILES = ["billing_debit.sql"];
 
 const MIGRATION_LOCK = 0x62696c6c; // "bill"
 
@@ -31,6 +42,7 @@ export async function migrate(sequelize: Sequelize): Promise<string[]> {
   try {
     await (lock as unknown as { query(sql: string): Promise<unknown> }).query(`SELECT pg_advisory_lock(${MIGRATION_LOCK})`);
     const applied = await umzug.up();
+    for (const file of FUNCTION_FILES) await sequelize.query(readFileSync(path.join(PROJECT_ROOT, "src/db/functions", file), "utf8"));
     return applied.map((m) => m.name);
   } finally {
     await (lock as unknown as { query(sql: string): Promise<unknown> }).query(`SELECT pg_advisory_unlock(${MIGRATION_LOCK})`).catch(() => undefined);

@@ -125,3 +125,8 @@ export function insufficientCredits(accountId: string, required: bigint, availab
     account_id: accountId,
   });
 }
+
+/** ALREADY_EXISTS / IDEMPOTENCY_KEY_REUSED: the key was used for a different request. */
+export function idempotencyKeyReused(key: string): BillingError {
+  return new BillingError("already_exists", Reason.IdempotencyKeyReused, "idempotency_key was already used for a different request", [], { idempotency_key: key });
+}

@@ -12,7 +12,7 @@
  */
 import { createHash } from "node:crypto";
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { BillingError, Reason } from "./errors.js";
+import { idempotencyKeyReused } from "./errors.js";
 
 /** How long keys are kept at least; older ones may be purged. */
 export const IDEMPOTENCY_RETENTION_HOURS = 24;
@@ -47,13 +47,7 @@ export async function runIdempotent<T>(sequelize: Sequelize, t: Transaction, sco
       { bind: [scope.accountId, scope.key], transaction: t, type: QueryTypes.SELECT },
     );
     if (!stored || stored.request_hash !== hash) {
-      throw new BillingError(
-        "already_exists",
-        Reason.IdempotencyKeyReused,
-        "idempotency_key was already used for a different request",
-        [],
-        { idempotency_key: scope.key },
-      );
+      throw idempotencyKeyReused(scope.key);
     }
     return { result: decodeStored(stored.response) as T, replayed: true };
   }
@@ -113,20 +107,13 @@ export function encodeStored(value: unknown): string {
   });
 }
 
-/** Whether any object key in `value`, at any depth, starts with "$" (the stored encoding's escape). */
-export function hasDollarKeys(value: unknown): boolean {
-  if (typeof value !== "object" || value === null) return false;
-  if (Array.isArray(value)) return value.some(hasDollarKeys);
-  return Object.entries(value).some(([k, v]) => k.startsWith("$") || hasDollarKeys(v));
-}
-
 /** The inverse of encodeStored, from a stored value as the driver returned it. */
 export function decodeStored(value: unknown): unknown {
   return decodeStoredText(JSON.stringify(value));
 }
 
 /** The inverse of encodeStored, from its JSON text. */
-export function decodeStoredText(text: string): unknown {
+function decodeStoredText(text: string): unknown {
   // A plain parse and one walk: several times faster than a JSON.parse reviver.
   return revive(JSON.parse(text));
 }

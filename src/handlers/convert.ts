@@ -8,9 +8,23 @@ import { DateSchema, type Date as ProtoDate } from "../../gen/google/type/date_p
 import type { AuditRecord } from "../domain/audit.js";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext } from "@connectrpc/connect";
-import { BalanceSchema, CreditTransactionSchema, CreditTransactionType, CreditUsageLogSchema, type Balance, type CreditTransaction, type CreditUsageLog } from "../../gen/billing/v1/credit_service_pb.js";
+import {
+  BalanceSchema,
+  CategoryBalanceSchema,
+  CreditLotCategory,
+  CreditLotSchema,
+  CreditLotState,
+  CreditTransactionSchema,
+  CreditTransactionType,
+  CreditUsageLogSchema,
+  LotAllocationSchema,
+  type Balance,
+  type CreditLot,
+  type CreditTransaction,
+  type CreditUsageLog,
+} from "../../gen/billing/v1/credit_service_pb.js";
 import type { TransactionOptions } from "../db/transaction.js";
-import type { BalanceView, LedgerEntry, TransactionType, UsageLogEntry } from "../domain/credits/types.js";
+import type { BalanceView, CreditLotView, LedgerEntry, LotCategory, LotState, TransactionType, UsageLogEntry } from "../domain/credits/types.js";
 import { invalidField } from "../domain/errors.js";
 
 /** The domain value of a proto enum; undefined for 0 (UNSPECIFIED); INVALID_ARGUMENT for unknown numbers. */
@@ -19,6 +33,15 @@ export function enumFromProto<P extends number, D>(table: [P, D][], value: P, fi
   const found = table.find(([p]) => p === value);
   if (!found) throw invalidField(field, `unknown enum value ${value}`);
   return found[1];
+}
+
+/** The domain values of a repeated proto enum filter; UNSPECIFIED and unknown numbers are rejected. */
+export function enumsFromProto<P extends number, D>(table: [P, D][], values: P[], field: string): D[] {
+  return values.map((value, i) => {
+    const d = enumFromProto(table, value, `${field}[${i}]`);
+    if (d === undefined) throw invalidField(`${field}[${i}]`, "must not be UNSPECIFIED");
+    return d;
+  });
 }
 
 /** The proto enum of a domain value. */
@@ -68,7 +91,44 @@ const TX_TYPES: [CreditTransactionType, TransactionType][] = [
   [CreditTransactionType.REFUND, "refund"],
   [CreditTransactionType.DEDUCTION, "deduction"],
   [CreditTransactionType.ADJUSTMENT, "adjustment"],
+  [CreditTransactionType.EXPIRATION, "expiration"],
+  [CreditTransactionType.VOID, "void"],
 ];
+
+export const LOT_CATEGORIES: [CreditLotCategory, LotCategory][] = [
+  [CreditLotCategory.PAID, "paid"],
+  [CreditLotCategory.PROMOTIONAL, "promotional"],
+  [CreditLotCategory.PLAN_ALLOWANCE, "plan_allowance"],
+  [CreditLotCategory.ADJUSTMENT, "adjustment"],
+];
+
+export const LOT_STATES: [CreditLotState, LotState][] = [
+  [CreditLotState.PENDING, "pending"],
+  [CreditLotState.ACTIVE, "active"],
+  [CreditLotState.EXHAUSTED, "exhausted"],
+  [CreditLotState.EXPIRED, "expired"],
+  [CreditLotState.VOIDED, "voided"],
+];
+
+export function lotToProto(l: CreditLotView): CreditLot {
+  return create(CreditLotSchema, {
+    id: l.id,
+    accountId: l.accountId,
+    category: enumToProto(LOT_CATEGORIES, l.category),
+    state: enumToProto(LOT_STATES, l.state),
+    amount: l.amount,
+    remaining: l.remaining,
+    priority: l.priority,
+    effectiveAt: ts(l.effectiveAt),
+    expiresAt: ts(l.expiresAt),
+    paymentId: l.paymentId,
+    description: l.description,
+    createdAt: ts(l.createdAt),
+    packageId: l.packageId,
+    createdBy: l.createdBy,
+    transactionId: l.transactionId,
+  });
+}
 
 /** The domain type of a proto transaction type; undefined for UNSPECIFIED. */
 export function txTypeFromProto(value: CreditTransactionType, field: string): TransactionType | undefined {
@@ -92,7 +152,16 @@ export function txTypeToProto(value: TransactionType): CreditTransactionType {
 }
 
 export function balanceToProto(b: BalanceView): Balance {
-  return create(BalanceSchema, { accountId: b.accountId, balance: b.balance, reserved: b.reserved, available: b.available, updatedAt: ts(b.updatedAt) });
+  return create(BalanceSchema, {
+    accountId: b.accountId,
+    balance: b.balance,
+    reserved: b.reserved,
+    available: b.available,
+    updatedAt: ts(b.updatedAt),
+    byCategory: (b.byCategory ?? []).map((c) => create(CategoryBalanceSchema, { category: enumToProto(LOT_CATEGORIES, c.category), amount: c.amount })),
+    nextExpiringAmount: b.nextExpiringAmount ?? 0n,
+    nextExpiresAt: ts(b.nextExpiresAt),
+  });
 }
 
 export function transactionToProto(t: LedgerEntry): CreditTransaction {
@@ -106,6 +175,7 @@ export function transactionToProto(t: LedgerEntry): CreditTransaction {
     metadata: t.metadata as never,
     paymentId: t.paymentId,
     createdAt: ts(t.createdAt),
+    allocations: (t.allocations ?? []).map((a) => create(LotAllocationSchema, { lotId: a.lotId, amount: a.amount })),
   });
 }
 

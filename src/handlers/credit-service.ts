@@ -42,11 +42,14 @@ import {
   UsageGroupBy,
   UsageSummaryGroupSchema,
   WatchBalanceResponseSchema,
+  ListCreditLotsResponseSchema,
+  VoidCreditLotResponseSchema,
   type CreditPackage,
   type Usage,
 } from "../../gen/billing/v1/credit_service_pb.js";
 import type { BalanceNotifications } from "../db/notifications.js";
 import type { CreditLedger } from "../domain/credits/ledger.js";
+import type { CreditLots } from "../domain/credits/lots.js";
 import type { CreditPackages, PackageInput, PackageView } from "../domain/credits/packages.js";
 import type { LimitType, PlanLimits, PlanLimitView } from "../domain/credits/plan-limits.js";
 import { Pricing, type BillingConfigView, type CostConfigView, type RoundingMode } from "../domain/credits/pricing.js";
@@ -62,7 +65,11 @@ import {
   calendarDateToProto,
   dateOf,
   enumFromProto,
+  enumsFromProto,
   enumToProto,
+  LOT_CATEGORIES,
+  LOT_STATES,
+  lotToProto,
   transactionToProto,
   ts,
   txOptions,
@@ -78,6 +85,7 @@ export interface CreditServiceDeps {
   planLimits: PlanLimits;
   packages: CreditPackages;
   usage: UsageReports;
+  lots: CreditLots;
   notifications: BalanceNotifications;
 }
 
@@ -193,6 +201,22 @@ function groupToProto(g: SummaryGroup) {
 /** The whole CreditService. */
 export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<typeof CreditService> {
   return {
+    async listCreditLots(req) {
+      const r = await d.lots.list({
+        accountId: req.accountId,
+        categories: enumsFromProto(LOT_CATEGORIES, req.categories, "categories"),
+        states: enumsFromProto(LOT_STATES, req.states, "states"),
+        pageSize: req.pageSize,
+        pageToken: req.pageToken,
+      });
+      return create(ListCreditLotsResponseSchema, { lots: r.lots.map(lotToProto), nextPageToken: r.nextPageToken });
+    },
+
+    async voidCreditLot(req, ctx: HandlerContext) {
+      const r = await d.lots.void({ lotId: req.lotId, reason: req.reason, idempotencyKey: req.idempotencyKey }, principalOf(ctx).name, txOptions(ctx));
+      return create(VoidCreditLotResponseSchema, { lot: lotToProto(r.lot), transaction: r.transaction && transactionToProto(r.transaction) });
+    },
+
     async getBalance(req) {
       return create(GetBalanceResponseSchema, { balance: balanceToProto(await d.ledger.getBalance(req.accountId)) });
     },
@@ -207,10 +231,17 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
           metadata: req.metadata ?? {},
           paymentId: req.paymentId,
           idempotencyKey: req.idempotencyKey,
+          lot: {
+            category: enumFromProto(LOT_CATEGORIES, req.category, "category"),
+            priority: req.priority,
+            effectiveAt: dateOf(req.effectiveAt),
+            expiresAt: dateOf(req.expiresAt),
+          },
         },
+        principalOf(ctx).name,
         txOptions(ctx),
       );
-      return create(GrantCreditsResponseSchema, { transaction: transactionToProto(r.transaction), balance: balanceToProto(r.balance) });
+      return create(GrantCreditsResponseSchema, { transaction: transactionToProto(r.transaction), balance: balanceToProto(r.balance), lot: r.lot && lotToProto(r.lot) });
     },
 
     async adjustCredits(req, ctx: HandlerContext) {

@@ -42,6 +42,7 @@ const paymentStatuses: [PaymentStatus, DomainPaymentStatus][] = [
   [PaymentStatus.SUCCEEDED, "succeeded"],
   [PaymentStatus.FAILED, "failed"],
   [PaymentStatus.REFUNDED, "refunded"],
+  [PaymentStatus.PARTIALLY_REFUNDED, "partially_refunded"],
 ];
 
 function paymentToProto(p: PaymentView) {
@@ -149,7 +150,7 @@ export function createPaymentServiceHandler(payments: Payments, methods: Payment
     },
     async refundPayment(req, ctx) {
       const r = await payments.refund(
-        { paymentId: req.paymentId, reason: req.reason, revokeAvailableOnly: req.revokeAvailableOnly, idempotencyKey: req.idempotencyKey },
+        { paymentId: req.paymentId, reason: req.reason, revokeAvailableOnly: req.revokeAvailableOnly, idempotencyKey: req.idempotencyKey, amount: req.amount },
         principalOf(ctx).name,
         txOptions(ctx),
       );

@@ -64,6 +64,7 @@ export class Payment extends Model<InferAttributes<Payment>, InferCreationAttrib
   declare credits_granted: CreationOptional<string>;
   declare credits_revoked: CreationOptional<string>;
   declare credits_shortfall: CreationOptional<string>;
+  declare amount_refunded: CreationOptional<string>;
   declare created_at: CreationOptional<Date>;
   declare updated_at: CreationOptional<Date>;
 }
@@ -164,6 +165,7 @@ export function initInvoicingModels(sequelize: Sequelize) {
       credits_granted: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
       credits_revoked: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
       credits_shortfall: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
+      amount_refunded: { type: DataTypes.DECIMAL(10, 2), allowNull: false, defaultValue: 0 },
       created_at: now(),
       updated_at: now(),
     },

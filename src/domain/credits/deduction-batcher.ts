@@ -1,7 +1,7 @@
 /**
  * Coalesced deductions: concurrent DeductCredits calls (same account or many)
  * are applied together by one call of the database function
- * billing_deduct_batch (src/db/migrations/0002-deduct-batch-function.ts):
+ * billing_debit (src/db/functions/billing_debit.sql, through debit.ts):
  * one statement, one round trip, one commit, one lock per account, and each
  * caller is answered only after that commit.
  *
@@ -10,10 +10,10 @@
  *   own idempotency record (claimed before the effect, stored with it);
  * - INSUFFICIENT_CREDITS fails only the requests that no longer fit, in
  *   arrival order, and stores nothing for them;
- * - a request whose idempotency key is already taken (a replay, a racing
- *   retry, or a reused key) is not part of the batch: after the batch
- *   commits it goes through the single-request path, which replays the
- *   stored response or answers ALREADY_EXISTS.
+ * - a request whose idempotency key is already taken is answered from what
+ *   the key stored (a replay), or ALREADY_EXISTS for a different request; a
+ *   key taken by an earlier request of the same batch goes through the
+ *   single-request path once the batch has committed.
  * Accounts are locked in account_id order, so batches of several processes
  * on one database never deadlock one another.
  *
@@ -34,10 +34,10 @@
  * batches of different accounts use several database cores at once. An idle
  * service adds no latency beyond one tick.
  */
-import { QueryTypes, type Sequelize } from "sequelize";
+import type { Sequelize } from "sequelize";
 import { retryingConflicts, sqlState } from "../../db/transaction.js";
-import { deadlineExceeded, insufficientCredits } from "../errors.js";
-import { decodeStoredText } from "../idempotency.js";
+import { deadlineExceeded, idempotencyKeyReused, insufficientCredits } from "../errors.js";
+import { runDebits, type DebitRequest } from "./debit.js";
 import type { DeductResult, JsonObject, UsageRecord } from "./types.js";
 
 /** One priced, validated deduction waiting for its batch. */
@@ -72,8 +72,19 @@ const MIN_SHARE = 8;
  */
 const EAGER = 32;
 
-const DEDUCT_BATCH_SQL = `SELECT ord, outcome, detail FROM billing_deduct_batch($1, $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-  $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::text[], $14::text[])`;
+/** The debit a deduction job asks billing_debit for (the single path sends the same). */
+export function deductionDebit(job: DeductionJob): DebitRequest {
+  return {
+    accountId: job.accountId,
+    credits: job.credits,
+    type: "deduction",
+    description: job.description,
+    metadata: job.metadata,
+    key: job.idempotencyKey,
+    hash: job.requestHash,
+    usage: job,
+  };
+}
 
 /** Applies queued deductions in shared transactions. */
 export class DeductionBatcher {
@@ -147,31 +158,10 @@ export class DeductionBatcher {
   }
 
   private async run(batch: Pending[]): Promise<void> {
-    const j = batch.map((p) => p.job);
-    let rows: { ord: number; outcome: "ok" | "insufficient" | "taken"; detail: string | null }[];
+    let outcomes;
     try {
       // One statement outside any explicit transaction: it commits when it returns.
-      rows = await retryingConflicts(() =>
-        this.sequelize.query(DEDUCT_BATCH_SQL, {
-          type: QueryTypes.SELECT,
-          bind: [
-            "DeductCredits",
-            j.map((x) => x.accountId),
-            j.map((x) => x.idempotencyKey),
-            j.map((x) => x.requestHash),
-            j.map((x) => x.credits.toString()),
-            j.map((x) => x.description),
-            j.map((x) => JSON.stringify(x.metadata)),
-            j.map((x) => x.operationType),
-            j.map((x) => x.costUsd),
-            j.map((x) => x.model),
-            j.map((x) => x.tokensInput.toString()),
-            j.map((x) => x.tokensOutput.toString()),
-            j.map((x) => x.relatedObjectType),
-            j.map((x) => x.relatedObjectId),
-          ],
-        }),
-      );
+      outcomes = await retryingConflicts(() => runDebits(this.sequelize, "DeductCredits", batch.map((p) => deductionDebit(p.job))));
     } catch (err) {
       // One request's input must never fail another's charge. The statement
       // rolled back as a whole, so each request is tried again on its own,
@@ -184,19 +174,28 @@ export class DeductionBatcher {
     }
     const changed = new Set<string>();
     const taken: Pending[] = [];
-    for (const row of rows) {
-      const p = batch[row.ord - 1]!;
-      if (row.outcome === "ok") {
-        changed.add(p.job.accountId);
-        p.resolve(decodeStoredText(row.detail!) as DeductResult);
-      } else if (row.outcome === "insufficient") {
-        p.reject(insufficientCredits(p.job.accountId, p.job.credits, BigInt(row.detail!)));
-      } else {
-        taken.push(p);
+    outcomes.forEach((o, i) => {
+      const p = batch[i]!;
+      switch (o.outcome) {
+        case "ok":
+          changed.add(p.job.accountId);
+          p.resolve(o.result as DeductResult);
+          break;
+        case "replay":
+          p.resolve(o.result as DeductResult);
+          break;
+        case "insufficient":
+          p.reject(insufficientCredits(p.job.accountId, p.job.credits, o.available));
+          break;
+        case "reused":
+          p.reject(idempotencyKeyReused(p.job.idempotencyKey));
+          break;
+        default:
+          taken.push(p); // a key an earlier request of this batch holds
       }
-    }
+    });
     for (const accountId of changed) this.announce(accountId);
-    // Keys already taken: replay or ALREADY_EXISTS through the single path, now that this batch is durable.
+    // Keys taken within the batch: replay or ALREADY_EXISTS through the single path, now that this batch is durable.
     for (const p of taken) this.single(p.job).then(p.resolve, p.reject);
   }
 }

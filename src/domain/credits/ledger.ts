@@ -8,20 +8,26 @@
  * - The account's billing_accounts row is the lock that orders its changes;
  *   its CHECK keeps the balance from ever going below zero.
  * - A deduction needs that many *available* credits (balance - open
- *   reservations), else FAILED_PRECONDITION / INSUFFICIENT_CREDITS and
- *   nothing is written.
+ *   reservations - credits of lots not yet effective), else
+ *   FAILED_PRECONDITION / INSUFFICIENT_CREDITS and nothing is written.
+ * - Credits come in lots (lots.ts): every addition creates one, every debit
+ *   draws from them in burn-down order through billing_debit (debit.ts),
+ *   and balance = Σ lots' remaining. Lots past their expiry leave the
+ *   balance before anything reads or spends it.
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, sqlState, type TransactionOptions } from "../../db/transaction.js";
-import { Violations, insufficientCredits, invalidField } from "../errors.js";
-import { hasDollarKeys, requestHash, runIdempotent } from "../idempotency.js";
+import { Violations, idempotencyKeyReused, insufficientCredits, invalidField } from "../errors.js";
+import { requestHash, runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
-import { DeductionBatcher, type DeductionJob } from "./deduction-batcher.js";
+import { DeductionBatcher, deductionDebit, type DeductionJob } from "./deduction-batcher.js";
+import { expireDueLots, runDebits, type DebitRequest, type DebitResult } from "./debit.js";
+import { LOT_COLUMNS, categoryForGrant, checkLotTerms, lotViewOf, type LotRow, type LotTerms } from "./lots.js";
 import type { Price } from "./pricing.js";
-import type { BalanceView, DeductResult, GrantResult, JsonObject, LedgerEntry, TransactionType, UsageInput, UsageLogEntry, UsageRecord } from "./types.js";
+import type { Allocation, BalanceView, DeductResult, GrantResult, JsonObject, LedgerEntry, LotCategory, TransactionType, UsageInput, UsageRecord } from "./types.js";
 
 export interface GrantInput {
   accountId: string;
@@ -31,6 +37,8 @@ export interface GrantInput {
   metadata: JsonObject;
   paymentId: string;
   idempotencyKey: string;
+  /** Lot terms: category (undefined: from the type), priority, effective and expiry times. */
+  lot: Partial<LotTerms>;
 }
 
 export interface DeductInput {
@@ -60,15 +68,49 @@ const GRANT_TYPES: readonly TransactionType[] = ["purchase", "subscription", "re
 export const RESERVED_SQL = `SELECT COALESCE(SUM(credits), 0)::bigint AS reserved FROM credit_reservations
   WHERE account_id = $1 AND status = 'active' AND expires_at > now()`;
 
-/** A debit to write: the DEDUCTION (or negative ADJUSTMENT) and, for AI usage, its usage log. */
-export interface Debit {
+/** Credits of account $1 in lots not yet effective: on the balance, not available. */
+const PENDING_SQL = `SELECT COALESCE(SUM(remaining), 0)::bigint FROM credit_lots
+  WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND effective_at > now()`;
+
+/** An account's balance, holds and pending credits (zeros for an account never credited). */
+const ACCOUNT_STATE_SQL = `SELECT a.balance, a.updated_at, (${RESERVED_SQL}) AS reserved, (${PENDING_SQL}) AS pending
+  FROM (SELECT 1) one LEFT JOIN billing_accounts a ON a.account_id = $1`;
+
+/** ACCOUNT_STATE_SQL plus the breakdown by category, the next expiry, and whether a lot is due to expire. */
+const BALANCE_SQL = `SELECT a.balance, a.updated_at, (${RESERVED_SQL}) AS reserved, (${PENDING_SQL}) AS pending,
+    (SELECT json_agg(json_build_object('category', c.category, 'amount', c.amount::text) ORDER BY c.category)
+       FROM (SELECT category, SUM(remaining) AS amount FROM credit_lots
+             WHERE account_id = $1 AND state = 'active' AND remaining > 0 GROUP BY category) c) AS by_category,
+    (SELECT json_build_object('at', x.expires_at, 'amount', x.amount::text)
+       FROM (SELECT expires_at, SUM(remaining) AS amount FROM credit_lots
+             WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND expires_at IS NOT NULL
+             GROUP BY expires_at ORDER BY expires_at LIMIT 1) x) AS next_expiry,
+    EXISTS (SELECT 1 FROM credit_lots WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND expires_at <= now()) AS due
+  FROM (SELECT 1) one LEFT JOIN billing_accounts a ON a.account_id = $1`;
+
+interface AccountStateRow {
+  balance: string | null;
+  updated_at: Date | null;
+  reserved: string;
+  pending: string;
+}
+
+/** A debit to write inside a transaction (see DebitRequest; no idempotency key: the caller's transaction has it). */
+export type Debit = Omit<DebitRequest, "key" | "hash">;
+
+/** A credit to write: the ledger entry and the lot it creates. */
+export interface Credit {
   accountId: string;
-  credits: bigint;
-  type: "deduction" | "adjustment" | "refund";
+  amount: bigint;
+  type: TransactionType;
   description: string;
   metadata: JsonObject;
-  paymentId?: string | null;
-  usage?: UsageRecord;
+  paymentId: string | null;
+  /** The lot's terms; category defaults from the type. */
+  lot?: Partial<LotTerms>;
+  packageId?: string | null;
+  /** Who granted it (key name or role, "payment", ...). */
+  createdBy?: string;
 }
 
 export interface AdjustInput {
@@ -106,15 +148,34 @@ export class CreditLedger {
   /** The account's balance; zeros for an account never credited. */
   async getBalance(accountId: string): Promise<BalanceView> {
     requireId(accountId, "account_id");
-    const [row] = await this.sequelize.query<{ balance: string | null; updated_at: Date | null; reserved: string }>(
-      `SELECT a.balance, a.updated_at, r.reserved FROM (${RESERVED_SQL}) r LEFT JOIN billing_accounts a ON a.account_id = $1`,
-      { bind: [accountId], type: QueryTypes.SELECT },
-    );
-    return balanceView(accountId, BigInt(row?.balance ?? 0), BigInt(row?.reserved ?? 0), row?.updated_at ?? undefined);
+    type Row = AccountStateRow & { by_category: { category: LotCategory; amount: string }[] | null; next_expiry: { at: string; amount: string } | null; due: boolean };
+    const read = async () => (await this.sequelize.query<Row>(BALANCE_SQL, { bind: [accountId], type: QueryTypes.SELECT }))[0]!;
+    let row = await read();
+    if (row.due) {
+      // The sweeper is behind: expire now, so the balance never includes expired credits.
+      await expireDueLots(this.sequelize, [accountId]);
+      this.onBalanceChange(accountId);
+      row = await read();
+    }
+    const view = balanceViewOf(accountId, row);
+    view.byCategory = (row.by_category ?? []).map((c) => ({ category: c.category, amount: BigInt(c.amount) }));
+    view.nextExpiringAmount = row.next_expiry ? BigInt(row.next_expiry.amount) : 0n;
+    if (row.next_expiry) view.nextExpiresAt = new Date(row.next_expiry.at);
+    return view;
+  }
+
+  /**
+   * Locks the account inside `t`, expires its due lots, and returns its
+   * balance, holds and pending credits: what a hold or a debit decides on.
+   */
+  async accountStateIn(t: Transaction, accountId: string): Promise<BalanceView> {
+    await expireDueLots(this.sequelize, [accountId], t); // also takes the account's row lock
+    const [row] = await this.sequelize.query<AccountStateRow>(ACCOUNT_STATE_SQL, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
+    return balanceViewOf(accountId, row!);
   }
 
   /** Adds credits; idempotent by key. */
-  async grant(input: GrantInput, options: TransactionOptions = {}): Promise<GrantResult> {
+  async grant(input: GrantInput, actor: string, options: TransactionOptions = {}): Promise<GrantResult> {
     const v = new Violations();
     v.collect(() => requireId(input.accountId, "account_id"));
     if (input.amount <= 0n) v.add("amount", "must be greater than zero");
@@ -123,54 +184,72 @@ export class CreditLedger {
     v.collect(() => checkMetadata(input.metadata));
     if (input.paymentId !== "") v.collect(() => requireUuid(input.paymentId, "payment_id"));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    const lot = v.collect(() => checkLotTerms(input.lot, input.type));
     v.throwIfAny();
-    return this.applyCredit(
-      { accountId: input.accountId, amount: input.amount, type: input.type!, description: input.description, metadata: input.metadata, paymentId: input.paymentId || null },
-      { method: "GrantCredits", key: input.idempotencyKey, request: { ...input, paymentId: input.paymentId.toLowerCase() } },
+    const entry: Credit = {
+      accountId: input.accountId,
+      amount: input.amount,
+      type: input.type!,
+      description: input.description,
+      metadata: input.metadata,
+      paymentId: input.paymentId || null,
+      lot,
+      createdBy: actor,
+    };
+    const request = { ...input, paymentId: input.paymentId.toLowerCase() };
+    return inTransaction(
+      this.sequelize,
+      async (t) => (await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "GrantCredits", request }, () => this.creditIn(t, entry))).result,
       options,
     );
   }
 
   /**
-   * Adds credits inside a transaction, idempotently; the one place positive
-   * ledger entries are written.
+   * Adds credits inside the caller's transaction: the one place positive
+   * ledger entries (and the lots they create) are written.
    */
-  private applyCredit(
-    entry: { accountId: string; amount: bigint; type: TransactionType; description: string; metadata: JsonObject; paymentId: string | null },
-    idem: { method: string; key: string; request: unknown },
-    options: TransactionOptions,
-  ): Promise<GrantResult> {
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        const { result } = await runIdempotent(this.sequelize, t, { accountId: entry.accountId, ...idem }, () => this.creditIn(t, entry));
-        return result;
-      },
-      options,
+  async creditIn(t: Transaction, entry: Credit): Promise<GrantResult> {
+    const terms = checkLotTerms(entry.lot ?? {}, entry.type);
+    // Lots due to expire leave first, so the entry's balance_after holds no expired credits.
+    await expireDueLots(this.sequelize, [entry.accountId], t);
+    const [row] = await overflowNamed("amount", () =>
+      this.sequelize.query<{ id: string; balance_after: string; created_at: Date; updated_at: Date; reserved: string; pending: string } & LotRow>(
+        `WITH acct AS (
+           INSERT INTO billing_accounts AS a (account_id, balance) VALUES ($1, $2)
+           ON CONFLICT (account_id) DO UPDATE SET balance = a.balance + EXCLUDED.balance, updated_at = now()
+           RETURNING a.balance, a.updated_at),
+         tx AS (
+           INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
+           SELECT $1, $3, $2, acct.balance, $4, $5::jsonb, $6 FROM acct
+           RETURNING id, balance_after, created_at),
+         lot AS (
+           INSERT INTO credit_lots (account_id, category, amount, remaining, priority, effective_at, expires_at,
+                                    payment_id, package_id, created_by, description, transaction_id, created_at)
+           SELECT $1, $7, $2, $2, $8, $9, $10, $6, $11, $12, $4, tx.id, tx.created_at FROM tx
+           RETURNING ${LOT_COLUMNS})
+         SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved,
+                (${PENDING_SQL}) + CASE WHEN $9::timestamptz > now() THEN $2::bigint ELSE 0 END AS pending, lot.*
+         FROM tx, acct, lot`,
+        {
+          bind: [
+            entry.accountId,
+            entry.amount.toString(),
+            entry.type,
+            entry.description,
+            JSON.stringify(entry.metadata),
+            entry.paymentId,
+            terms.category,
+            terms.priority,
+            terms.effectiveAt?.toISOString() ?? null,
+            terms.expiresAt?.toISOString() ?? null,
+            entry.packageId ?? null,
+            entry.createdBy ?? "",
+          ],
+          transaction: t,
+          type: QueryTypes.SELECT,
+        },
+      ),
     );
-  }
-
-  /** Adds credits inside the caller's transaction: the one place positive ledger entries are written. */
-  async creditIn(
-    t: Transaction,
-    entry: { accountId: string; amount: bigint; type: TransactionType; description: string; metadata: JsonObject; paymentId: string | null },
-  ): Promise<GrantResult> {
-    const [row] = await overflowNamed("amount", () => this.sequelize.query<{ id: string; balance_after: string; created_at: Date; updated_at: Date; reserved: string }>(
-      `WITH acct AS (
-         INSERT INTO billing_accounts AS a (account_id, balance) VALUES ($1, $2)
-         ON CONFLICT (account_id) DO UPDATE SET balance = a.balance + EXCLUDED.balance, updated_at = now()
-         RETURNING a.balance, a.updated_at),
-       tx AS (
-         INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
-         SELECT $1, $3, $2, acct.balance, $4, $5::jsonb, $6 FROM acct
-         RETURNING id, balance_after, created_at)
-       SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved FROM tx, acct`,
-      {
-        bind: [entry.accountId, entry.amount.toString(), entry.type, entry.description, JSON.stringify(entry.metadata), entry.paymentId],
-        transaction: t,
-        type: QueryTypes.SELECT,
-      },
-    ));
     const balanceAfter = BigInt(row!.balance_after);
     this.changedOnCommit(t, entry.accountId);
     return {
@@ -184,8 +263,10 @@ export class CreditLedger {
         metadata: entry.metadata,
         paymentId: entry.paymentId ?? "",
         createdAt: row!.created_at,
+        allocations: [],
       },
-      balance: balanceView(entry.accountId, balanceAfter, BigInt(row!.reserved), row!.updated_at),
+      balance: balanceView(entry.accountId, balanceAfter, BigInt(row!.reserved), row!.updated_at, BigInt(row!.pending)),
+      lot: lotViewOf(row!),
     };
   }
 
@@ -214,33 +295,37 @@ export class CreditLedger {
       deadline: options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs,
     };
     // Coalesced with concurrent deductions (see deduction-batcher.ts, which
-    // also says how the caller's deadline applies). The batch function writes
-    // metadata into the stored response as it is, so metadata with keys that
-    // the stored encoding escapes ("$...") takes the single path.
-    if (hasDollarKeys(input.metadata)) return this.deductOne(job);
+    // also says how the caller's deadline applies).
     return this.batcher.submit(job);
   }
 
-  /** One deduction in its own transaction: replays, reused keys, and the batcher's taken keys. */
+  /**
+   * One deduction on its own, through the same billing_debit call as a
+   * batch of one: for keys taken within a batch, and for the requests of a
+   * batch that failed as a whole.
+   */
   private deductOne(job: DeductionJob): Promise<DeductResult> {
     const options = job.deadline === undefined ? {} : { timeoutMs: Math.max(1, job.deadline - Date.now()) };
-    return inTransaction(this.sequelize, async (t) => {
-      const { result } = await runIdempotent(
-        this.sequelize,
-        t,
-        { accountId: job.accountId, key: job.idempotencyKey, method: job.method, request: undefined, requestHash: job.requestHash },
-        async () =>
-          (await this.debitIn(t, {
-            accountId: job.accountId,
-            credits: job.credits,
-            type: "deduction",
-            description: job.description,
-            metadata: job.metadata,
-            usage: job,
-          })) as DeductResult,
-      );
-      return result;
-    }, options);
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const o = (await runDebits(this.sequelize, job.method, [deductionDebit(job)], t))[0]!;
+        switch (o.outcome) {
+          case "ok":
+            this.changedOnCommit(t, job.accountId);
+            return o.result as DeductResult;
+          case "replay":
+            return o.result as DeductResult;
+          case "insufficient":
+            throw insufficientCredits(job.accountId, job.credits, o.available);
+          case "reused":
+            throw idempotencyKeyReused(job.idempotencyKey);
+          default:
+            throw new Error(`a single deduction cannot be ${o.outcome}`);
+        }
+      },
+      options,
+    );
   }
 
   /** Admin: a signed manual adjustment that never takes the available balance below zero; idempotent by key. */
@@ -258,7 +343,7 @@ export class CreditLedger {
       async (t) => {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "AdjustCredits", request: input }, () =>
           input.amount > 0n
-            ? this.creditIn(t, { accountId: input.accountId, amount: input.amount, type: "adjustment", description: input.reason, metadata, paymentId: null })
+            ? this.creditIn(t, { accountId: input.accountId, amount: input.amount, type: "adjustment", description: input.reason, metadata, paymentId: null, createdBy: actor })
             : this.debitIn(t, { accountId: input.accountId, credits: -input.amount, type: "adjustment", description: input.reason, metadata }),
         );
         return result;
@@ -268,95 +353,32 @@ export class CreditLedger {
   }
 
   /**
-   * Takes `credits` inside the caller's transaction if that many are
-   * available, writing the ledger row (and usage log); otherwise
-   * INSUFFICIENT_CREDITS. The one place negative ledger entries are written.
+   * Takes credits inside the caller's transaction through billing_debit
+   * (burn-down order, allocations, usage log); INSUFFICIENT_CREDITS when a
+   * strict debit does not fit. The one way negative ledger entries are
+   * written. Undefined when a partial or whole-lot debit found nothing to take.
    */
-  async debitIn(t: Transaction, d: Debit): Promise<GrantResult & { usageLog?: UsageLogEntry }> {
-    // Lock first, in its own statement, so that the next statement's snapshot
-    // sees every reservation committed before we got the lock.
-    const locked = await this.sequelize.query<{ balance: string }>(`SELECT balance FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, {
-      bind: [d.accountId],
-      transaction: t,
-      type: QueryTypes.SELECT,
-    });
-    const u = d.usage;
-    const logCte = u
-      ? `, log AS (
-           INSERT INTO credit_usage_logs (account_id, transaction_id, operation_type, credits_used, cost_usd, model_used,
-                                          tokens_input, tokens_output, related_object_type, related_object_id, metadata, created_at)
-           SELECT $1, tx.id, $7, $2, $8, $9, $10, $11, $12, $13, $4::jsonb, tx.created_at FROM tx
-           RETURNING id)`
-      : "";
-    const bind: unknown[] = [d.accountId, d.credits.toString(), d.description, JSON.stringify(d.metadata), d.type, d.paymentId ?? null];
-    if (u) bind.push(u.operationType, u.costUsd || null, u.model, u.tokensInput.toString(), u.tokensOutput.toString(), u.relatedObjectType, u.relatedObjectId);
-    const rows =
-      locked.length === 0
-        ? []
-        : await this.sequelize.query<{ tx_id: string; log_id: string | null; created_at: Date; balance: string; updated_at: Date; reserved: string }>(
-            `WITH res AS (${RESERVED_SQL}),
-             acct AS (
-               UPDATE billing_accounts a SET balance = a.balance - $2, updated_at = now() FROM res
-               WHERE a.account_id = $1 AND a.balance - res.reserved >= $2
-               RETURNING a.balance, a.updated_at, res.reserved),
-             tx AS (
-               INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
-               SELECT $1, $5, -$2::bigint, acct.balance, $3, $4::jsonb, $6::uuid FROM acct
-               RETURNING id, created_at)${logCte}
-             SELECT tx.id AS tx_id, ${u ? "log.id" : "NULL"} AS log_id, tx.created_at, acct.balance, acct.updated_at, acct.reserved
-             FROM tx, acct${u ? ", log" : ""}`,
-            { bind, transaction: t, type: QueryTypes.SELECT },
-          );
-    const row = rows[0];
-    if (!row) {
-      const [r] = await this.sequelize.query<{ reserved: string }>(RESERVED_SQL, { bind: [d.accountId], transaction: t, type: QueryTypes.SELECT });
-      const balance = BigInt(locked[0]?.balance ?? 0);
-      throw insufficientCredits(d.accountId, d.credits, balance - BigInt(r?.reserved ?? 0));
+  async debitIn(t: Transaction, d: Debit): Promise<DebitResult>;
+  async debitIn(t: Transaction, d: Debit, options: { allowEmpty: true }): Promise<DebitResult | undefined>;
+  async debitIn(t: Transaction, d: Debit, options: { allowEmpty?: boolean } = {}): Promise<DebitResult | undefined> {
+    const o = (await runDebits(this.sequelize, "", [d], t))[0]!;
+    switch (o.outcome) {
+      case "ok":
+        this.changedOnCommit(t, d.accountId);
+        return o.result;
+      case "insufficient":
+        throw insufficientCredits(d.accountId, d.credits, o.available);
+      case "empty":
+        if (options.allowEmpty) return undefined;
+        throw insufficientCredits(d.accountId, d.credits, 0n);
+      default:
+        throw new Error(`a debit without a key cannot be ${o.outcome}`);
     }
-    const balanceAfter = BigInt(row.balance);
-    this.changedOnCommit(t, d.accountId);
-    const result: GrantResult & { usageLog?: UsageLogEntry } = {
-      transaction: {
-        id: row.tx_id,
-        accountId: d.accountId,
-        type: d.type,
-        amount: -d.credits,
-        balanceAfter,
-        description: d.description,
-        metadata: d.metadata,
-        paymentId: d.paymentId ?? "",
-        createdAt: row.created_at,
-      },
-      balance: balanceView(d.accountId, balanceAfter, BigInt(row.reserved), row.updated_at),
-    };
-    if (u) {
-      result.usageLog = {
-        id: row.log_id!,
-        accountId: d.accountId,
-        operationType: u.operationType,
-        creditsUsed: d.credits,
-        costUsd: u.costUsd,
-        modelUsed: u.model,
-        tokensInput: u.tokensInput,
-        tokensOutput: u.tokensOutput,
-        relatedObjectType: u.relatedObjectType,
-        relatedObjectId: u.relatedObjectId,
-        metadata: d.metadata,
-        createdAt: row.created_at,
-      };
-    }
-    return result;
   }
 
   /** Locks the account inside the caller's transaction and returns its available credits. */
   async availableIn(t: Transaction, accountId: string): Promise<bigint> {
-    await this.sequelize.query(`SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, { bind: [accountId], transaction: t });
-    const [row] = await this.sequelize.query<{ balance: string | null; reserved: string }>(
-      `SELECT a.balance, r.reserved FROM (${RESERVED_SQL}) r LEFT JOIN billing_accounts a ON a.account_id = $1`,
-      { bind: [accountId], transaction: t, type: QueryTypes.SELECT },
-    );
-    const available = BigInt(row?.balance ?? 0) - BigInt(row?.reserved ?? 0);
-    return available > 0n ? available : 0n;
+    return (await this.accountStateIn(t, accountId)).available;
   }
 
   /** Pages through an account's ledger, newest first (keyset on id). */
@@ -399,8 +421,9 @@ export class CreditLedger {
       metadata: JsonObject;
       payment_id: string | null;
       created_at: Date;
+      allocations: { lot_id: string; amount: string }[];
     }>(
-      `SELECT id, account_id, type, amount, balance_after, description, metadata, payment_id, created_at
+      `SELECT id, account_id, type, amount, balance_after, description, metadata, payment_id, created_at, allocations
        FROM credit_transactions WHERE ${conditions.join(" AND ")} ORDER BY id DESC LIMIT $${bind.length}`,
       { bind, type: QueryTypes.SELECT },
     );
@@ -416,17 +439,23 @@ export class CreditLedger {
         metadata: r.metadata,
         paymentId: r.payment_id ?? "",
         createdAt: r.created_at,
+        allocations: r.allocations.map((a): Allocation => ({ lotId: a.lot_id, amount: BigInt(a.amount) })),
       })),
       nextPageToken: page.nextPageToken,
     };
   }
 }
 
-/** A balance as callers see it: available never below zero. */
-export function balanceView(accountId: string, balance: bigint, reserved: bigint, updatedAt: Date | undefined): BalanceView {
-  const view: BalanceView = { accountId, balance, reserved, available: balance > reserved ? balance - reserved : 0n };
+/** A balance as callers see it: available (balance - holds - pending credits) never below zero. */
+export function balanceView(accountId: string, balance: bigint, reserved: bigint, updatedAt: Date | undefined, pending = 0n): BalanceView {
+  const free = balance - reserved - pending;
+  const view: BalanceView = { accountId, balance, reserved, available: free > 0n ? free : 0n };
   if (updatedAt) view.updatedAt = updatedAt;
   return view;
+}
+
+function balanceViewOf(accountId: string, row: AccountStateRow): BalanceView {
+  return balanceView(accountId, BigInt(row.balance ?? 0), BigInt(row.reserved), row.updated_at ?? undefined, BigInt(row.pending));
 }
 
 /** The usage-log fields of a priced usage. */

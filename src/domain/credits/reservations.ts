@@ -4,7 +4,8 @@
  * priced after the call).
  *
  * Rules:
- * - Holding needs that many available credits (balance - open holds);
+ * - Holding needs that many available credits (balance - open holds -
+ *   credits of lots not yet effective);
  *   the account row lock orders holds and charges, so racing reservations
  *   never hold more than the balance.
  * - An open hold stops counting when it expires, without anyone calling.
@@ -12,6 +13,10 @@
  *   transaction, so the charge may use the held credits plus whatever else
  *   is available. Committing more than was held succeeds only if the extra
  *   is available.
+ * - A hold is a number of credits, not particular lots: when lots expire
+ *   (or are voided) under an open hold, the hold stays, and its commit draws
+ *   from whatever lots are left, in burn-down order; if too few are left the
+ *   commit fails with INSUFFICIENT_CREDITS and the hold stays open.
  * - Release frees the hold; releasing twice answers the released hold.
  *   Committed, released and expired holds cannot be committed.
  */
@@ -20,7 +25,7 @@ import { inTransaction, type TransactionOptions } from "../../db/transaction.js"
 import { BillingError, Reason, Violations, failedPrecondition, insufficientCredits, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
-import { RESERVED_SQL, balanceView, describeUsage, usageRecordOf, type CreditLedger } from "./ledger.js";
+import { describeUsage, usageRecordOf, type CreditLedger } from "./ledger.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
 import type { BalanceView, JsonObject, LedgerEntry, UsageInput, UsageLogEntry } from "./types.js";
@@ -95,16 +100,9 @@ export class Reservations {
       this.sequelize,
       async (t) => {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "ReserveCredits", request: { ...input, operationType } }, async () => {
-          const [locked] = await this.sequelize.query<{ balance: string; updated_at: Date }>(`SELECT balance, updated_at FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, {
-            bind: [input.accountId],
-            transaction: t,
-            type: QueryTypes.SELECT,
-          });
-          const [{ reserved } = { reserved: "0" }] = await this.sequelize.query<{ reserved: string }>(RESERVED_SQL, { bind: [input.accountId], transaction: t, type: QueryTypes.SELECT });
-          const balance = BigInt(locked?.balance ?? 0);
-          const available = balance - BigInt(reserved);
-          if (available < input.credits) {
-            throw insufficientCredits(input.accountId, input.credits, available);
+          const state = await this.ledger.accountStateIn(t, input.accountId);
+          if (state.available < input.credits) {
+            throw insufficientCredits(input.accountId, input.credits, state.available);
           }
           const [row] = await this.sequelize.query<Row>(
             `INSERT INTO credit_reservations (account_id, operation_type, credits, expires_at)
@@ -112,7 +110,8 @@ export class Reservations {
             { bind: [input.accountId, operationType, input.credits.toString(), ttl], transaction: t, type: QueryTypes.SELECT },
           );
           await this.notify(t, input.accountId);
-          return { reservation: view(row!), balance: balanceView(input.accountId, balance, BigInt(reserved) + input.credits, locked?.updated_at) };
+          const held = state.reserved + input.credits;
+          return { reservation: view(row!), balance: { ...state, reserved: held, available: state.available - input.credits } };
         });
         return result;
       },
@@ -188,11 +187,7 @@ export class Reservations {
         } else if (r.status === "committed") {
           throw failedPrecondition(Reason.InvalidStateTransition, `reservation ${id} is committed and cannot be released`, { status: "committed" });
         }
-        const [b] = await this.sequelize.query<{ balance: string | null; updated_at: Date | null; reserved: string }>(
-          `SELECT a.balance, a.updated_at, r.reserved FROM (${RESERVED_SQL}) r LEFT JOIN billing_accounts a ON a.account_id = $1`,
-          { bind: [found.account_id], transaction: t, type: QueryTypes.SELECT },
-        );
-        return { reservation: view(row), balance: balanceView(found.account_id, BigInt(b?.balance ?? 0), BigInt(b?.reserved ?? 0), b?.updated_at ?? undefined) };
+        return { reservation: view(row), balance: await this.ledger.accountStateIn(t, found.account_id) };
       },
       options,
     );

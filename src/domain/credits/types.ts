@@ -1,9 +1,39 @@
 /**
  * The ledger's domain types: plain data, no proto, no SQL.
  */
-export type TransactionType = "purchase" | "subscription" | "refund" | "deduction" | "adjustment";
+export type TransactionType = "purchase" | "subscription" | "refund" | "deduction" | "adjustment" | "expiration" | "void";
 
-export const TRANSACTION_TYPES: readonly TransactionType[] = ["purchase", "subscription", "refund", "deduction", "adjustment"];
+export const TRANSACTION_TYPES: readonly TransactionType[] = ["purchase", "subscription", "refund", "deduction", "adjustment", "expiration", "void"];
+
+/** What kind of credits a lot holds. */
+export type LotCategory = "paid" | "promotional" | "plan_allowance" | "adjustment";
+/** Where a lot is in its life ("pending": active, but effective_at is ahead). */
+export type LotState = "pending" | "active" | "exhausted" | "expired" | "voided";
+
+/** Credits a debit took from one lot. */
+export interface Allocation {
+  lotId: string;
+  amount: bigint;
+}
+
+/** A lot of credits. */
+export interface CreditLotView {
+  id: string;
+  accountId: string;
+  category: LotCategory;
+  state: LotState;
+  amount: bigint;
+  remaining: bigint;
+  priority: number;
+  effectiveAt?: Date;
+  expiresAt?: Date;
+  paymentId: string;
+  packageId: string;
+  createdBy: string;
+  description: string;
+  transactionId: string;
+  createdAt: Date;
+}
 
 export type JsonObject = { [key: string]: unknown };
 
@@ -14,6 +44,10 @@ export interface BalanceView {
   reserved: bigint;
   available: bigint;
   updatedAt?: Date;
+  /** GetBalance / WatchBalance only: credits left by category, and the next expiry. */
+  byCategory?: { category: LotCategory; amount: bigint }[];
+  nextExpiringAmount?: bigint;
+  nextExpiresAt?: Date;
 }
 
 /** One immutable ledger entry. */
@@ -27,6 +61,8 @@ export interface LedgerEntry {
   metadata: JsonObject;
   paymentId: string;
   createdAt: Date;
+  /** The lots a debit drew from; empty for additions. */
+  allocations: Allocation[];
 }
 
 /** What one AI operation cost. */
@@ -59,6 +95,8 @@ export interface UsageInput {
 export interface GrantResult {
   transaction: LedgerEntry;
   balance: BalanceView;
+  /** The lot a grant created. */
+  lot?: CreditLotView;
 }
 
 /** The result of a deduction. */

@@ -22,7 +22,8 @@
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { modelsOf, type Invoice, type Payment } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { AMOUNT, Dec, formatMoney, parseMoney } from "../../money.js";
+import type { Decimal } from "decimal.js";
+import { AMOUNT, Dec, formatMoney, parseMoney, parseOptionalMoney } from "../../money.js";
 import type { JsonObject } from "../audit.js";
 import type { CreditLedger } from "../credits/ledger.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
@@ -32,7 +33,7 @@ import { transition, type InvoiceStatus } from "../invoices/state-machine.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 
-export type PaymentStatus = "pending_approval" | "succeeded" | "failed" | "refunded";
+export type PaymentStatus = "pending_approval" | "succeeded" | "failed" | "refunded" | "partially_refunded";
 export const MANUAL_METHODS: readonly PaymentMethodName[] = ["bank_transfer", "local_wallet", "manual"];
 
 export interface PaymentView {
@@ -60,6 +61,8 @@ export interface PaymentView {
   creditsGranted: bigint;
   creditsRevoked: bigint;
   creditsShortfall: bigint;
+  /** Scale-2 amount refunded so far. */
+  amountRefunded: string;
   createdAt: Date;
   updatedAt: Date;
 }
@@ -201,13 +204,14 @@ export class Payments {
 
   /** Admin: SUCCEEDED -> REFUNDED, taking back the credits it granted; idempotent by key. */
   async refund(
-    input: { paymentId: string; reason: string; revokeAvailableOnly: boolean; idempotencyKey: string },
+    input: { paymentId: string; reason: string; revokeAvailableOnly: boolean; idempotencyKey: string; amount: string },
     actor: string,
     options: TransactionOptions = {},
   ): Promise<PaymentView> {
     const v = new Violations();
     const id = v.collect(() => requireUuid(input.paymentId, "payment_id"));
     v.collect(() => checkText(input.reason, "reason", 4000));
+    const amount = v.collect(() => parseOptionalMoney(input.amount, "amount", AMOUNT, { positive: true }));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
     const found = await this.find(id!);
@@ -217,7 +221,7 @@ export class Payments {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "RefundPayment", request: input }, async () => {
           const invoice = await this.invoices.lock(t, found.invoice_id);
           const payment = await this.lock(t, found.account_id, id!);
-          await this.refundIn(t, invoice, payment, input.reason, input.revokeAvailableOnly, actor);
+          await this.refundIn(t, invoice, payment, input.reason, input.revokeAvailableOnly, actor, amount);
           return view(payment);
         });
         return result;
@@ -362,7 +366,7 @@ export class Payments {
     const invoice = await this.invoices.lock(t, existing.invoice_id);
     const payment = await this.lock(t, existing.account_id, existing.id);
     if (payment.status === "refunded") return { outcome: "already_refunded", paymentId: payment.id };
-    if (payment.status !== "succeeded") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
+    if (payment.status !== "succeeded" && payment.status !== "partially_refunded") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
     await this.refundIn(t, invoice, payment, reason, true, actor);
     return { outcome: "refunded", paymentId: payment.id };
   }
@@ -385,6 +389,8 @@ export class Payments {
           description: `Credit package ${invoice.credit_package_slug} (invoice ${invoice.invoice_number})`.slice(0, 255),
           metadata: { invoice_id: invoice.id, package_slug: invoice.credit_package_slug },
           paymentId: payment.id,
+          packageId: invoice.credit_package_id ?? null,
+          createdBy: actor,
         });
         creditsGranted = credits;
       }
@@ -396,40 +402,80 @@ export class Payments {
     await this.recordHistory(t, payment, from, actor, note);
   }
 
-  private async refundIn(t: Transaction, invoice: Invoice, payment: Payment, reason: string, revokeAvailableOnly: boolean, actor: string): Promise<void> {
-    expectStatus(payment, "succeeded", "refund");
+  /**
+   * Refunds `amount` (undefined: all that is left) of a payment. Credits are
+   * taken back by provenance: from the lot the payment granted, its
+   * refunded share of the credits (cumulative, rounded down, so partial
+   * refunds that add up to the total take back exactly what was granted),
+   * never from other lots. If the lot no longer holds them (spent, or held
+   * by open reservations): CREDITS_ALREADY_SPENT, or with
+   * `revokeAvailableOnly` what is there is taken and the rest recorded as
+   * shortfall. A payment from before credit lots (no lot) draws from the
+   * account's lots in burn-down order.
+   */
+  private async refundIn(t: Transaction, invoice: Invoice, payment: Payment, reason: string, revokeAvailableOnly: boolean, actor: string, amount?: Decimal): Promise<void> {
+    const from = payment.status as PaymentStatus;
+    if (from !== "succeeded" && from !== "partially_refunded") expectStatus(payment, "succeeded", "refund");
+    const total = new Dec(payment.amount);
+    const before = new Dec(payment.amount_refunded ?? 0);
+    const refundable = total.minus(before);
+    const refund = amount ?? refundable;
+    if (refund.gt(refundable)) throw invalidField("amount", `must be at most the ${formatMoney(refundable, AMOUNT)} left to refund`);
+    const after = before.plus(refund);
+    const full = after.eq(total);
     const granted = BigInt(payment.credits_granted);
+    const settled = BigInt(payment.credits_revoked) + BigInt(payment.credits_shortfall); // credits already accounted for by earlier refunds
+    const due = (full ? granted : BigInt(new Dec(granted.toString()).times(after).div(total).floor().toFixed(0))) - settled;
     let revoked = 0n;
-    if (granted > 0n) {
-      const available = await this.ledger.availableIn(t, payment.account_id);
-      if (available < granted && !revokeAvailableOnly) {
+    if (due > 0n) {
+      const [lot] = await this.sequelize.query<{ id: string }>(
+        `SELECT id FROM credit_lots WHERE account_id = $1 AND payment_id = $2 ORDER BY created_at LIMIT 1`,
+        { bind: [payment.account_id, payment.id], transaction: t, type: QueryTypes.SELECT },
+      );
+      const debit = {
+        accountId: payment.account_id,
+        credits: due,
+        type: "refund" as const,
+        mode: revokeAvailableOnly ? ("partial" as const) : ("strict" as const),
+        description: `Refund of payment ${payment.id}`.slice(0, 255),
+        metadata: { reason, invoice_id: invoice.id, amount: formatMoney(refund, AMOUNT) },
+        paymentId: payment.id,
+        ...(lot ? { lotId: lot.id } : {}),
+      };
+      try {
+        revoked = (await this.ledger.debitIn(t, debit, { allowEmpty: true }))?.transaction.amount ?? 0n;
+        revoked = -revoked;
+      } catch (err) {
+        if (!(err instanceof BillingError) || err.reason !== Reason.InsufficientCredits) throw err;
+        const available = err.metadata.available ?? "0";
         throw new BillingError(
           "failed_precondition",
           Reason.CreditsAlreadySpent,
-          `${granted - available} of the ${granted} credits this payment granted were already spent; set revoke_available_only to take back the ${available} available`,
+          `${due - BigInt(available)} of the ${due} credits this refund takes back were already spent; set revoke_available_only to take back the ${available} left`,
           [],
-          { granted: granted.toString(), available: available.toString() },
+          { due: due.toString(), available },
         );
-      }
-      revoked = available < granted ? available : granted;
-      if (revoked > 0n) {
-        await this.ledger.debitIn(t, {
-          accountId: payment.account_id,
-          credits: revoked,
-          type: "refund",
-          description: `Refund of payment ${payment.id}`.slice(0, 255),
-          metadata: { reason, invoice_id: invoice.id },
-          paymentId: payment.id,
-        });
       }
     }
     const now = new Date();
-    await invoice.update({ amount_paid: formatMoney(new Dec(invoice.amount_paid).minus(payment.amount), AMOUNT), metadata: { ...invoice.metadata, refunded_at: now.toISOString() }, updated_at: now }, { transaction: t });
-    await payment.update(
-      { status: "refunded", refunded_at: now, credits_revoked: revoked.toString(), credits_shortfall: (granted - revoked).toString(), failure_reason: payment.failure_reason, updated_at: now, metadata: { ...payment.metadata, refund_reason: reason } },
+    await invoice.update(
+      { amount_paid: formatMoney(new Dec(invoice.amount_paid).minus(refund), AMOUNT), metadata: { ...invoice.metadata, refunded_at: now.toISOString() }, updated_at: now },
       { transaction: t },
     );
-    await this.recordHistory(t, payment, "succeeded", actor, reason || "refunded");
+    await payment.update(
+      {
+        status: full ? "refunded" : "partially_refunded",
+        refunded_at: now,
+        amount_refunded: formatMoney(after, AMOUNT),
+        credits_revoked: (BigInt(payment.credits_revoked) + revoked).toString(),
+        credits_shortfall: (BigInt(payment.credits_shortfall) + (due > 0n ? due - revoked : 0n)).toString(),
+        failure_reason: payment.failure_reason,
+        updated_at: now,
+        metadata: { ...payment.metadata, refund_reason: reason },
+      },
+      { transaction: t },
+    );
+    await this.recordHistory(t, payment, from, actor, `${reason || "refunded"} (${formatMoney(refund, AMOUNT)})`);
   }
 
   private async find(id: string): Promise<Payment> {
@@ -496,6 +542,7 @@ export function view(r: Payment): PaymentView {
     creditsGranted: BigInt(r.credits_granted ?? 0),
     creditsRevoked: BigInt(r.credits_revoked ?? 0),
     creditsShortfall: BigInt(r.credits_shortfall ?? 0),
+    amountRefunded: formatMoney(r.amount_refunded ?? 0, AMOUNT),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };

@@ -1,0 +1,149 @@
+/**
+ * The TypeScript side of billing_debit (src/db/functions/billing_debit.sql),
+ * the one place credits leave the ledger: how requests are sent to it and
+ * how its debit records are read back. Every debit (coalesced and single
+ * deductions, reservation commits, negative adjustments, refunds, voids,
+ * expiries) goes through `runDebits`; a keyed request's stored idempotent
+ * response is that same record, read by the same `debitResultOf`.
+ */
+import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { decodeStored } from "../idempotency.js";
+import type { Allocation, DeductResult, GrantResult, JsonObject, TransactionType, UsageLogEntry, UsageRecord } from "./types.js";
+
+/** One debit for billing_debit. */
+export interface DebitRequest {
+  accountId: string;
+  /** Credits to take (ignored with mode "all"). */
+  credits: bigint;
+  type: Extract<TransactionType, "deduction" | "adjustment" | "refund" | "void">;
+  description: string;
+  metadata: JsonObject;
+  paymentId?: string | null;
+  /** strict: all or nothing (default); partial: as much as fits; all: the whole of `lotId`. */
+  mode?: "strict" | "partial" | "all";
+  /** Draw only from this lot. */
+  lotId?: string;
+  /** Idempotency: claimed inside the statement; the record is stored under it. */
+  key?: string;
+  hash?: string;
+  /** Also write a usage log. */
+  usage?: UsageRecord;
+}
+
+/** What billing_debit answered for one request. */
+export type DebitOutcome =
+  | { outcome: "ok" | "replay"; result: DebitResult }
+  | { outcome: "insufficient"; available: bigint }
+  | { outcome: "empty" | "reused" | "taken" };
+
+/** A debit's ledger entry and balance, and its usage log when it charged usage. */
+export type DebitResult = GrantResult & { usageLog?: UsageLogEntry };
+
+const DEBIT_SQL = `SELECT ord, outcome, detail FROM billing_debit($1, $2::jsonb)`;
+const EXPIRE_SQL = `SELECT count(*) FROM billing_debit('', '[]'::jsonb, $1::text[])`;
+
+type Row = { ord: number; outcome: string; detail: Record<string, unknown> | null };
+
+/**
+ * Applies `requests` with one statement, in the caller's transaction `t`
+ * or, without one, as its own transaction (one round trip, one commit).
+ * Outcomes follow the order of `requests`.
+ */
+export async function runDebits(sequelize: Sequelize, method: string, requests: DebitRequest[], t?: Transaction): Promise<DebitOutcome[]> {
+  const rows = await sequelize.query<Row>(DEBIT_SQL, { bind: [method, debitPayload(requests)], type: QueryTypes.SELECT, transaction: t });
+  const out: DebitOutcome[] = new Array(requests.length);
+  for (const row of rows) out[row.ord - 1] = outcomeOf(row);
+  return out;
+}
+
+/** Brings accounts up to date: their lots past expires_at leave the balance (EXPIRATION entries). */
+export async function expireDueLots(sequelize: Sequelize, accountIds: string[], t?: Transaction): Promise<void> {
+  await sequelize.query(EXPIRE_SQL, { bind: [accountIds], type: QueryTypes.SELECT, transaction: t });
+}
+
+function debitPayload(requests: DebitRequest[]): string {
+  return JSON.stringify(
+    requests.map((r) => ({
+      account: r.accountId,
+      credits: r.credits.toString(),
+      type: r.type,
+      description: r.description,
+      metadata: r.metadata,
+      payment_id: r.paymentId || null,
+      mode: r.mode ?? "strict",
+      lot: r.lotId ?? null,
+      key: r.key ?? null,
+      hash: r.hash ?? null,
+      usage: r.usage
+        ? {
+            operation: r.usage.operationType,
+            cost: r.usage.costUsd,
+            model: r.usage.model,
+            tokens_in: r.usage.tokensInput.toString(),
+            tokens_out: r.usage.tokensOutput.toString(),
+            related_type: r.usage.relatedObjectType,
+            related_id: r.usage.relatedObjectId,
+          }
+        : null,
+    })),
+  );
+}
+
+function outcomeOf(row: Row): DebitOutcome {
+  switch (row.outcome) {
+    case "ok":
+    case "replay":
+      return { outcome: row.outcome, result: debitResultOf(row.detail!) };
+    case "insufficient":
+      return { outcome: "insufficient", available: BigInt(String(row.detail!.available)) };
+    case "empty":
+    case "reused":
+    case "taken":
+      return { outcome: row.outcome };
+    default:
+      throw new Error(`billing_debit answered an unknown outcome ${row.outcome}`);
+  }
+}
+
+/** Reads a debit record (as billing_debit writes it, live or stored). */
+export function debitResultOf(d: Record<string, unknown>): DebitResult {
+  // Deductions stored before credit lots (kept 24 hours) used the general stored encoding.
+  if ("transaction" in d) return decodeStored(d) as DeductResult;
+  const createdAt = new Date(String(d.created_at));
+  const accountId = String(d.account_id);
+  const metadata = (d.metadata ?? {}) as JsonObject;
+  const amount = BigInt(String(d.amount));
+  const balanceAfter = BigInt(String(d.balance_after));
+  const result: DebitResult = {
+    transaction: {
+      id: String(d.transaction_id),
+      accountId,
+      type: d.type as TransactionType,
+      amount,
+      balanceAfter,
+      description: String(d.description ?? ""),
+      metadata,
+      paymentId: typeof d.payment_id === "string" ? d.payment_id : "",
+      createdAt,
+      allocations: ((d.allocations ?? []) as { lot_id: string; amount: string }[]).map((a): Allocation => ({ lotId: a.lot_id, amount: BigInt(a.amount) })),
+    },
+    balance: { accountId, balance: balanceAfter, reserved: BigInt(String(d.reserved)), available: BigInt(String(d.available)), updatedAt: createdAt },
+  };
+  if (d.usage_log_id !== null && d.usage_log_id !== undefined) {
+    result.usageLog = {
+      id: String(d.usage_log_id),
+      accountId,
+      operationType: String(d.operation_type),
+      creditsUsed: -amount,
+      costUsd: String(d.cost_usd ?? ""),
+      modelUsed: String(d.model ?? ""),
+      tokensInput: BigInt(String(d.tokens_input ?? "0")),
+      tokensOutput: BigInt(String(d.tokens_output ?? "0")),
+      relatedObjectType: String(d.related_object_type ?? ""),
+      relatedObjectId: String(d.related_object_id ?? ""),
+      metadata,
+      createdAt,
+    };
+  }
+  return result;
+}
