@@ -29,8 +29,12 @@ const FUNCTION_FILES = ["billing_debit.sql"];
 
 const MIGRATION_LOCK = 0x62696c6c; // "bill"
 
-/** Applies every pending migration; returns the names applied. */
-export async function migrate(sequelize: Sequelize): Promise<string[]> {
+/**
+ * Applies every pending migration (or those up to `options.to`, for tests
+ * of a migration over older data), then the SQL function files; returns the
+ * names applied.
+ */
+export async function migrate(sequelize: Sequelize, options: { to?: string } = {}): Promise<string[]> {
   const umzug = new Umzug<Sequelize>({
     migrations: MIGRATIONS.map((m) => ({ name: m.name, up: m.up, down: m.down })),
     context: sequelize,
@@ -41,7 +45,8 @@ export async function migrate(sequelize: Sequelize): Promise<string[]> {
   const lock = await sequelize.connectionManager.getConnection({ type: "write" });
   try {
     await (lock as unknown as { query(sql: string): Promise<unknown> }).query(`SELECT pg_advisory_lock(${MIGRATION_LOCK})`);
-    const applied = await umzug.up();
+    const applied = await umzug.up(options.to ? { to: options.to } : {});
+    if (options.to) return applied.map((m) => m.name); // an older schema: today's functions may not fit it
     for (const file of FUNCTION_FILES) await sequelize.query(readFileSync(path.join(PROJECT_ROOT, "src/db/functions", file), "utf8"));
     return applied.map((m) => m.name);
   } finally {
