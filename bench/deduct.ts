@@ -315,6 +315,17 @@ async function main(): Promise<void> {
   };
   await seedAccounts("bench_");
   await seedAccounts("base_");
+  // The service's accounts hold their credits in three lots, as real ones
+  // do: promotional (expiring in a day), plan allowance, paid.
+  await seed.query(
+    `INSERT INTO credit_lots (account_id, category, amount, remaining, priority, expires_at)
+     SELECT 'bench_' || g, l.category, l.amount, l.amount, l.priority, l.expires_at
+     FROM generate_series(0, $2 - 1) g,
+          (VALUES ('promotional', $1::bigint / 4, 10, now() + interval '1 day'),
+                  ('plan_allowance', $1::bigint / 4, 20, NULL::timestamptz),
+                  ('paid', $1::bigint / 2, 40, NULL::timestamptz)) AS l(category, amount, priority, expires_at)`,
+    [big.toString(), ACCOUNTS],
+  );
   const results: (Result & { kind: string; scenario: string; protocol?: string; connections?: number })[] = [];
 
   // Baseline: the same transaction shape straight through pg.
