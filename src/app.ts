@@ -61,6 +61,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
     httpRoutes: createWebhookRoutes(webhooks, logger),
     logger,
     limits: config.serverLimits,
+    unaryFastPath: config.unaryFastPath,
   });
   // Idempotency keys are kept at least 24 hours; older ones are purged hourly.
   let purgeTimer: NodeJS.Timeout | undefined;

@@ -20,6 +20,8 @@ export interface Config {
   logLevel: LogLevel;
   /** Connection timeouts and cap; unset means DEFAULT_SERVER_LIMITS. */
   serverLimits?: ServerLimits;
+  /** false: unary calls go through connect-node too (UNARY_FAST_PATH=off), for diagnosis. */
+  unaryFastPath?: boolean;
 }
 
 /** Builds the configuration from `env`; throws a readable error on bad values. */
@@ -38,6 +40,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       bodyTimeoutMs: positiveInteger(env, "BODY_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.bodyTimeoutMs),
       maxConnections: positiveInteger(env, "MAX_CONNECTIONS", DEFAULT_SERVER_LIMITS.maxConnections),
     },
+    unaryFastPath: onOff(env, "UNARY_FAST_PATH", true),
   };
   if (env.DATABASE_URL) config.databaseUrl = env.DATABASE_URL;
   if (env.DATA_DIR) config.dataDir = env.DATA_DIR;
@@ -51,4 +54,13 @@ function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number)
   if (raw === undefined || raw === "") return fallback;
   if (!/^[1-9][0-9]*$/.test(raw) || !Number.isSafeInteger(Number(raw))) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`);
   return Number(raw);
+}
+
+/** An on/off switch, or its default when unset. */
+function onOff(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (raw === "on") return true;
+  if (raw === "off") return false;
+  throw new Error(`${name} must be "on" or "off" (got ${JSON.stringify(raw)})`);
 }

@@ -88,5 +88,6 @@ export function classifyDatabaseError(err: unknown): BillingError | undefined {
   if (state === "40001" || state === "40P01") return new BillingError("aborted", Reason.Conflict, "the request conflicted with a concurrent one; retry it");
   if (state === "23505") return new BillingError("already_exists", Reason.AlreadyExists, "a record with the same unique key already exists");
   if (state === "22003") return new BillingError("invalid_argument", Reason.InvalidArgument, "a value is out of range");
+  if (state === "22008") return new BillingError("invalid_argument", Reason.InvalidArgument, "a date or time is out of range");
   return undefined;
 }

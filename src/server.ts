@@ -31,6 +31,8 @@ export interface ServerOptions {
   logger: Logger;
   /** Timeouts and the connection cap; defaults in DEFAULT_SERVER_LIMITS. */
   limits?: ServerLimits;
+  /** false sends unary calls through connect-node too (UNARY_FAST_PATH=off, for diagnosis). */
+  unaryFastPath?: boolean;
 }
 
 /**
@@ -70,6 +72,7 @@ export function createBillingServer(options: ServerOptions): BillingServer {
   setMaxListeners(0, shutdown.signal); // every in-flight call listens for shutdown
   const { logger } = options;
   const limits = options.limits ?? DEFAULT_SERVER_LIMITS;
+  const fastPath = options.unaryFastPath ?? true;
   const readMaxBytes = 4 * 1024 * 1024;
   // Unary calls take a leaner path built from connect's own pieces
   // (unary.ts), which also reads their input strictly; every other call
@@ -101,7 +104,7 @@ export function createBillingServer(options: ServerOptions): BillingServer {
       });
       return;
     }
-    if (unary.handle(req, res)) return;
+    if (fastPath && unary.handle(req, res)) return;
     if ("stream" in req && !req.complete) {
       // HTTP/1.1 bodies are bounded by requestTimeout; HTTP/2 ones here.
       const stalled = setTimeout(() => req.complete || req.stream.close(http2.constants.NGHTTP2_CANCEL), limits.bodyTimeoutMs);

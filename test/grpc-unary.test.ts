@@ -1,11 +1,12 @@
 /**
- * The unary gRPC path (src/grpc-unary.ts): it must answer exactly as
+ * The unary path (src/unary.ts) over gRPC: it must answer exactly as
  * connect-node's own gRPC handler does, and leave every request it does not
- * take (compressed, JSON codec, streaming) to connect-node.
+ * take (JSON codec, streaming) to connect-node.
  *
  * Requests are written by hand on a raw HTTP/2 stream so that the wire is what
- * the test says it is. A gzip-compressed request is served by connect-node, so
- * sending the same message both ways compares the two paths.
+ * the test says it is. A second server with the fast path off
+ * (UNARY_FAST_PATH=off) serves every call through connect-node, so sending
+ * the same message to both compares the two paths.
  */
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
@@ -21,6 +22,9 @@ import {
   GrantCreditsRequestSchema,
 } from "../gen/billing/v1/credit_service_pb.js";
 import { StatusSchema } from "../gen/google/rpc/status_pb.js";
+import { createApp } from "../src/app.js";
+import { createLogger } from "../src/logger.js";
+import type { BillingServer } from "../src/server.js";
 import { ACCOUNT_A, TOKENS, client, grpcJsCall, grpcJsClient, harness, key, newAccount } from "./harness.js";
 
 interface RawAnswer {
@@ -42,8 +46,8 @@ function frame(message: Uint8Array, flags = 0): Buffer {
 }
 
 /** One call on a fresh HTTP/2 connection; `gzip` compresses the message and says so. */
-async function rawGrpc(path: string, body: Buffer, headers: http2.OutgoingHttpHeaders = {}): Promise<RawAnswer> {
-  const session = http2.connect(harness().baseUrl);
+async function rawGrpc(path: string, body: Buffer, headers: http2.OutgoingHttpHeaders = {}, baseUrl = harness().baseUrl): Promise<RawAnswer> {
+  const session = http2.connect(baseUrl);
   try {
     return await new Promise<RawAnswer>((resolve, reject) => {
       const stream = session.request({
@@ -89,17 +93,28 @@ function message(a: RawAnswer): Buffer {
   return a.data[0] === 1 ? gunzipSync(bytes) : bytes;
 }
 
-/** The same message sent as connect-node's path takes it: gzip-compressed. */
+/** The same message, gzip-compressed. */
 function gzipped(message: Uint8Array): [Buffer, http2.OutgoingHttpHeaders] {
   return [frame(gzipSync(message), 1), { "grpc-encoding": "gzip" }];
 }
 
 describe("unary gRPC path", () => {
   const getBalance = toBinary(GetBalanceRequestSchema, create(GetBalanceRequestSchema, { accountId: ACCOUNT_A }));
+  // The same service with every call through connect-node.
+  let connectNode: BillingServer;
+  let connectNodeUrl = "";
+  const viaConnectNode = (path: string, body: Buffer, headers: http2.OutgoingHttpHeaders = {}) => rawGrpc(path, body, headers, connectNodeUrl);
+  before(async () => {
+    connectNode = createApp({ ...harness().config, unaryFastPath: false }, harness().sequelize, createLogger("silent"));
+    connectNodeUrl = `http://127.0.0.1:${await connectNode.listen(0, "127.0.0.1")}`;
+  });
+  after(async () => {
+    await connectNode?.close(1_000);
+  });
 
   it("answers a call as connect-node does: same message, content type and status", async () => {
     const lean = await rawGrpc(GET_BALANCE, frame(getBalance));
-    const viaConnect = await rawGrpc(GET_BALANCE, ...gzipped(getBalance));
+    const viaConnect = await viaConnectNode(GET_BALANCE, frame(getBalance));
     expect(lean.status).to.equal(200);
     expect(lean.headers["content-type"]).to.equal("application/grpc+proto");
     expect(grpcStatus(lean)).to.equal(0);
@@ -114,7 +129,7 @@ describe("unary gRPC path", () => {
     const account = newAccount("lean");
     const bad = toBinary(DeductCreditsRequestSchema, create(DeductCreditsRequestSchema, { accountId: account, operationType: "clustering", usage: { credits: -5n }, idempotencyKey: key() }));
     const lean = await rawGrpc(DEDUCT, frame(bad));
-    const viaConnect = await rawGrpc(DEDUCT, ...gzipped(bad));
+    const viaConnect = await viaConnectNode(DEDUCT, frame(bad));
     expect(grpcStatus(lean)).to.equal(3); // INVALID_ARGUMENT
     expect(grpcStatus(viaConnect)).to.equal(3);
     expect(lean.trailers["grpc-message"]).to.equal(viaConnect.trailers["grpc-message"]);
@@ -161,9 +176,9 @@ describe("unary gRPC path", () => {
     const lock = await sequelize.transaction();
     try {
       await sequelize.query("SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE", { bind: [account], transaction: lock });
-      for (const [body, headers] of [[frame(grant), {}], gzipped(grant)] as const) {
+      for (const [body, headers, url] of [[frame(grant), {}, harness().baseUrl], [...gzipped(grant), harness().baseUrl], [frame(grant), {}, connectNodeUrl]] as const) {
         const started = performance.now();
-        const answer = await rawGrpc("/billing.v1.CreditService/GrantCredits", body, { authorization: `Bearer ${TOKENS.admin}`, "grpc-timeout": "300m", ...headers });
+        const answer = await rawGrpc("/billing.v1.CreditService/GrantCredits", body, { authorization: `Bearer ${TOKENS.admin}`, "grpc-timeout": "300m", ...headers }, url);
         expect(grpcStatus(answer), String(answer.trailers["grpc-message"])).to.equal(4); // DEADLINE_EXCEEDED
         expect(performance.now() - started).to.be.below(5_000);
       }
@@ -176,14 +191,15 @@ describe("unary gRPC path", () => {
 
   it("serves a write with the longest grpc-timeout there is (99999999H), on both paths", async () => {
     const account = newAccount("longdeadline");
-    for (const gzip of [false, true]) {
+    for (const path of ["fast", "gzip", "connect-node"]) {
       const grant = toBinary(GrantCreditsRequestSchema, create(GrantCreditsRequestSchema, { accountId: account, amount: 3n, type: CreditTransactionType.ADJUSTMENT, idempotencyKey: key() }));
-      const [body, headers] = gzip ? gzipped(grant) : [frame(grant), {}];
-      const answer = await rawGrpc("/billing.v1.CreditService/GrantCredits", body, { authorization: `Bearer ${TOKENS.admin}`, "grpc-timeout": "99999999H", ...headers });
+      const [body, headers] = path === "gzip" ? gzipped(grant) : [frame(grant), {}];
+      const url = path === "connect-node" ? connectNodeUrl : harness().baseUrl;
+      const answer = await rawGrpc("/billing.v1.CreditService/GrantCredits", body, { authorization: `Bearer ${TOKENS.admin}`, "grpc-timeout": "99999999H", ...headers }, url);
       expect(grpcStatus(answer), String(answer.trailers["grpc-message"])).to.equal(0);
     }
     const balance = await client(CreditService, TOKENS.admin).getBalance({ accountId: account });
-    expect(balance.balance?.balance).to.equal(6n);
+    expect(balance.balance?.balance).to.equal(9n);
   });
 
   it("leaves application/grpc+json to connect-node", async () => {

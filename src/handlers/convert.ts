@@ -6,7 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { AuditEntrySchema, type AuditEntry } from "../../gen/billing/v1/common_pb.js";
 import { DateSchema, type Date as ProtoDate } from "../../gen/google/type/date_pb.js";
 import type { AuditRecord } from "../domain/audit.js";
-import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext } from "@connectrpc/connect";
 import {
   BalanceSchema,
@@ -80,9 +80,21 @@ export function ts(date: Date | undefined | null): Timestamp | undefined {
   return date ? timestampFromDate(date) : undefined;
 }
 
-/** A Date from an optional proto Timestamp. */
-export function dateOf(t: Timestamp | undefined): Date | undefined {
-  return t ? timestampDate(t) : undefined;
+/** google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z. */
+const MIN_SECONDS = -62_135_596_800n;
+const MAX_SECONDS = 253_402_300_799n;
+
+/**
+ * A Date from an optional proto Timestamp: INVALID_ARGUMENT naming `field`
+ * outside the Timestamp's range; sub-millisecond digits are dropped (never
+ * rounded up past 9999-12-31).
+ */
+export function dateOf(t: Timestamp | undefined, field: string): Date | undefined {
+  if (!t) return undefined;
+  if (t.seconds < MIN_SECONDS || t.seconds > MAX_SECONDS || t.nanos < 0 || t.nanos > 999_999_999) {
+    throw invalidField(field, "must be a timestamp from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z");
+  }
+  return new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1_000_000));
 }
 
 const TX_TYPES: [CreditTransactionType, TransactionType][] = [

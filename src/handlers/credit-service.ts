@@ -234,8 +234,8 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
           lot: {
             category: enumFromProto(LOT_CATEGORIES, req.category, "category"),
             priority: req.priority,
-            effectiveAt: dateOf(req.effectiveAt),
-            expiresAt: dateOf(req.expiresAt),
+            effectiveAt: dateOf(req.effectiveAt, "effective_at"),
+            expiresAt: dateOf(req.expiresAt, "expires_at"),
           },
         },
         principalOf(ctx).name,
@@ -313,8 +313,8 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
       const r = await d.ledger.listTransactions({
         accountId: req.accountId,
         types: txTypesFromProto(req.types, "types"),
-        startTime: dateOf(req.startTime),
-        endTime: dateOf(req.endTime),
+        startTime: dateOf(req.startTime, "start_time"),
+        endTime: dateOf(req.endTime, "end_time"),
         pageSize: req.pageSize,
         pageToken: req.pageToken,
       });
@@ -325,8 +325,8 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
       const r = await d.usage.listLogs({
         accountId: req.accountId,
         operationType: req.operationType,
-        startTime: dateOf(req.startTime),
-        endTime: dateOf(req.endTime),
+        startTime: dateOf(req.startTime, "start_time"),
+        endTime: dateOf(req.endTime, "end_time"),
         pageSize: req.pageSize,
         pageToken: req.pageToken,
       });
@@ -336,8 +336,8 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
     async getUsageSummary(req) {
       const r = await d.usage.summary({
         accountId: req.accountId,
-        startTime: dateOf(req.startTime),
-        endTime: dateOf(req.endTime),
+        startTime: dateOf(req.startTime, "start_time"),
+        endTime: dateOf(req.endTime, "end_time"),
         groupBy: enumFromProto(groupBys, req.groupBy, "group_by"),
       });
       return create(GetUsageSummaryResponseSchema, { groups: r.groups.map(groupToProto), total: groupToProto(r.total) });

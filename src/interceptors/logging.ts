@@ -1,7 +1,8 @@
 /**
  * The outermost interceptor: maps every error to a ConnectError (one place,
  * src/errors.ts) and writes one JSON log line per call with the procedure,
- * code, duration and caller's key name. Tokens are never logged.
+ * code, duration and caller's key name. Tokens are never logged. Request
+ * streams that cannot be read as their message are INVALID_ARGUMENT.
  */
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { principalKey } from "./auth.js";
@@ -25,6 +26,7 @@ export function createLoggingInterceptor(logger: Logger): Interceptor {
       const level = code === Code.Internal || code === Code.Unknown || code === Code.DataLoss ? "error" : code === Code.Unavailable ? "warn" : "info";
       logger[level]("rpc", fields);
     };
+    if (req.stream) req = { ...req, message: clientInput(req.message, req.method.input.typeName) };
     let res;
     try {
       res = await next(req);
@@ -50,4 +52,20 @@ export function createLoggingInterceptor(logger: Logger): Interceptor {
     }
     return { ...res, message: guarded() } as StreamResponse;
   };
+}
+
+/**
+ * A streaming call's request messages, as connect-node reads them: bytes
+ * that are not the request message (connect-node says INTERNAL) are the
+ * caller's error, INVALID_ARGUMENT, as on the unary path (src/unary.ts).
+ */
+async function* clientInput<T>(messages: AsyncIterable<T>, typeName: string): AsyncIterable<T> {
+  try {
+    yield* messages;
+  } catch (err) {
+    if (err instanceof ConnectError && (err.code === Code.Internal || err.code === Code.Unknown)) {
+      throw new ConnectError(`the request is not a valid ${typeName} (${err.rawMessage})`, Code.InvalidArgument);
+    }
+    throw err;
+  }
 }
