@@ -18,9 +18,10 @@
  * - a body that is not the request message (bytes that do not parse, a bad
  *   envelope, a compressed flag without an encoding, corrupt gzip) is
  *   INVALID_ARGUMENT, never INTERNAL;
- * - Connect JSON is read strictly (strict-json.ts): canonical proto3 JSON
+ * - Connect JSON is read strictly (strict-input.ts): canonical proto3 JSON
  *   only, unknown fields refused, invalid UTF-8 and a BOM refused, each
- *   refusal naming its field;
+ *   refusal naming its field; no codec may carry a "__proto__" map key
+ *   (protobuf-es would drop it silently);
  * - the request body must arrive within BODY_TIMEOUT_MS (or the call's
  *   deadline, if sooner).
  *
@@ -56,7 +57,7 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import { BillingError } from "./domain/errors.js";
 import { connectErrorOf } from "./errors.js";
-import { readStrictJson } from "./strict-json.js";
+import { readStrictJson, refuseProtoKeys } from "./strict-input.js";
 
 export interface UnaryPathOptions {
   interceptors: Interceptor[];
@@ -268,6 +269,11 @@ async function decodeRequest(route: Route, shape: Shape, raw: Buffer, readMaxByt
     } catch (err) {
       throw err instanceof BillingError ? connectErrorOf(err) : err;
     }
+  }
+  try {
+    refuseProtoKeys(route.spec.method.input, bytes);
+  } catch (err) {
+    throw err instanceof BillingError ? connectErrorOf(err) : err;
   }
   try {
     return route.binaryIn.parse(bytes);

@@ -1,5 +1,7 @@
 /**
- * Strict reading of Connect JSON request bodies (API.md, "Input limits").
+ * Strict reading of request bodies (API.md, "Input limits"): Connect JSON
+ * read as canonical proto3 JSON only, and no "__proto__" map key on any
+ * codec.
  *
  * protobuf-es reads proto3 JSON leniently: int64 strings go through
  * `BigInt()` (so "0x10" is 16, " 1", "+1" and "" are accepted), unknown
@@ -13,6 +15,7 @@
  * INVALID_ARGUMENT naming the field by its proto path (e.g. "usage.credits").
  */
 import { fromJson, ScalarType, type DescField, type DescMessage, type JsonValue } from "@bufbuild/protobuf";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { invalidField } from "./domain/errors.js";
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -159,4 +162,58 @@ function checkStructLike(json: unknown, path: string): void {
     if (key === "__proto__") throw invalidField(at, 'the key "__proto__" is not allowed');
     checkStructLike((json as Record<string, unknown>)[key], at);
   }
+}
+
+const PROTO_KEY = Buffer.from("__proto__");
+
+/**
+ * Binary requests: protobuf-es reads a map entry keyed "__proto__" (e.g. in
+ * a Struct) by assignment, which drops it silently. Refuse such a request
+ * instead, naming the field. The walk over the wire runs only when the bytes
+ * hold "__proto__" at all.
+ */
+export function refuseProtoKeys(schema: DescMessage, bytes: Uint8Array): void {
+  if (Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf(PROTO_KEY) < 0) return;
+  let at: string | undefined;
+  try {
+    at = protoKeyIn(schema, bytes, "");
+  } catch {
+    return; // not a valid message: parsing it says so
+  }
+  if (at !== undefined) throw invalidField(at, 'the key "__proto__" is not allowed');
+}
+
+/** The path of a "__proto__" map key in a message's wire bytes, if there is one. */
+function protoKeyIn(schema: DescMessage, bytes: Uint8Array, path: string): string | undefined {
+  const reader = new BinaryReader(bytes);
+  while (reader.pos < reader.len) {
+    const [no, wireType] = reader.tag();
+    const field = schema.fields.find((f) => f.number === no);
+    if (!field || wireType !== WireType.LengthDelimited) {
+      reader.skip(wireType, no);
+      continue;
+    }
+    const data = reader.bytes();
+    const at = join(path, field.name);
+    if (field.fieldKind === "map") {
+      const entry = new BinaryReader(data);
+      let key: string | undefined;
+      let value: Uint8Array | undefined;
+      while (entry.pos < entry.len) {
+        const [n, t] = entry.tag();
+        if (n === 1 && t === WireType.LengthDelimited && field.mapKey === ScalarType.STRING) key = entry.string();
+        else if (n === 2 && t === WireType.LengthDelimited && field.mapKind === "message") value = entry.bytes();
+        else entry.skip(t, n);
+      }
+      if (key === "__proto__") return `${at}.__proto__`;
+      if (value && field.mapKind === "message") {
+        const inner = protoKeyIn(field.message, value, `${at}.${key ?? ""}`);
+        if (inner !== undefined) return inner;
+      }
+    } else if (field.fieldKind === "message" || (field.fieldKind === "list" && field.listKind === "message")) {
+      const inner = protoKeyIn(field.message, data, at);
+      if (inner !== undefined) return inner;
+    }
+  }
+  return undefined;
 }
