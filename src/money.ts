@@ -19,8 +19,68 @@ export interface MoneyColumn {
   scale: number;
 }
 
-/** Invoice, payment and package amounts: NUMERIC(10,2). */
+/** Invoice, payment and package amounts in USD (and every currency with 2 minor digits): 8 digits before the point. */
 export const AMOUNT: MoneyColumn = { precision: 10, scale: 2 };
+
+/**
+ * ISO 4217 minor-unit digits of the currencies this service accepts. Three
+ * lists cover every active code: those with 0 and 3 digits (and CLF/UYW
+ * with 4) are named; the rest of the active codes have 2.
+ */
+const MINOR_DIGITS: Record<string, number> = {};
+for (const c of "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(" ")) MINOR_DIGITS[c] = 0;
+for (const c of "BHD IQD JOD KWD LYD OMR TND".split(" ")) MINOR_DIGITS[c] = 3;
+for (const c of "CLF UYW".split(" ")) MINOR_DIGITS[c] = 4;
+for (const c of (
+  "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF CHW " +
+  "CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS " +
+  "INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN " +
+  "NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC " +
+  "SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VES WST XCD YER ZAR ZMW ZWL"
+).split(" "))
+  MINOR_DIGITS[c] = 2;
+
+/** The ISO 4217 minor-unit digits of `currency` (e.g. JPY 0, USD 2, KWD 3); undefined for an unknown code. */
+export function minorDigits(currency: string): number | undefined {
+  return Object.prototype.hasOwnProperty.call(MINOR_DIGITS, currency) ? MINOR_DIGITS[currency] : undefined;
+}
+
+/**
+ * A known ISO 4217 code in capitals, or INVALID_ARGUMENT naming `field`:
+ * amounts in a currency whose minor units are unknown could not be
+ * exchanged with a payment provider exactly.
+ */
+export function requireCurrency(currency: string, field: string): string {
+  if (!/^[A-Z]{3}$/.test(currency)) throw invalidField(field, "must be an ISO-4217 code in capitals, like USD");
+  if (minorDigits(currency) === undefined) throw invalidField(field, `${currency} is not an ISO-4217 currency this service knows the minor units of`);
+  return currency;
+}
+
+/**
+ * The column shape of an amount in `currency`: as many decimals as the
+ * currency has minor digits ("1500" JPY, "10.00" USD, "1.250" KWD), and 8
+ * digits before the point, stored in NUMERIC(12,4) columns. An unknown
+ * currency is treated as 2 digits (rows from before currencies were checked).
+ */
+export function amountIn(currency: string): MoneyColumn {
+  const scale = minorDigits(currency) ?? 2;
+  return { precision: 8 + scale, scale };
+}
+
+/** The widest amount column (4 decimals, as CLF): for input whose currency is decided later. */
+export const ANY_AMOUNT: MoneyColumn = { precision: 12, scale: 4 };
+
+/** An amount in the currency's minor units (integer), e.g. "15.00" USD -> 1500n, "1500" JPY -> 1500n. */
+export function toMinorUnits(amount: Decimal.Value, digits: number): bigint {
+  const minor = new Dec(amount).times(new Dec(10).pow(digits));
+  if (!minor.isInteger()) throw new Error(`${String(amount)} has more than ${digits} decimals`);
+  return BigInt(minor.toFixed(0));
+}
+
+/** An integer amount of minor units as a decimal string with `digits` decimals, e.g. 1500n, 2 -> "15.00". */
+export function fromMinorUnits(minor: bigint, digits: number): string {
+  return new Dec(minor.toString()).dividedBy(new Dec(10).pow(digits)).toFixed(digits);
+}
 /** USD costs and prices per credit, per 1M tokens or per image: NUMERIC(10,4). */
 export const PRICE: MoneyColumn = { precision: 10, scale: 4 };
 

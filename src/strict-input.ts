@@ -19,6 +19,8 @@ import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { invalidField } from "./domain/errors.js";
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+/** How deep request JSON may nest at all (message nesting included). */
+const MAX_JSON_DEPTH = 64;
 /** Canonical decimal integers: no sign but "-", no leading zeros, no "-0", no spaces. */
 const CANONICAL_INTEGER = /^(?:0|-?[1-9][0-9]*)$/;
 const INT64_RANGE: Record<"signed" | "unsigned", [bigint, bigint]> = {
@@ -47,7 +49,7 @@ export function readStrictJson<T>(schema: DescMessage, body: Uint8Array): T {
   } catch (err) {
     throw invalidField("body", `is not valid JSON (${err instanceof Error ? err.message : String(err)})`);
   }
-  checkMessage(schema, json, "");
+  checkMessage(schema, json, "", 1);
   try {
     return fromJson(schema, json, { ignoreUnknownFields: false }) as T;
   } catch (err) {
@@ -66,8 +68,9 @@ function join(path: string, name: string): string {
   return path === "" ? name : `${path}.${name}`;
 }
 
-function checkMessage(schema: DescMessage, json: unknown, path: string): void {
-  if (STRUCT_LIKE.has(schema.typeName)) return checkStructLike(json, path);
+function checkMessage(schema: DescMessage, json: unknown, path: string, depth: number): void {
+  if (depth > MAX_JSON_DEPTH) throw invalidField(path, `must not be nested more than ${MAX_JSON_DEPTH} levels deep`);
+  if (STRUCT_LIKE.has(schema.typeName)) return checkStructLike(json, path, depth);
   if (schema.typeName.startsWith("google.protobuf.")) return; // Timestamp, Duration, FieldMask, wrappers: protobuf-es checks their forms
   if (typeof json !== "object" || json === null || Array.isArray(json)) throw invalidField(path || "body", "must be a JSON object");
   for (const key of Object.keys(json)) {
@@ -75,24 +78,24 @@ function checkMessage(schema: DescMessage, json: unknown, path: string): void {
     if (!field) throw invalidField(join(path, key), `is not a field of ${schema.typeName}`);
     const value = (json as Record<string, unknown>)[key];
     if (value === null) continue; // null means the default value
-    checkField(field, value, join(path, field.name));
+    checkField(field, value, join(path, field.name), depth);
   }
 }
 
-function checkField(field: DescField, value: unknown, path: string): void {
+function checkField(field: DescField, value: unknown, path: string, depth: number): void {
   switch (field.fieldKind) {
     case "scalar":
       return checkScalar(field.scalar, value, path);
     case "enum":
       return; // names and numbers are checked by protobuf-es, which names the field
     case "message":
-      return checkMessage(field.message, value, path);
+      return checkMessage(field.message, value, path, depth + 1);
     case "list": {
       if (!Array.isArray(value)) throw invalidField(path, "must be a JSON array");
       value.forEach((item, i) => {
         const at = `${path}[${i}]`;
         if (field.listKind === "scalar") checkScalar(field.scalar, item, at);
-        else if (field.listKind === "message") checkMessage(field.message, item, at);
+        else if (field.listKind === "message") checkMessage(field.message, item, at, depth + 1);
       });
       return;
     }
@@ -101,7 +104,7 @@ function checkField(field: DescField, value: unknown, path: string): void {
       for (const [k, item] of Object.entries(value)) {
         const at = `${path}.${k}`;
         if (field.mapKind === "scalar") checkScalar(field.scalar, item, at);
-        else if (field.mapKind === "message") checkMessage(field.message, item, at);
+        else if (field.mapKind === "message") checkMessage(field.message, item, at, depth + 1);
       }
       return;
     }
@@ -150,17 +153,22 @@ function checkInteger(value: unknown, path: string, range: [bigint, bigint] | [n
   if (n < BigInt(range[0]) || n > BigInt(range[1])) throw invalidField(path, `must be between ${range[0]} and ${range[1]}`);
 }
 
-/** Struct, Value and ListValue: any JSON, but no "__proto__" key (it would be dropped on the way in). */
-function checkStructLike(json: unknown, path: string): void {
+/**
+ * Struct, Value and ListValue: any JSON, but no "__proto__" key (it would be
+ * dropped on the way in), and not nested past MAX_JSON_DEPTH (the domain's
+ * limits are far lower; this only keeps the walk off the stack's end).
+ */
+function checkStructLike(json: unknown, path: string, depth = 1): void {
   if (typeof json !== "object" || json === null) return;
+  if (depth > MAX_JSON_DEPTH) throw invalidField(path, `must not be nested more than ${MAX_JSON_DEPTH} levels deep`);
   if (Array.isArray(json)) {
-    json.forEach((item, i) => checkStructLike(item, `${path}[${i}]`));
+    json.forEach((item, i) => checkStructLike(item, `${path}[${i}]`, depth + 1));
     return;
   }
   for (const key of Object.keys(json)) {
     const at = join(path, key);
     if (key === "__proto__") throw invalidField(at, 'the key "__proto__" is not allowed');
-    checkStructLike((json as Record<string, unknown>)[key], at);
+    checkStructLike((json as Record<string, unknown>)[key], at, depth + 1);
   }
 }
 

@@ -20,8 +20,8 @@
  *   INVALID_ARGUMENT, never INTERNAL;
  * - Connect JSON is read strictly (strict-input.ts): canonical proto3 JSON
  *   only, unknown fields refused, invalid UTF-8 and a BOM refused, each
- *   refusal naming its field; no codec may carry a "__proto__" map key
- *   (protobuf-es would drop it silently);
+ *   refusal naming its field; no request on this path may carry a
+ *   "__proto__" map key (protobuf-es would drop it silently);
  * - the request body must arrive within BODY_TIMEOUT_MS (or the call's
  *   deadline, if sooner).
  *

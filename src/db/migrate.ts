@@ -9,6 +9,8 @@ import { SequelizeStorage, Umzug, type MigrationParams } from "umzug";
 import * as initialSchema from "./migrations/0001-initial-schema.js";
 import * as deductBatchFunction from "./migrations/0002-deduct-batch-function.js";
 import * as creditLots from "./migrations/0003-credit-lots.js";
+import * as currencyAmounts from "./migrations/0004-currency-amounts.js";
+import * as paymentProviders from "./migrations/0005-payment-providers.js";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { PROJECT_ROOT } from "./connect.js";
@@ -19,6 +21,8 @@ const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
   { name: "0001-initial-schema", ...initialSchema },
   { name: "0002-deduct-batch-function", ...deductBatchFunction },
   { name: "0003-credit-lots", ...creditLots },
+  { name: "0004-currency-amounts", ...currencyAmounts },
+  { name: "0005-payment-providers", ...paymentProviders },
 ];
 
 /**

@@ -7,6 +7,8 @@ import { invalidField } from "./errors.js";
 
 export const MAX_TEXT = 255;
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 /** A required identifier: 1-255 characters, no control characters. */
 export function requireId(value: string, field: string): string {
   if (value === "") throw invalidField(field, "is required");
@@ -17,7 +19,16 @@ export function requireId(value: string, field: string): string {
 export function checkText(value: string, field: string, max = MAX_TEXT): string {
   if ([...value].length > max) throw invalidField(field, `must be at most ${max} characters`);
   if (/[\u0000-\u001f\u007f]/.test(value) && max <= MAX_TEXT) throw invalidField(field, "must not contain control characters");
+  // Longer texts may hold line breaks, but no text may hold what PostgreSQL cannot store.
+  if (value.includes("\u0000")) throw invalidField(field, "must not contain NUL (\\u0000)");
+  if (LONE_SURROGATE.test(value)) throw invalidField(field, "must be valid UTF-8 (it holds a lone surrogate)");
   return value;
+}
+
+/** `text` cut to at most `max` characters (code points, so no surrogate pair is split). */
+export function truncateText(text: string, max = MAX_TEXT): string {
+  const chars = [...text];
+  return chars.length <= max ? text : chars.slice(0, max).join("");
 }
 
 /** An idempotency key: 1-255 characters. */
@@ -97,8 +108,6 @@ function checkJsonValue(value: unknown, path: string, depth: number): void {
       throw invalidField(path, `is not a JSON value (${typeof value})`);
   }
 }
-
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 function checkJsonString(s: string, path: string, what: "key" | "value"): void {
   if (s.includes("\u0000")) throw invalidField(path, `the ${what} must not contain NUL (\\u0000)`);

@@ -356,7 +356,7 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
         for (;;) {
           dirty = false;
           const balance = balanceToProto(await d.ledger.getBalance(req.accountId));
-          const fingerprint = `${balance.balance}/${balance.reserved}`;
+          const fingerprint = `${balance.balance}/${balance.reserved}/${balance.available}`;
           if (fingerprint !== last) {
             last = fingerprint;
             yield create(WatchBalanceResponseSchema, { balance });

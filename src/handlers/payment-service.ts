@@ -43,6 +43,7 @@ const paymentStatuses: [PaymentStatus, DomainPaymentStatus][] = [
   [PaymentStatus.FAILED, "failed"],
   [PaymentStatus.REFUNDED, "refunded"],
   [PaymentStatus.PARTIALLY_REFUNDED, "partially_refunded"],
+  [PaymentStatus.DISPUTED, "disputed"],
 ];
 
 function paymentToProto(p: PaymentView) {

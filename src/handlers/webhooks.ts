@@ -9,28 +9,29 @@ import type { HttpRoute } from "../server.js";
 
 const MAX_BODY = 1024 * 1024;
 
-/** POST /webhooks/stripe and POST /webhooks/paypal. */
+/** POST /webhooks/<provider> for every registered provider. */
 export function createWebhookRoutes(webhooks: Webhooks, logger: Logger): Record<string, HttpRoute> {
   const respond = (res: http.ServerResponse | http2.Http2ServerResponse, status: number, body: unknown) => {
     res.writeHead(status, { "content-type": "application/json" });
     res.end(JSON.stringify(body));
   };
-  const route = (provider: "stripe" | "paypal"): HttpRoute => async (req, res) => {
+  const route = (provider: string): HttpRoute => async (req, res) => {
     const started = performance.now();
     const body = await readBody(req);
-    if (!body) return respond(res, 413, { received: false, outcome: "rejected_too_large" });
+    if (!body) {
+      logger.warn("webhook", { provider, status: 413, outcome: "rejected_too_large" });
+      return respond(res, 413, { received: false, outcome: "rejected_too_large" });
+    }
+    // A header sent twice counts as its first value.
     const header = (name: string) => {
       const v = req.headers[name];
       return Array.isArray(v) ? v[0] : v;
     };
-    const result =
-      provider === "stripe"
-        ? await webhooks.stripe(body, header("stripe-signature"))
-        : await webhooks.paypal(body, { id: header("paypal-transmission-id"), time: header("paypal-transmission-time"), sig: header("paypal-transmission-sig") });
+    const result = await webhooks.receive(provider, body, header);
     logger.info("webhook", { provider, status: result.status, outcome: result.body.outcome, event_id: result.body.event_id, duration_ms: Math.round(performance.now() - started) });
     respond(res, result.status, result.body);
   };
-  return { "/webhooks/stripe": route("stripe"), "/webhooks/paypal": route("paypal") };
+  return Object.fromEntries(webhooks.providers().map((p) => [`/webhooks/${p}`, route(p)]));
 }
 
 function readBody(req: http.IncomingMessage | http2.Http2ServerRequest): Promise<Buffer | undefined> {

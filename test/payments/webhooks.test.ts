@@ -9,7 +9,8 @@ import { PaymentMethod } from "../../gen/billing/v1/common_pb.js";
 import { CreditService } from "../../gen/billing/v1/credit_service_pb.js";
 import { InvoiceService, InvoiceStatus } from "../../gen/billing/v1/invoice_service_pb.js";
 import { PaymentService, PaymentStatus } from "../../gen/billing/v1/payment_service_pb.js";
-import { signPaypal, signStripe } from "../../src/domain/payments/webhooks.js";
+import { signPaypal } from "../../src/domain/payments/providers/paypal.js";
+import { signStripe } from "../../src/domain/payments/providers/stripe.js";
 import { KNOWN_SECRETS, TOKENS, client, harness, key, newAccount } from "../harness.js";
 import { assertLedgerConsistent } from "../credits/ledger.test.js";
 import { makePackage } from "../invoices/invoices.test.js";
@@ -65,8 +66,12 @@ describe("webhooks", () => {
       expect(payments.payments).to.have.length(1);
       expect(payments.payments[0]).to.include({ status: PaymentStatus.SUCCEEDED, paymentMethod: PaymentMethod.STRIPE, amount: "30.00", creditsGranted: 300n });
       const history = await client(PaymentService, TOKENS.admin).listPaymentHistory({ paymentId: payments.payments[0]!.id });
-      expect(history.entries[0]!.actor).to.match(/^webhook:stripe:evt_/);
       const id = JSON.parse(body).id as string;
+      // As the proto documents: the actor names the provider, the note is the event id.
+      expect(history.entries.map((e) => [e.actor, e.note])).to.deep.equal([
+        ["webhook:stripe", id],
+        ["webhook:stripe", id],
+      ]);
       expect((await eventRows(id)).map((r) => r.outcome)).to.deep.equal(["settled", "duplicate"]);
     });
 
@@ -126,7 +131,7 @@ describe("webhooks", () => {
       const paid = stripeEvent("payment_intent.succeeded", { id: pi, amount_received: 3000, currency: "usd", metadata: { invoice_id: invoice.id } });
       await post("/webhooks/stripe", paid, { "stripe-signature": signStripe(paid, STRIPE_SECRET, Math.floor(Date.now() / 1000)) });
       await client(CreditService, TOKENS.service).deductCredits({ accountId: account, operationType: "linking", usage: { credits: 40n }, idempotencyKey: key() });
-      const refund = stripeEvent("charge.refunded", { id: "ch_1", payment_intent: pi });
+      const refund = stripeEvent("charge.refunded", { id: "ch_1", payment_intent: pi, amount_refunded: 3000, refunded: true, currency: "usd" });
       const res = await post("/webhooks/stripe", refund, { "stripe-signature": signStripe(refund, STRIPE_SECRET, Math.floor(Date.now() / 1000)) });
       expect(res.body.outcome).to.equal("refunded");
       const payment = (await client(PaymentService, TOKENS.admin).listPayments({ accountId: account })).payments[0]!;

@@ -2291,7 +2291,7 @@ export type CreditPackage = Message<"billing.v1.CreditPackage"> & {
   credits: bigint;
 
   /**
-   * List price, scale 2.
+   * List price, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD).
    *
    * @generated from field: string price = 5;
    */
@@ -2305,7 +2305,7 @@ export type CreditPackage = Message<"billing.v1.CreditPackage"> & {
   discountPercentage: number;
 
   /**
-   * Price after discount, scale 2, rounded half-up; what the invoice charges.
+   * Price after discount, in the currency's minor digits, rounded half-up; what the invoice charges.
    *
    * @generated from field: string effective_price = 7;
    */

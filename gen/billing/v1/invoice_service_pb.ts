@@ -39,14 +39,14 @@ export type LineItem = Message<"billing.v1.LineItem"> & {
   quantity: bigint;
 
   /**
-   * Price of one, scale 2.
+   * Price of one, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD).
    *
    * @generated from field: string unit_price = 3;
    */
   unitPrice: string;
 
   /**
-   * The line's amount, scale 2; quantity x unit_price unless given.
+   * The line's amount, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD); quantity x unit_price unless given.
    *
    * @generated from field: string amount = 4;
    */
@@ -130,21 +130,21 @@ export type Invoice = Message<"billing.v1.Invoice"> & {
   subscriptionId: string;
 
   /**
-   * Sum of the line amounts, scale 2.
+   * Sum of the line amounts, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD).
    *
    * @generated from field: string subtotal = 5;
    */
   subtotal: string;
 
   /**
-   * Tax, scale 2.
+   * Tax, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD).
    *
    * @generated from field: string tax = 6;
    */
   tax: string;
 
   /**
-   * subtotal + tax, scale 2.
+   * subtotal + tax, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD).
    *
    * @generated from field: string total = 7;
    */
@@ -242,7 +242,7 @@ export type Invoice = Message<"billing.v1.Invoice"> & {
   creditPackageCredits: bigint;
 
   /**
-   * Sum of succeeded payments, scale 2.
+   * Sum of succeeded payments, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD).
    *
    * @generated from field: string amount_paid = 21;
    */
@@ -298,7 +298,7 @@ export type CreateInvoiceRequest = Message<"billing.v1.CreateInvoiceRequest"> & 
   lineItems: LineItem[];
 
   /**
-   * Tax, scale 2; default 0.00.
+   * Tax, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD); default 0.00.
    *
    * @generated from field: string tax = 4;
    */
@@ -529,14 +529,14 @@ export type AddLineItemRequest = Message<"billing.v1.AddLineItemRequest"> & {
   quantity: bigint;
 
   /**
-   * Price of one, scale 2.
+   * Price of one, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD).
    *
    * @generated from field: string unit_price = 4;
    */
   unitPrice: string;
 
   /**
-   * The line's amount, scale 2; empty for quantity x unit_price.
+   * The line's amount, in the currency's minor digits (2 for USD, 0 for JPY, 3 for KWD); empty for quantity x unit_price.
    *
    * @generated from field: string amount = 5;
    */

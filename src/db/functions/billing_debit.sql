@@ -136,6 +136,9 @@ BEGIN
   LOOP
     j := array_position(accts, lot.account_id);
     IF lot.expires_at IS NOT NULL AND lot.expires_at <= now() THEN
+      IF lot.remaining > bal[j] THEN
+        RAISE EXCEPTION 'billing_debit: account % holds fewer credits (%) than its lots; the ledger is out of step with its lots', lot.account_id, bal[j];
+      END IF;
       bal[j] := bal[j] - lot.remaining;
       changed[j] := true;
       INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, allocations)
@@ -182,6 +185,9 @@ BEGIN
       CONTINUE;
     END IF;
     IF take <= 0 THEN
+      IF r_key[i] IS NOT NULL THEN
+        DELETE FROM idempotency_keys d WHERE d.account_id = r_account[i] AND d.key = r_key[i];
+      END IF;
       ord := i; outcome := 'empty'; detail := NULL;
       RETURN NEXT;
       CONTINUE;

@@ -16,7 +16,12 @@
 import type { Migration } from "../migrate.js";
 
 export const up: Migration = async ({ context: sequelize }) => {
+  // One transaction that holds every balance still while they become lots.
+  // Processes of the previous version must be stopped first (README,
+  // "Upgrading"): they change balances without touching lots.
   await sequelize.query(`
+BEGIN;
+LOCK TABLE billing_accounts IN EXCLUSIVE MODE;
 CREATE TABLE credit_lots (
   account_id     varchar(255) NOT NULL,
   id             uuid NOT NULL DEFAULT gen_random_uuid(),
@@ -62,6 +67,7 @@ DROP FUNCTION IF EXISTS billing_deduct_batch(text, text[], text[], text[], bigin
 INSERT INTO credit_lots (account_id, category, amount, remaining, priority, created_by, description, created_at)
 SELECT account_id, 'paid', balance, balance, 40, 'migration', 'Balance carried over from before credit lots', now()
 FROM billing_accounts WHERE balance > 0;
+COMMIT;
 `);
 };
 

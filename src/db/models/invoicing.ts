@@ -47,10 +47,10 @@ export class Payment extends Model<InferAttributes<Payment>, InferCreationAttrib
   declare currency: string;
   declare status: CreationOptional<string>;
   declare payment_method: string;
-  declare stripe_payment_intent_id: string | null;
-  declare stripe_charge_id: string | null;
-  declare paypal_order_id: string | null;
-  declare paypal_capture_id: string | null;
+  declare provider: string | null;
+  declare provider_payment_id: string | null;
+  declare provider_secondary_id: string | null;
+  declare status_before_dispute: CreationOptional<string | null>;
   declare manual_reference: CreationOptional<string>;
   declare manual_notes: CreationOptional<string>;
   declare admin_notes: CreationOptional<string>;
@@ -102,7 +102,7 @@ export function initInvoicingModels(sequelize: Sequelize) {
   const now = () => ({ type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW });
   const optional = (type: DataTypes.DataType) => ({ type, allowNull: true });
   const text = (type: DataTypes.DataType = DataTypes.TEXT) => ({ type, allowNull: false, defaultValue: "" });
-  const money = (def = "0") => ({ type: DataTypes.DECIMAL(10, 2), allowNull: false, defaultValue: def });
+  const money = (def = "0") => ({ type: DataTypes.DECIMAL(12, 4), allowNull: false, defaultValue: def });
   const InvoiceBound = class extends Invoice {};
   InvoiceBound.init(
     {
@@ -144,14 +144,14 @@ export function initInvoicingModels(sequelize: Sequelize) {
       account_id: accountId(),
       id: uuidKey(),
       invoice_id: { type: DataTypes.UUID, allowNull: false },
-      amount: { type: DataTypes.DECIMAL(10, 2), allowNull: false },
+      amount: { type: DataTypes.DECIMAL(12, 4), allowNull: false },
       currency: { type: DataTypes.CHAR(3), allowNull: false, defaultValue: "USD" },
       status: { type: DataTypes.STRING(20), allowNull: false, defaultValue: "pending_approval" },
       payment_method: { type: DataTypes.STRING(50), allowNull: false },
-      stripe_payment_intent_id: optional(DataTypes.STRING(255)),
-      stripe_charge_id: optional(DataTypes.STRING(255)),
-      paypal_order_id: optional(DataTypes.STRING(255)),
-      paypal_capture_id: optional(DataTypes.STRING(255)),
+      provider: optional(DataTypes.STRING(20)),
+      provider_payment_id: optional(DataTypes.STRING(255)),
+      provider_secondary_id: optional(DataTypes.STRING(255)),
+      status_before_dispute: optional(DataTypes.STRING(20)),
       manual_reference: text(DataTypes.STRING(255)),
       manual_notes: text(),
       admin_notes: text(),
@@ -165,7 +165,7 @@ export function initInvoicingModels(sequelize: Sequelize) {
       credits_granted: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
       credits_revoked: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
       credits_shortfall: { type: DataTypes.BIGINT, allowNull: false, defaultValue: 0 },
-      amount_refunded: { type: DataTypes.DECIMAL(10, 2), allowNull: false, defaultValue: 0 },
+      amount_refunded: { type: DataTypes.DECIMAL(12, 4), allowNull: false, defaultValue: 0 },
       created_at: now(),
       updated_at: now(),
     },

@@ -144,7 +144,7 @@ export function initPricingModels(sequelize: Sequelize) {
       name: { type: DataTypes.STRING(255), allowNull: false },
       slug: { type: DataTypes.STRING(255), allowNull: false, unique: true },
       credits: { type: DataTypes.BIGINT, allowNull: false },
-      price: { type: DataTypes.DECIMAL(10, 2), allowNull: false },
+      price: { type: DataTypes.DECIMAL(12, 4), allowNull: false },
       discount_percentage: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 0 },
       currency: { type: DataTypes.CHAR(3), allowNull: false, defaultValue: "USD" },
       stripe_product_id: { type: DataTypes.STRING(255), allowNull: true },

@@ -17,10 +17,10 @@
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, sqlState, type TransactionOptions } from "../../db/transaction.js";
-import { Violations, idempotencyKeyReused, insufficientCredits, invalidField } from "../errors.js";
+import { BillingError, Reason, Violations, idempotencyKeyReused, insufficientCredits, invalidField } from "../errors.js";
 import { requestHash, runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
 import { DeductionBatcher, deductionDebit, type DeductionJob } from "./deduction-batcher.js";
@@ -196,7 +196,9 @@ export class CreditLedger {
       lot,
       createdBy: actor,
     };
-    const request = { ...input, paymentId: input.paymentId.toLowerCase() };
+    // The lot terms join the hashed request only when given, so keys stored before lots existed still replay.
+    const { lot: terms, ...rest } = input;
+    const request = Object.values(terms).some((x) => x !== undefined) ? { ...input, paymentId: input.paymentId.toLowerCase() } : { ...rest, paymentId: input.paymentId.toLowerCase() };
     return inTransaction(
       this.sequelize,
       async (t) => (await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "GrantCredits", request }, () => this.creditIn(t, entry))).result,
@@ -321,7 +323,8 @@ export class CreditLedger {
           case "reused":
             throw idempotencyKeyReused(job.idempotencyKey);
           default:
-            throw new Error(`a single deduction cannot be ${o.outcome}`);
+            // The key vanished between claim and read (purged): a retry decides afresh.
+            throw new BillingError("aborted", Reason.Conflict, "the request conflicted with a concurrent one; retry it");
         }
       },
       options,
@@ -474,7 +477,7 @@ export function usageRecordOf(price: Price, usage: UsageInput, relatedObjectType
 /** The description of a usage charge. */
 export function describeUsage(operationType: string, relatedType: string, relatedId: string): string {
   const about = relatedType || relatedId ? ` (${[relatedType, relatedId].filter(Boolean).join(" ")})` : "";
-  return `Usage: ${operationType}${about}`.slice(0, 255);
+  return truncateText(`Usage: ${operationType}${about}`);
 }
 
 /** Runs `query`; a bigint overflow (SQLSTATE 22003) is INVALID_ARGUMENT naming `field`. */

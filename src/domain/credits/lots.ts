@@ -19,7 +19,7 @@ import { inTransaction, type TransactionOptions } from "../../db/transaction.js"
 import { Violations, failedPrecondition, invalidField, notFound, Reason } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
 import { expireDueLots } from "./debit.js";
 import type { CreditLedger } from "./ledger.js";
 import type { CreditLotView, LedgerEntry, LotCategory, LotState, TransactionType } from "./types.js";
@@ -213,7 +213,7 @@ export class CreditLots {
                 type: "void",
                 mode: "all",
                 lotId: lotId!,
-                description: (`Voided lot ${lotId}` + (input.reason ? `: ${input.reason}` : "")).slice(0, 255),
+                description: truncateText(`Voided lot ${lotId}` + (input.reason ? `: ${input.reason}` : "")),
                 metadata: { reason: input.reason, voided_by: actor },
               },
               { allowEmpty: true },

@@ -6,7 +6,7 @@
 import { QueryTypes, type Sequelize } from "sequelize";
 import { modelsOf, type CreditPackage } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { AMOUNT, Dec, formatMoney, parseMoney } from "../../money.js";
+import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney, requireCurrency } from "../../money.js";
 import { BillingError, Reason, Violations, invalidField, notFound } from "../errors.js";
 import { maskField } from "../field-mask.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
@@ -53,7 +53,6 @@ export const PACKAGE_FIELDS = [
 type PackageField = (typeof PACKAGE_FIELDS)[number];
 
 const SLUG_RE = /^[a-z0-9]+(?:[-_][a-z0-9]+)*$/;
-const CURRENCY_RE = /^[A-Z]{3}$/;
 
 /** The credit package catalogue service. */
 export class CreditPackages {
@@ -122,6 +121,7 @@ export class CreditPackages {
       async (t) => {
         const row = await this.model.findOne({ where: { slug: input.slug }, transaction: t, lock: t.LOCK.UPDATE });
         if (!row) throw notFound("credit package", input.slug);
+        checkPriceScale((columns.price as string | undefined) ?? row.price, (columns.currency as string | undefined) ?? row.currency);
         await row.update({ ...columns, updated_at: new Date() } as never, { transaction: t });
         return view(row);
       },
@@ -130,9 +130,15 @@ export class CreditPackages {
   }
 }
 
-/** The price an invoice charges for a package. */
-export function effectivePrice(price: string, discountPercentage: number): string {
-  return formatMoney(new Dec(price).times(100 - discountPercentage).dividedBy(100), AMOUNT);
+/** The price an invoice charges for a package, in the currency's minor units (rounded half-up). */
+export function effectivePrice(price: string, discountPercentage: number, currency: string): string {
+  return formatMoney(new Dec(price).times(100 - discountPercentage).dividedBy(100), amountIn(currency));
+}
+
+/** A price must not have more decimals than its currency has minor digits (e.g. none for JPY). */
+function checkPriceScale(price: string, currency: string): void {
+  const digits = amountIn(currency).scale;
+  if (new Dec(price).decimalPlaces() > digits) throw invalidField("credit_package.price", `has more decimal places than ${currency} has (${digits})`);
 }
 
 function camel<F extends string>(f: F): keyof PackageInput {
@@ -158,8 +164,9 @@ function validate(input: PackageInput, fields: readonly (PackageField | "slug")[
         else out.credits = input.credits.toString();
         break;
       case "price": {
-        const price = v.collect(() => parseMoney(input.price, f("price"), AMOUNT));
-        if (price) out.price = price.toFixed(2);
+        // Parsed at the widest scale; checkPriceScale holds it to the currency's.
+        const price = v.collect(() => parseMoney(input.price, f("price"), ANY_AMOUNT));
+        if (price) out.price = price.toFixed();
         break;
       }
       case "discount_percentage":
@@ -167,8 +174,7 @@ function validate(input: PackageInput, fields: readonly (PackageField | "slug")[
         else out.discount_percentage = input.discountPercentage;
         break;
       case "currency":
-        if (!CURRENCY_RE.test(input.currency || "USD")) v.add(f("currency"), "must be an ISO-4217 code like USD");
-        else out.currency = input.currency || "USD";
+        if (v.collect(() => requireCurrency(input.currency || "USD", f("currency"))) !== undefined) out.currency = input.currency || "USD";
         break;
       case "stripe_product_id":
       case "stripe_price_id":
@@ -193,12 +199,15 @@ function validate(input: PackageInput, fields: readonly (PackageField | "slug")[
         break;
     }
   }
+  // A price is held to its currency's digits (USD's when the currency given is not valid).
+  const currency = (out.currency as string | undefined) ?? (fields.includes("currency") ? "USD" : undefined);
+  if (out.price !== undefined && currency !== undefined) v.collect(() => checkPriceScale(out.price as string, currency));
   v.throwIfAny();
   return out;
 }
 
 function view(r: CreditPackage): PackageView {
-  const price = formatMoney(r.price, AMOUNT);
+  const price = formatMoney(r.price, amountIn(r.currency));
   return {
     id: r.id,
     name: r.name,
@@ -206,7 +215,7 @@ function view(r: CreditPackage): PackageView {
     credits: BigInt(r.credits),
     price,
     discountPercentage: r.discount_percentage,
-    effectivePrice: effectivePrice(price, r.discount_percentage),
+    effectivePrice: effectivePrice(price, r.discount_percentage, r.currency),
     currency: r.currency,
     stripeProductId: r.stripe_product_id ?? "",
     stripePriceId: r.stripe_price_id ?? "",

@@ -175,6 +175,8 @@ export class Reservations {
     return inTransaction(
       this.sequelize,
       async (t) => {
+        // Account lock first (the ledger's order, as commit takes them), then the reservation.
+        await this.ledger.accountStateIn(t, found.account_id);
         const r = await this.lock(t, found.account_id, id);
         let row: Row = r;
         if (r.status === "active") {

@@ -16,14 +16,14 @@
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { modelsOf, type Invoice } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { AMOUNT, Dec, fitsColumn, formatMoney, parseMoney, parseOptionalMoney } from "../../money.js";
+import { ANY_AMOUNT, Dec, amountIn, fitsColumn, formatMoney, parseMoney, parseOptionalMoney, requireCurrency, type MoneyColumn } from "../../money.js";
 import type { JsonObject } from "../audit.js";
 import type { CreditPackages } from "../credits/packages.js";
 import { isoDateOf, parseCalendarDate, todayUtc, type CalendarDate } from "../dates.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
 import { transition, type InvoiceAction, type InvoiceStatus } from "./state-machine.js";
 
 export type PaymentMethodName = "stripe" | "paypal" | "bank_transfer" | "local_wallet" | "manual";
@@ -96,7 +96,6 @@ export interface ListInvoicesInput {
   pageToken: string;
 }
 
-const CURRENCY_RE = /^[A-Z]{3}$/;
 const MAX_NOTES = 4000;
 const MAX_QUANTITY = 1_000_000n;
 
@@ -116,9 +115,10 @@ export class Invoices {
     const v = new Violations();
     v.collect(() => requireId(input.accountId, "account_id"));
     const currency = input.currency || "USD";
-    if (!CURRENCY_RE.test(currency)) v.add("currency", "must be an ISO-4217 code in capitals, like USD");
-    const items = input.lineItems.map((li, i) => v.collect(() => lineItem(li, `line_items[${i}]`)));
-    const tax = v.collect(() => parseOptionalMoney(input.tax, "tax", AMOUNT)) ?? new Dec(0);
+    v.collect(() => requireCurrency(currency, "currency"));
+    const column = amountIn(currency);
+    const items = input.lineItems.map((li, i) => v.collect(() => lineItem(li, `line_items[${i}]`, column)));
+    const tax = v.collect(() => parseOptionalMoney(input.tax, "tax", column)) ?? new Dec(0);
     const dueDate = v.collect(() => parseCalendarDate(input.dueDate, "due_date"));
     if (dueDate && dueDate < todayUtc()) v.add("due_date", "must not be in the past");
     v.collect(() => checkText(input.notes, "notes", MAX_NOTES));
@@ -128,7 +128,7 @@ export class Invoices {
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
     const lines = items as LineItem[];
-    const totals = computeTotals(lines, tax);
+    const totals = computeTotals(lines, tax, column);
     return inTransaction(
       this.sequelize,
       async (t) => {
@@ -208,17 +208,19 @@ export class Invoices {
   async addLineItem(invoiceId: string, item: LineItemInput, options: TransactionOptions = {}): Promise<InvoiceView> {
     const v = new Violations();
     const id = v.collect(() => requireUuid(invoiceId, "invoice_id"));
-    const line = v.collect(() => lineItem(item, ""));
+    v.collect(() => lineItem(item, "", ANY_AMOUNT)); // the shape, at the widest scale; the invoice's currency decides below
     v.throwIfAny();
     return inTransaction(
       this.sequelize,
       async (t) => {
         const row = await this.lock(t, id!);
+        const column = amountIn(row.currency);
+        const line = lineItem(item, "", column);
         if (row.status !== "draft") {
           throw failedPrecondition(Reason.InvalidStateTransition, `line items can only be added to DRAFT invoices; this one is ${row.status.toUpperCase()}`, { status: row.status.toUpperCase() });
         }
         const lines = [...fromJsonLines(row.line_items), line!];
-        const totals = computeTotals(lines, new Dec(row.tax));
+        const totals = computeTotals(lines, new Dec(row.tax), column);
         await row.update({ line_items: lines.map(toJsonLine), ...totals, updated_at: new Date() }, { transaction: t });
         return view(row);
       },
@@ -286,8 +288,8 @@ export class Invoices {
       throw e instanceof BillingError && e.kind === "not_found" ? invalidField("package_slug", `unknown credit package ${JSON.stringify(input.packageSlug)}`) : e;
     });
     if (!pkg.isActive) throw failedPrecondition(Reason.PackageInactive, `credit package ${JSON.stringify(pkg.slug)} is not for sale`, { slug: pkg.slug });
-    const line: LineItem = { description: `${pkg.name} (${pkg.credits} credits)`.slice(0, 255), quantity: 1, unitPrice: pkg.effectivePrice, amount: pkg.effectivePrice };
-    const totals = computeTotals([line], new Dec(0));
+    const line: LineItem = { description: truncateText(`${pkg.name} (${pkg.credits} credits)`), quantity: 1, unitPrice: pkg.effectivePrice, amount: pkg.effectivePrice };
+    const totals = computeTotals([line], new Dec(0), amountIn(pkg.currency));
     return inTransaction(
       this.sequelize,
       async (t) => {
@@ -342,25 +344,25 @@ export class Invoices {
   }
 }
 
-function lineItem(li: LineItemInput, prefix: string): LineItem {
+function lineItem(li: LineItemInput, prefix: string, column: MoneyColumn): LineItem {
   const f = (name: string) => (prefix ? `${prefix}.${name}` : name);
   const v = new Violations();
   if (li.description === "") v.add(f("description"), "is required");
   else v.collect(() => checkText(li.description, f("description")));
   if (li.quantity < 1n || li.quantity > MAX_QUANTITY) v.add(f("quantity"), `must be between 1 and ${MAX_QUANTITY}`);
-  const unit = v.collect(() => parseMoney(li.unitPrice, f("unit_price"), AMOUNT));
-  const given = v.collect(() => parseOptionalMoney(li.amount, f("amount"), AMOUNT));
+  const unit = v.collect(() => parseMoney(li.unitPrice, f("unit_price"), column));
+  const given = v.collect(() => parseOptionalMoney(li.amount, f("amount"), column));
   v.throwIfAny();
   const amount = given ?? unit!.times(li.quantity.toString());
-  if (!fitsColumn(amount, AMOUNT)) throw invalidField(f("amount"), "quantity x unit_price is too large");
-  return { description: li.description, quantity: Number(li.quantity), unitPrice: formatMoney(unit!, AMOUNT), amount: formatMoney(amount, AMOUNT) };
+  if (!fitsColumn(amount, column)) throw invalidField(f("amount"), "quantity x unit_price is too large");
+  return { description: li.description, quantity: Number(li.quantity), unitPrice: formatMoney(unit!, column), amount: formatMoney(amount, column) };
 }
 
-function computeTotals(lines: LineItem[], tax: Dec): { subtotal: string; tax: string; total: string } {
+function computeTotals(lines: LineItem[], tax: Dec, column: MoneyColumn): { subtotal: string; tax: string; total: string } {
   const subtotal = lines.reduce((sum, l) => sum.plus(l.amount), new Dec(0));
   const total = subtotal.plus(tax);
-  if (!fitsColumn(total, AMOUNT)) throw invalidField("line_items", "the invoice total is too large");
-  return { subtotal: formatMoney(subtotal, AMOUNT), tax: formatMoney(tax, AMOUNT), total: formatMoney(total, AMOUNT) };
+  if (!fitsColumn(total, column)) throw invalidField("line_items", "the invoice total is too large");
+  return { subtotal: formatMoney(subtotal, column), tax: formatMoney(tax, column), total: formatMoney(total, column) };
 }
 
 function checkSnapshot(v: Violations, s: BillingSnapshot, field: string): void {
@@ -385,10 +387,10 @@ export function view(r: Invoice): InvoiceView {
     accountId: r.account_id,
     invoiceNumber: r.invoice_number ?? "",
     subscriptionId: r.subscription_id ?? "",
-    subtotal: formatMoney(r.subtotal, AMOUNT),
-    tax: formatMoney(r.tax, AMOUNT),
-    total: formatMoney(r.total, AMOUNT),
-    amountPaid: formatMoney(r.amount_paid, AMOUNT),
+    subtotal: formatMoney(r.subtotal, amountIn(r.currency)),
+    tax: formatMoney(r.tax, amountIn(r.currency)),
+    total: formatMoney(r.total, amountIn(r.currency)),
+    amountPaid: formatMoney(r.amount_paid, amountIn(r.currency)),
     currency: r.currency,
     status: r.status as InvoiceStatus,
     invoiceDate: isoDateOf(r.invoice_date),

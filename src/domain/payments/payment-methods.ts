@@ -167,7 +167,7 @@ export class PaymentMethods {
   }
 
   /** Decrypted webhook secrets of every config of `method` (for signature checks only). */
-  async webhookSecrets(method: "stripe" | "paypal"): Promise<string[]> {
+  async webhookSecrets(method: string): Promise<string[]> {
     const rows = await this.models.PaymentMethodConfig.findAll({ where: { payment_method: method } });
     return rows.map((r) => (r.webhook_secret_enc ? this.secrets.decrypt(r.webhook_secret_enc) : undefined)).filter((s): s is string => !!s);
   }

@@ -23,17 +23,18 @@ import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { modelsOf, type Invoice, type Payment } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import type { Decimal } from "decimal.js";
-import { AMOUNT, Dec, formatMoney, parseMoney, parseOptionalMoney } from "../../money.js";
+import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney, parseOptionalMoney } from "../../money.js";
 import type { JsonObject } from "../audit.js";
 import type { CreditLedger } from "../credits/ledger.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
+import type { PaymentRef } from "./providers/index.js";
 import type { Invoices, PaymentMethodName } from "../invoices/invoices.js";
 import { transition, type InvoiceStatus } from "../invoices/state-machine.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
+import { checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
 
-export type PaymentStatus = "pending_approval" | "succeeded" | "failed" | "refunded" | "partially_refunded";
+export type PaymentStatus = "pending_approval" | "succeeded" | "failed" | "refunded" | "partially_refunded" | "disputed";
 export const MANUAL_METHODS: readonly PaymentMethodName[] = ["bank_transfer", "local_wallet", "manual"];
 
 export interface PaymentView {
@@ -44,6 +45,11 @@ export interface PaymentView {
   currency: string;
   status: PaymentStatus;
   paymentMethod: PaymentMethodName;
+  /** The provider that took the payment ("" for manual payments) and its references. */
+  provider: string;
+  providerPaymentId: string;
+  providerSecondaryId: string;
+  /** The same references under their provider-specific names (for older callers). */
   stripePaymentIntentId: string;
   stripeChargeId: string;
   paypalOrderId: string;
@@ -78,7 +84,18 @@ export interface PaymentHistoryView {
 }
 
 /** A provider's reference to its side of a payment. */
-export type ProviderRef = { stripePaymentIntentId: string; stripeChargeId?: string } | { paypalCaptureId: string; paypalOrderId?: string };
+/** What a provider event did, for the webhook log. */
+export interface ProviderOutcome {
+  outcome: string;
+  paymentId?: string;
+  detail?: string;
+}
+
+/** Who applies a provider event: actor "webhook:<provider>", note the event id. */
+export interface ProviderActor {
+  actor: string;
+  note: string;
+}
 
 type Authorize = (accountId: string) => void;
 const anyone: Authorize = () => undefined;
@@ -105,24 +122,35 @@ export class Payments {
     const v = new Violations();
     const invoiceId = v.collect(() => requireUuid(input.invoiceId, "invoice_id"));
     if (!input.paymentMethod || !MANUAL_METHODS.includes(input.paymentMethod)) v.add("payment_method", "must be BANK_TRANSFER, LOCAL_WALLET or MANUAL");
-    const amount = v.collect(() => parseMoney(input.amount, "amount", AMOUNT, { positive: true }));
+    const amount = v.collect(() => parseMoney(input.amount, "amount", ANY_AMOUNT, { positive: true }));
     v.collect(() => checkText(input.manualReference, "manual_reference"));
     v.collect(() => checkText(input.manualNotes, "manual_notes", 4000));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    let invoice: Awaited<ReturnType<Invoices["get"]>> | undefined;
+    if (invoiceId) {
+      try {
+        invoice = await this.invoices.get(invoiceId, authorize);
+      } catch (err) {
+        v.throwIfAny(); // bad fields first, all of them
+        throw err;
+      }
+      const digits = amountIn(invoice.currency).scale;
+      if (amount && amount.decimalPlaces() > digits) v.add("amount", `has more decimal places than ${invoice.currency} has (${digits})`);
+    }
     v.throwIfAny();
-    const invoice = await this.invoices.get(invoiceId!, authorize);
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const { result } = await runIdempotent(this.sequelize, t, { accountId: invoice.accountId, key: input.idempotencyKey, method: "SubmitManualPayment", request: input }, async () => {
-          const inv = await this.invoices.lock(t, invoice.id);
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: invoice!.accountId, key: input.idempotencyKey, method: "SubmitManualPayment", request: input }, async () => {
+          const inv = await this.invoices.lock(t, invoice!.id);
           if (inv.status !== "pending") {
             throw failedPrecondition(Reason.InvalidStateTransition, `only PENDING invoices can be paid; this one is ${inv.status.toUpperCase()}`, { status: inv.status.toUpperCase() });
           }
+          const column = amountIn(inv.currency);
           const outstanding = new Dec(inv.total).minus(inv.amount_paid);
           if (!amount!.eq(outstanding)) {
-            throw failedPrecondition(Reason.AmountMismatch, `amount must equal the outstanding total ${formatMoney(outstanding, AMOUNT)} ${inv.currency} (partial payments are not supported)`, {
-              outstanding: formatMoney(outstanding, AMOUNT),
+            throw failedPrecondition(Reason.AmountMismatch, `amount must equal the outstanding total ${formatMoney(outstanding, column)} ${inv.currency} (partial payments are not supported)`, {
+              outstanding: formatMoney(outstanding, column),
             });
           }
           const waiting = await this.models.Payment.count({ where: { invoice_id: inv.id, status: "pending_approval" }, transaction: t });
@@ -131,15 +159,14 @@ export class Payments {
             {
               account_id: inv.account_id,
               invoice_id: inv.id,
-              amount: formatMoney(amount!, AMOUNT),
+              amount: formatMoney(amount!, column),
               currency: inv.currency,
               payment_method: input.paymentMethod!,
               manual_reference: input.manualReference,
               manual_notes: input.manualNotes,
-              stripe_payment_intent_id: null,
-              stripe_charge_id: null,
-              paypal_order_id: null,
-              paypal_capture_id: null,
+              provider: null,
+              provider_payment_id: null,
+              provider_secondary_id: null,
               approved_by: null,
               approved_at: null,
               processed_at: null,
@@ -211,14 +238,14 @@ export class Payments {
     const v = new Violations();
     const id = v.collect(() => requireUuid(input.paymentId, "payment_id"));
     v.collect(() => checkText(input.reason, "reason", 4000));
-    const amount = v.collect(() => parseOptionalMoney(input.amount, "amount", AMOUNT, { positive: true }));
+    const amount = v.collect(() => parseOptionalMoney(input.amount, "amount", ANY_AMOUNT, { positive: true }));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
     const found = await this.find(id!);
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "RefundPayment", request: input }, async () => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "RefundPayment", request: input.amount === "" ? { ...input, amount: undefined } : input }, async () => {
           const invoice = await this.invoices.lock(t, found.invoice_id);
           const payment = await this.lock(t, found.account_id, id!);
           await this.refundIn(t, invoice, payment, input.reason, input.revokeAvailableOnly, actor, amount);
@@ -288,27 +315,34 @@ export class Payments {
    */
   async providerSucceeded(
     t: Transaction,
-    e: { invoiceId: string; method: "stripe" | "paypal"; amount: string; currency: string; ref: ProviderRef },
-    actor: string,
-  ): Promise<{ outcome: string; paymentId?: string }> {
-    const invoice = await this.invoices.lock(t, e.invoiceId).catch(() => undefined);
-    if (!invoice) return { outcome: "ignored", paymentId: undefined };
-    let payment = await this.byProviderRef(t, e.ref);
-    if (payment?.status === "succeeded" || payment?.status === "refunded") return { outcome: "already_settled", paymentId: payment.id };
+    e: { invoiceId: string; provider: string; amount: string; currency: string; ref: PaymentRef },
+    by: ProviderActor,
+  ): Promise<ProviderOutcome> {
+    const invoice = await this.invoices.lock(t, e.invoiceId).catch((err: unknown) => {
+      if (err instanceof BillingError) return undefined;
+      throw err;
+    });
+    if (!invoice) return { outcome: "ignored_unknown_invoice" };
+    let payment = await this.byProviderRef(t, e.provider, e.ref.id);
+    if (payment && payment.status !== "pending_approval" && payment.status !== "failed") return { outcome: "already_settled", paymentId: payment.id };
     if (invoice.status !== "pending") return { outcome: `ignored_invoice_${invoice.status}`, paymentId: payment?.id };
     const amount = new Dec(e.amount);
-    if (!amount.eq(new Dec(invoice.total).minus(invoice.amount_paid)) || e.currency.toUpperCase() !== invoice.currency) {
-      return { outcome: "ignored_amount_mismatch", paymentId: payment?.id };
+    if (!amount.eq(new Dec(invoice.total).minus(invoice.amount_paid)) || e.currency !== invoice.currency) {
+      return {
+        outcome: "ignored_amount_mismatch",
+        paymentId: payment?.id,
+        detail: `paid ${e.amount} ${e.currency}, outstanding ${formatMoney(new Dec(invoice.total).minus(invoice.amount_paid), amountIn(invoice.currency))} ${invoice.currency}`,
+      };
     }
     if (!payment) {
       payment = await this.models.Payment.create(
         {
           account_id: invoice.account_id,
           invoice_id: invoice.id,
-          amount: formatMoney(amount, AMOUNT),
+          amount: formatMoney(amount, amountIn(invoice.currency)),
           currency: invoice.currency,
-          payment_method: e.method,
-          ...refColumns(e.ref),
+          payment_method: e.provider,
+          ...refColumns(e.provider, e.ref),
           approved_by: null,
           approved_at: null,
           processed_at: null,
@@ -317,37 +351,46 @@ export class Payments {
         } as never,
         { transaction: t },
       );
-      await this.recordHistory(t, payment, null, actor, "created by provider");
+      await this.recordHistory(t, payment, null, by.actor, by.note);
     } else {
       payment = await this.lock(t, payment.account_id, payment.id);
     }
-    await this.settle(t, invoice, payment, actor, "provider confirmed");
+    await this.settle(t, invoice, payment, by.actor, by.note);
     return { outcome: "settled", paymentId: payment.id };
   }
 
   /** A provider reports a payment failed. */
-  async providerFailed(t: Transaction, e: { invoiceId: string; method: "stripe" | "paypal"; amount: string; currency: string; ref: ProviderRef; reason: string }, actor: string): Promise<{ outcome: string; paymentId?: string }> {
-    const existing = await this.byProviderRef(t, e.ref);
+  async providerFailed(
+    t: Transaction,
+    e: { invoiceId: string; provider: string; amount: string; currency: string; ref: PaymentRef; reason: string },
+    by: ProviderActor,
+  ): Promise<ProviderOutcome> {
+    const existing = await this.byProviderRef(t, e.provider, e.ref.id);
     if (existing) {
       const payment = await this.lock(t, existing.account_id, existing.id);
       if (payment.status !== "pending_approval") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
       await payment.update({ status: "failed", failure_reason: e.reason, failed_at: new Date(), updated_at: new Date() }, { transaction: t });
-      await this.recordHistory(t, payment, "pending_approval", actor, e.reason);
+      await this.recordHistory(t, payment, "pending_approval", by.actor, by.note);
       return { outcome: "failed", paymentId: payment.id };
     }
-    const invoice = await this.invoices.lock(t, e.invoiceId).catch(() => undefined);
-    if (!invoice) return { outcome: "ignored" };
+    const invoice = await this.invoices.lock(t, e.invoiceId).catch((err: unknown) => {
+      if (err instanceof BillingError) return undefined;
+      throw err;
+    });
+    if (!invoice) return { outcome: "ignored_unknown_invoice" };
+    const column = amountIn(invoice.currency);
+    const amount = new Dec(e.amount);
     const payment = await this.models.Payment.create(
       {
         account_id: invoice.account_id,
         invoice_id: invoice.id,
-        amount: formatMoney(new Dec(e.amount).gt(0) ? e.amount : invoice.total, AMOUNT),
+        amount: formatMoney(amount.gt(0) && amount.decimalPlaces() <= column.scale ? amount : invoice.total, column),
         currency: invoice.currency,
-        payment_method: e.method,
+        payment_method: e.provider,
         status: "failed",
         failure_reason: e.reason,
         failed_at: new Date(),
-        ...refColumns(e.ref),
+        ...refColumns(e.provider, e.ref),
         approved_by: null,
         approved_at: null,
         processed_at: null,
@@ -355,20 +398,64 @@ export class Payments {
       } as never,
       { transaction: t },
     );
-    await this.recordHistory(t, payment, null, actor, e.reason);
+    await this.recordHistory(t, payment, null, by.actor, by.note);
     return { outcome: "failed", paymentId: payment.id };
   }
 
-  /** A provider reports a refund: never refused, so credits are revoked as far as available. */
-  async providerRefunded(t: Transaction, ref: ProviderRef, reason: string, actor: string): Promise<{ outcome: string; paymentId?: string }> {
-    const existing = await this.byProviderRef(t, ref);
+  /**
+   * A provider reports a refund: never refused, so credits are revoked as
+   * far as the payment's lot holds them. Only what is new is applied: with
+   * a running total (Stripe) the part beyond what was already refunded, so
+   * a replayed or older delivery applies nothing; with one refund's own
+   * amount (PayPal), that amount, at most what is left.
+   */
+  async providerRefunded(
+    t: Transaction,
+    e: { provider: string; ref: PaymentRef; currency: string; refundedTotal?: string; refund?: string },
+    by: ProviderActor,
+  ): Promise<ProviderOutcome> {
+    const existing = await this.byProviderRef(t, e.provider, e.ref.id);
     if (!existing) return { outcome: "ignored_unknown_payment" };
     const invoice = await this.invoices.lock(t, existing.invoice_id);
     const payment = await this.lock(t, existing.account_id, existing.id);
     if (payment.status === "refunded") return { outcome: "already_refunded", paymentId: payment.id };
     if (payment.status !== "succeeded" && payment.status !== "partially_refunded") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
-    await this.refundIn(t, invoice, payment, reason, true, actor);
-    return { outcome: "refunded", paymentId: payment.id };
+    if (e.currency !== payment.currency) return { outcome: "ignored_currency_mismatch", paymentId: payment.id };
+    const already = new Dec(payment.amount_refunded ?? 0);
+    const left = new Dec(payment.amount).minus(already);
+    let amount =
+      e.refundedTotal !== undefined ? Dec.min(new Dec(e.refundedTotal), new Dec(payment.amount)).minus(already) : Dec.min(new Dec(e.refund ?? 0), left);
+    if (amount.lte(0)) return { outcome: "already_refunded", paymentId: payment.id };
+    amount = Dec.min(amount, left);
+    await this.refundIn(t, invoice, payment, `refunded at ${e.provider}`, true, by.actor, amount, by.note);
+    return { outcome: payment.status === "refunded" ? "refunded" : "partially_refunded", paymentId: payment.id };
+  }
+
+  /**
+   * A provider reports a dispute (chargeback) opened or closed. Opening marks
+   * the payment DISPUTED; closing returns it to the state it had before,
+   * whatever the outcome (kept in the history). Credits are not revoked
+   * automatically: a lost dispute is money already taken back by the bank,
+   * and an admin decides with RefundPayment whether the credits go too.
+   */
+  async providerDisputed(t: Transaction, e: { provider: string; ref: PaymentRef; open: boolean; detail: string }, by: ProviderActor): Promise<ProviderOutcome> {
+    const existing = await this.byProviderRef(t, e.provider, e.ref.id);
+    if (!existing) return { outcome: "ignored_unknown_payment" };
+    const payment = await this.lock(t, existing.account_id, existing.id);
+    const from = payment.status as PaymentStatus;
+    const now = new Date();
+    if (e.open) {
+      if (from === "disputed") return { outcome: "already_disputed", paymentId: payment.id };
+      if (from !== "succeeded" && from !== "partially_refunded" && from !== "refunded") return { outcome: `ignored_payment_${from}`, paymentId: payment.id };
+      await payment.update({ status: "disputed", status_before_dispute: from, metadata: { ...payment.metadata, dispute_reason: e.detail }, updated_at: now }, { transaction: t });
+      await this.recordHistory(t, payment, from, by.actor, by.note);
+      return { outcome: "disputed", paymentId: payment.id };
+    }
+    if (from !== "disputed") return { outcome: "ignored_not_disputed", paymentId: payment.id };
+    const back = (payment.status_before_dispute ?? "succeeded") as PaymentStatus;
+    await payment.update({ status: back, status_before_dispute: null, metadata: { ...payment.metadata, dispute_outcome: e.detail }, updated_at: now }, { transaction: t });
+    await this.recordHistory(t, payment, "disputed", by.actor, by.note);
+    return { outcome: `dispute_closed_${e.detail}`.slice(0, 50), paymentId: payment.id };
   }
 
   /** SUCCEEDED + invoice PAID once covered + package credits granted; history written. */
@@ -386,7 +473,7 @@ export class Payments {
           accountId: invoice.account_id,
           amount: credits,
           type: "purchase",
-          description: `Credit package ${invoice.credit_package_slug} (invoice ${invoice.invoice_number})`.slice(0, 255),
+          description: truncateText(`Credit package ${invoice.credit_package_slug} (invoice ${invoice.invoice_number})`),
           metadata: { invoice_id: invoice.id, package_slug: invoice.credit_package_slug },
           paymentId: payment.id,
           packageId: invoice.credit_package_id ?? null,
@@ -394,9 +481,9 @@ export class Payments {
         });
         creditsGranted = credits;
       }
-      await invoice.update({ status, paid_at: now, amount_paid: formatMoney(paid, AMOUNT), payment_method: payment.payment_method, updated_at: now }, { transaction: t });
+      await invoice.update({ status, paid_at: now, amount_paid: formatMoney(paid, amountIn(invoice.currency)), payment_method: payment.payment_method, updated_at: now }, { transaction: t });
     } else {
-      await invoice.update({ amount_paid: formatMoney(paid, AMOUNT), updated_at: now }, { transaction: t });
+      await invoice.update({ amount_paid: formatMoney(paid, amountIn(invoice.currency)), updated_at: now }, { transaction: t });
     }
     await payment.update({ status: "succeeded", processed_at: now, credits_granted: creditsGranted.toString(), updated_at: now }, { transaction: t });
     await this.recordHistory(t, payment, from, actor, note);
@@ -413,14 +500,16 @@ export class Payments {
    * shortfall. A payment from before credit lots (no lot) draws from the
    * account's lots in burn-down order.
    */
-  private async refundIn(t: Transaction, invoice: Invoice, payment: Payment, reason: string, revokeAvailableOnly: boolean, actor: string, amount?: Decimal): Promise<void> {
+  private async refundIn(t: Transaction, invoice: Invoice, payment: Payment, reason: string, revokeAvailableOnly: boolean, actor: string, amount?: Decimal, note?: string): Promise<void> {
     const from = payment.status as PaymentStatus;
     if (from !== "succeeded" && from !== "partially_refunded") expectStatus(payment, "succeeded", "refund");
+    const column = amountIn(payment.currency);
     const total = new Dec(payment.amount);
     const before = new Dec(payment.amount_refunded ?? 0);
     const refundable = total.minus(before);
     const refund = amount ?? refundable;
-    if (refund.gt(refundable)) throw invalidField("amount", `must be at most the ${formatMoney(refundable, AMOUNT)} left to refund`);
+    if (refund.decimalPlaces() > column.scale) throw invalidField("amount", `has more decimal places than ${payment.currency} has (${column.scale})`);
+    if (refund.gt(refundable)) throw invalidField("amount", `must be at most the ${formatMoney(refundable, column)} left to refund`);
     const after = before.plus(refund);
     const full = after.eq(total);
     const granted = BigInt(payment.credits_granted);
@@ -437,8 +526,8 @@ export class Payments {
         credits: due,
         type: "refund" as const,
         mode: revokeAvailableOnly ? ("partial" as const) : ("strict" as const),
-        description: `Refund of payment ${payment.id}`.slice(0, 255),
-        metadata: { reason, invoice_id: invoice.id, amount: formatMoney(refund, AMOUNT) },
+        description: truncateText(`Refund of payment ${payment.id}`),
+        metadata: { reason, invoice_id: invoice.id, amount: formatMoney(refund, column) },
         paymentId: payment.id,
         ...(lot ? { lotId: lot.id } : {}),
       };
@@ -459,14 +548,14 @@ export class Payments {
     }
     const now = new Date();
     await invoice.update(
-      { amount_paid: formatMoney(new Dec(invoice.amount_paid).minus(refund), AMOUNT), metadata: { ...invoice.metadata, refunded_at: now.toISOString() }, updated_at: now },
+      { amount_paid: formatMoney(new Dec(invoice.amount_paid).minus(refund), column), metadata: { ...invoice.metadata, refunded_at: now.toISOString() }, updated_at: now },
       { transaction: t },
     );
     await payment.update(
       {
         status: full ? "refunded" : "partially_refunded",
         refunded_at: now,
-        amount_refunded: formatMoney(after, AMOUNT),
+        amount_refunded: formatMoney(after, column),
         credits_revoked: (BigInt(payment.credits_revoked) + revoked).toString(),
         credits_shortfall: (BigInt(payment.credits_shortfall) + (due > 0n ? due - revoked : 0n)).toString(),
         failure_reason: payment.failure_reason,
@@ -475,7 +564,7 @@ export class Payments {
       },
       { transaction: t },
     );
-    await this.recordHistory(t, payment, from, actor, `${reason || "refunded"} (${formatMoney(refund, AMOUNT)})`);
+    await this.recordHistory(t, payment, from, actor, note ?? `${reason || "refunded"} (${formatMoney(refund, column)})`);
   }
 
   private async find(id: string): Promise<Payment> {
@@ -490,9 +579,8 @@ export class Payments {
     return row;
   }
 
-  private async byProviderRef(t: Transaction, ref: ProviderRef): Promise<Payment | null> {
-    const where = "stripePaymentIntentId" in ref ? { stripe_payment_intent_id: ref.stripePaymentIntentId } : { paypal_capture_id: ref.paypalCaptureId };
-    return this.models.Payment.findOne({ where, transaction: t });
+  private async byProviderRef(t: Transaction, provider: string, paymentId: string): Promise<Payment | null> {
+    return this.models.Payment.findOne({ where: { provider, provider_payment_id: paymentId }, transaction: t });
   }
 
   private async recordHistory(t: Transaction, payment: Payment, from: PaymentStatus | null, actor: string, note: string): Promise<void> {
@@ -509,14 +597,12 @@ function expectStatus(payment: Payment, status: PaymentStatus, action: string): 
   }
 }
 
-function refColumns(ref: ProviderRef) {
-  return "stripePaymentIntentId" in ref
-    ? { stripe_payment_intent_id: ref.stripePaymentIntentId, stripe_charge_id: ref.stripeChargeId ?? null, paypal_order_id: null, paypal_capture_id: null }
-    : { paypal_capture_id: ref.paypalCaptureId, paypal_order_id: ref.paypalOrderId ?? null, stripe_payment_intent_id: null, stripe_charge_id: null };
+function refColumns(provider: string, ref: PaymentRef) {
+  return { provider, provider_payment_id: ref.id, provider_secondary_id: ref.secondaryId ?? null };
 }
 
 function snapshotOf(p: Payment): Record<string, unknown> {
-  return { status: p.status, amount: formatMoney(p.amount, AMOUNT), currency: p.currency, payment_method: p.payment_method, credits_granted: String(p.credits_granted ?? 0) };
+  return { status: p.status, amount: formatMoney(p.amount, amountIn(p.currency)), currency: p.currency, payment_method: p.payment_method, credits_granted: String(p.credits_granted ?? 0) };
 }
 
 /** The caller-facing form of a payment row. */
@@ -525,14 +611,17 @@ export function view(r: Payment): PaymentView {
     id: r.id,
     accountId: r.account_id,
     invoiceId: r.invoice_id,
-    amount: formatMoney(r.amount, AMOUNT),
+    amount: formatMoney(r.amount, amountIn(r.currency)),
     currency: r.currency,
     status: r.status as PaymentStatus,
     paymentMethod: r.payment_method as PaymentMethodName,
-    stripePaymentIntentId: r.stripe_payment_intent_id ?? "",
-    stripeChargeId: r.stripe_charge_id ?? "",
-    paypalOrderId: r.paypal_order_id ?? "",
-    paypalCaptureId: r.paypal_capture_id ?? "",
+    provider: r.provider ?? "",
+    providerPaymentId: r.provider_payment_id ?? "",
+    providerSecondaryId: r.provider_secondary_id ?? "",
+    stripePaymentIntentId: r.provider === "stripe" ? (r.provider_payment_id ?? "") : "",
+    stripeChargeId: r.provider === "stripe" ? (r.provider_secondary_id ?? "") : "",
+    paypalOrderId: r.provider === "paypal" ? (r.provider_secondary_id ?? "") : "",
+    paypalCaptureId: r.provider === "paypal" ? (r.provider_payment_id ?? "") : "",
     manualReference: r.manual_reference ?? "",
     manualNotes: r.manual_notes ?? "",
     adminNotes: r.admin_notes ?? "",
@@ -542,7 +631,7 @@ export function view(r: Payment): PaymentView {
     creditsGranted: BigInt(r.credits_granted ?? 0),
     creditsRevoked: BigInt(r.credits_revoked ?? 0),
     creditsShortfall: BigInt(r.credits_shortfall ?? 0),
-    amountRefunded: formatMoney(r.amount_refunded ?? 0, AMOUNT),
+    amountRefunded: formatMoney(r.amount_refunded ?? 0, amountIn(r.currency)),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };

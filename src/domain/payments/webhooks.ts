@@ -1,42 +1,37 @@
 /**
- * Provider callbacks (POST /webhooks/stripe, /webhooks/paypal).
+ * Provider callbacks (POST /webhooks/<provider>), for any registered
+ * provider (providers/index.ts); nothing here knows a provider by name.
  *
  * Rules:
- * - The signature is checked before anything else against the webhook
- *   secret of every config of that provider. A bad or stale signature is
- *   rejected (HTTP 400), logged, and changes nothing.
- * - Stripe: `Stripe-Signature: t=<unix>,v1=<hex>` where v1 is
- *   HMAC-SHA256(secret, "<t>.<raw body>"), compared in constant time, with
- *   |now - t| <= 300 s.
- * - PayPal: PayPal's own scheme verifies a certificate fetched from PayPal,
- *   which this service cannot reach, so callbacks are accepted only with a
- *   shared-secret signature the relay in front of us adds:
- *   `PayPal-Transmission-Sig` = base64 HMAC-SHA256(secret,
- *   "<PayPal-Transmission-Id>|<PayPal-Transmission-Time>|<sha256 hex of body>"),
- *   with the transmission time within 300 s.
- * - A verified event claims its id in webhook_events in the same transaction
- *   as its effect, so a replay (or a concurrent duplicate) changes nothing.
- *   Every callback, accepted or not, is logged there with its outcome.
+ * - Every delivery is recorded in webhook_events with its raw bytes
+ *   (losslessly, NUL and all) and its outcome, accepted or not.
+ * - The signature is checked first, against the webhook secret of every
+ *   config of that provider. A bad or stale signature is 400 and changes
+ *   nothing; so is a signed delivery that is not an event (no string id, not
+ *   JSON), with its reason, every time it is sent.
+ * - A verified event claims (provider, event id) in the same transaction as
+ *   its effect, so a replay (or a concurrent duplicate) changes nothing. An
+ *   event the payment rules refuse is 200 with the outcome recorded (the
+ *   provider must not retry it); database trouble is 500 (it must).
+ * - Amounts arrive in the provider's minor units and are turned into the
+ *   currency's decimals with the provider's own scale (money.ts).
+ * - Payment history written here has actor "webhook:<provider>" and the
+ *   event id as its note.
  */
-import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction } from "../../db/transaction.js";
-import { Dec } from "../../money.js";
+import { fromMinorUnits } from "../../money.js";
 import { BillingError } from "../errors.js";
 import type { PaymentMethods } from "./payment-methods.js";
-import type { Payments } from "./payments.js";
-
-export const SIGNATURE_TOLERANCE_SECONDS = 300;
+import type { Payments, ProviderOutcome } from "./payments.js";
+import { PROVIDERS, type PaymentProvider, type ProviderEvent } from "./providers/index.js";
 
 export interface WebhookResult {
   status: number;
-  body: { received: boolean; outcome: string; event_id?: string };
+  body: { received: boolean; outcome: string; event_id?: string; detail?: string };
 }
 
-type Provider = "stripe" | "paypal";
-type Handling = { outcome: string; paymentId?: string; detail?: string };
-
-/** Verifies and applies provider callbacks. */
+/** Verifies, records and applies provider callbacks. */
 export class Webhooks {
   constructor(
     private readonly sequelize: Sequelize,
@@ -45,170 +40,116 @@ export class Webhooks {
     private readonly nowSeconds: () => number = () => Math.floor(Date.now() / 1000),
   ) {}
 
-  /** Handles a Stripe callback with its raw body and Stripe-Signature header. */
-  async stripe(rawBody: Buffer, signatureHeader: string | undefined): Promise<WebhookResult> {
-    const secrets = await this.methods.webhookSecrets("stripe");
-    const verdict = verifyStripe(rawBody, signatureHeader ?? "", secrets, this.nowSeconds());
-    return this.handle("stripe", rawBody, verdict, (t, event) => this.applyStripe(t, event));
+  /** The names of the providers that have a webhook route. */
+  providers(): string[] {
+    return [...PROVIDERS.keys()];
   }
 
-  /** Handles a PayPal callback with its raw body and transmission headers. */
-  async paypal(rawBody: Buffer, headers: { id?: string; time?: string; sig?: string }): Promise<WebhookResult> {
-    const secrets = await this.methods.webhookSecrets("paypal");
-    const verdict = verifyPaypal(rawBody, headers, secrets, this.nowSeconds());
-    return this.handle("paypal", rawBody, verdict, (t, event) => this.applyPaypal(t, event));
-  }
-
-  private async handle(provider: Provider, rawBody: Buffer, verdict: string, apply: (t: Transaction, event: Record<string, any>) => Promise<Handling>): Promise<WebhookResult> {
-    let event: Record<string, any> | undefined;
-    try {
-      event = JSON.parse(rawBody.toString("utf8"));
-    } catch {
-      event = undefined;
-    }
-    const eventId = typeof event?.id === "string" ? event.id.slice(0, 255) : "";
-    const eventType = String(event?.type ?? event?.event_type ?? "").slice(0, 255);
+  /** Handles one delivery to /webhooks/<providerName> with its raw body and headers. */
+  async receive(providerName: string, rawBody: Buffer, header: (name: string) => string | undefined): Promise<WebhookResult> {
+    const provider = PROVIDERS.get(providerName);
+    if (!provider) return { status: 404, body: { received: false, outcome: "unknown_provider" } };
+    const verdict = provider.verify(rawBody, header, await this.methods.webhookSecrets(provider.name), this.nowSeconds());
     if (verdict !== "ok") {
-      await this.log(undefined, { provider, eventId, eventType, valid: false, outcome: `rejected_${verdict}`, payload: event ?? null });
+      // What the delivery claims to be, for the record only: it claims nothing.
+      const claimed = provider.parse(rawBody);
+      const said = "event" in claimed ? { eventId: claimed.event.id, eventType: claimed.event.type } : { eventId: "", eventType: "" };
+      await this.record(undefined, provider, rawBody, { ...said, valid: false, outcome: `rejected_${verdict}` });
       return { status: 400, body: { received: false, outcome: `rejected_${verdict}` } };
     }
-    if (!event || !eventId) {
-      await this.log(undefined, { provider, eventId, eventType, valid: true, outcome: "rejected_malformed", detail: "body is not a JSON event with an id", payload: null });
-      return { status: 400, body: { received: false, outcome: "rejected_malformed" } };
+    const parsed = provider.parse(rawBody);
+    if ("malformed" in parsed) {
+      await this.record(undefined, provider, rawBody, { eventId: "", eventType: "", valid: true, outcome: "rejected_malformed", detail: parsed.malformed });
+      return { status: 400, body: { received: false, outcome: "rejected_malformed", detail: parsed.malformed } };
     }
+    const event = parsed.event;
     return inTransaction(this.sequelize, async (t) => {
-      const [claimed] = await this.sequelize.query<{ id: string }>(
-        `INSERT INTO webhook_events (provider, event_id, event_type, signature_valid, outcome, payload)
-         VALUES ($1, $2, $3, true, 'processing', $4::jsonb)
-         ON CONFLICT (provider, event_id) WHERE signature_valid AND outcome <> 'duplicate' DO NOTHING RETURNING id`,
-        { bind: [provider, eventId, eventType, JSON.stringify(event)], transaction: t, type: QueryTypes.SELECT },
-      );
+      const claimed = await this.record(t, provider, rawBody, { eventId: event.id, eventType: event.type, valid: true, outcome: "processing", claim: true });
       if (!claimed) {
-        await this.log(t, { provider, eventId, eventType, valid: true, outcome: "duplicate", payload: null });
-        return { status: 200, body: { received: true, outcome: "duplicate", event_id: eventId } };
+        await this.record(t, provider, rawBody, { eventId: event.id, eventType: event.type, valid: true, outcome: "duplicate" });
+        return { status: 200, body: { received: true, outcome: "duplicate", event_id: event.id } };
       }
-      let handling: Handling;
+      let handling: ProviderOutcome;
       try {
-        // A savepoint: a refused event leaves no partial effect, but its log row stays.
-        handling = await this.sequelize.transaction({ transaction: t }, (sp) => apply(sp, event!));
+        // A savepoint: a refused event leaves no partial effect, but its record stays.
+        handling = await this.sequelize.transaction({ transaction: t }, (sp) => this.apply(sp, provider, event));
       } catch (err) {
         if (!(err instanceof BillingError)) throw err; // database trouble: 500, the provider retries
         handling = { outcome: "rejected", detail: err.message };
       }
       await this.sequelize.query(`UPDATE webhook_events SET outcome = $2, detail = $3, payment_id = $4 WHERE id = $1`, {
-        bind: [claimed.id, handling.outcome, handling.detail ?? "", handling.paymentId ?? null],
+        bind: [claimed, handling.outcome, handling.detail ?? "", handling.paymentId ?? null],
         transaction: t,
       });
-      return { status: 200, body: { received: true, outcome: handling.outcome, event_id: eventId } };
+      return { status: 200, body: { received: true, outcome: handling.outcome, event_id: event.id } };
     });
   }
 
-  private async applyStripe(t: Transaction, event: Record<string, any>): Promise<Handling> {
-    const obj = event.data?.object ?? {};
-    const actor = `webhook:stripe:${event.id}`;
-    const invoiceId = String(obj.metadata?.invoice_id ?? "");
-    const minor = (n: unknown) => (typeof n === "number" && Number.isInteger(n) && n >= 0 ? new Dec(n).dividedBy(100).toFixed(2) : "0");
-    switch (event.type) {
-      case "payment_intent.succeeded":
-        if (!isUuid(invoiceId)) return { outcome: "ignored_no_invoice" };
-        return this.payments.providerSucceeded(
-          t,
-          { invoiceId, method: "stripe", amount: minor(obj.amount_received ?? obj.amount), currency: String(obj.currency ?? ""), ref: { stripePaymentIntentId: String(obj.id), stripeChargeId: obj.latest_charge ? String(obj.latest_charge) : undefined } },
-          actor,
-        );
-      case "checkout.session.completed":
-        if (!isUuid(invoiceId) || !obj.payment_intent) return { outcome: "ignored_no_invoice" };
-        if (obj.payment_status !== "paid") return { outcome: "ignored_unpaid_session" };
-        return this.payments.providerSucceeded(t, { invoiceId, method: "stripe", amount: minor(obj.amount_total), currency: String(obj.currency ?? ""), ref: { stripePaymentIntentId: String(obj.payment_intent) } }, actor);
-      case "payment_intent.payment_failed":
-        if (!isUuid(invoiceId)) return { outcome: "ignored_no_invoice" };
-        return this.payments.providerFailed(
-          t,
-          { invoiceId, method: "stripe", amount: minor(obj.amount), currency: String(obj.currency ?? ""), ref: { stripePaymentIntentId: String(obj.id) }, reason: String(obj.last_payment_error?.message ?? "payment failed").slice(0, 1000) },
-          actor,
-        );
-      case "charge.refunded":
-        if (!obj.payment_intent) return { outcome: "ignored_no_payment_intent" };
-        return this.payments.providerRefunded(t, { stripePaymentIntentId: String(obj.payment_intent) }, "refunded at Stripe", actor);
-      default:
-        return { outcome: "ignored_event_type" };
-    }
-  }
-
-  private async applyPaypal(t: Transaction, event: Record<string, any>): Promise<Handling> {
-    const r = event.resource ?? {};
-    const actor = `webhook:paypal:${event.id}`;
-    const invoiceId = String(r.custom_id ?? r.invoice_id ?? "");
-    const amount = typeof r.amount?.value === "string" && /^\d+(\.\d{1,2})?$/.test(r.amount.value) ? r.amount.value : "0";
-    const currency = String(r.amount?.currency_code ?? "");
-    const orderId = r.supplementary_data?.related_ids?.order_id;
-    switch (event.event_type) {
-      case "PAYMENT.CAPTURE.COMPLETED":
-        if (!isUuid(invoiceId)) return { outcome: "ignored_no_invoice" };
-        return this.payments.providerSucceeded(t, { invoiceId, method: "paypal", amount, currency, ref: { paypalCaptureId: String(r.id), paypalOrderId: orderId ? String(orderId) : undefined } }, actor);
-      case "PAYMENT.CAPTURE.DENIED":
-        if (!isUuid(invoiceId)) return { outcome: "ignored_no_invoice" };
-        return this.payments.providerFailed(t, { invoiceId, method: "paypal", amount, currency, ref: { paypalCaptureId: String(r.id) }, reason: "capture denied at PayPal" }, actor);
-      case "PAYMENT.CAPTURE.REFUNDED": {
-        const up = Array.isArray(r.links) ? r.links.find((l: { rel?: string }) => l?.rel === "up") : undefined;
-        const captureId = up?.href ? String(up.href).split("/").pop() : r.capture_id;
-        if (!captureId) return { outcome: "ignored_no_capture" };
-        return this.payments.providerRefunded(t, { paypalCaptureId: String(captureId) }, "refunded at PayPal", actor);
+  /** What an event does to payments. */
+  private async apply(t: Transaction, provider: PaymentProvider, event: ProviderEvent): Promise<ProviderOutcome> {
+    const by = { actor: `webhook:${provider.name}`, note: event.id };
+    switch (event.kind) {
+      case "succeeded":
+      case "failed": {
+        const digits = provider.minorDigits(event.currency);
+        if (digits === undefined) return { outcome: "rejected_unknown_currency", detail: event.currency };
+        if (!isUuid(event.invoiceId)) return { outcome: "ignored_no_invoice" };
+        const e = { invoiceId: event.invoiceId, provider: provider.name, amount: fromMinorUnits(event.amountMinor, digits), currency: event.currency, ref: event.payment };
+        return event.kind === "succeeded" ? this.payments.providerSucceeded(t, e, by) : this.payments.providerFailed(t, { ...e, reason: event.reason ?? "payment failed" }, by);
       }
-      default:
-        return { outcome: "ignored_event_type" };
+      case "refunded": {
+        const digits = provider.minorDigits(event.currency);
+        if (digits === undefined) return { outcome: "rejected_unknown_currency", detail: event.currency };
+        const amounts: { refundedTotal?: string; refund?: string } = {};
+        if (event.refundedTotalMinor !== undefined) amounts.refundedTotal = fromMinorUnits(event.refundedTotalMinor, digits);
+        if (event.refundMinor !== undefined) amounts.refund = fromMinorUnits(event.refundMinor, digits);
+        return this.payments.providerRefunded(t, { provider: provider.name, ref: event.payment, currency: event.currency, ...amounts }, by);
+      }
+      case "dispute_opened":
+        return this.payments.providerDisputed(t, { provider: provider.name, ref: event.payment, open: true, detail: event.reason }, by);
+      case "dispute_closed":
+        return this.payments.providerDisputed(t, { provider: provider.name, ref: event.payment, open: false, detail: event.outcome }, by);
+      case "ignored":
+        return { outcome: `ignored_${event.why}` };
     }
   }
 
-  private async log(t: Transaction | undefined, e: { provider: Provider; eventId: string; eventType: string; valid: boolean; outcome: string; detail?: string; payload: unknown }): Promise<void> {
-    await this.sequelize.query(
-      `INSERT INTO webhook_events (provider, event_id, event_type, signature_valid, outcome, detail, payload) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)`,
-      { bind: [e.provider, e.eventId, e.eventType, e.valid, e.outcome, e.detail ?? "", e.payload === null ? null : JSON.stringify(e.payload)], transaction: t },
+  /**
+   * Writes one webhook_events row: the raw delivery always, its JSON as
+   * jsonb when PostgreSQL can hold it (not with NUL or lone surrogates).
+   * With `claim`, the row claims (provider, event id): the row id, or
+   * undefined when a verified delivery of that event was already claimed.
+   */
+  private async record(
+    t: Transaction | undefined,
+    provider: PaymentProvider,
+    rawBody: Buffer,
+    e: { eventId: string; eventType: string; valid: boolean; outcome: string; detail?: string; claim?: boolean },
+  ): Promise<string | undefined> {
+    const rows = await this.sequelize.query<{ id: string }>(
+      `INSERT INTO webhook_events (provider, event_id, event_type, signature_valid, claimed, outcome, detail, payload, raw_body)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)
+       ${e.claim ? "ON CONFLICT (provider, event_id) WHERE claimed DO NOTHING" : ""} RETURNING id`,
+      {
+        bind: [provider.name, e.eventId, e.eventType, e.valid, e.claim === true, e.outcome, e.detail ?? "", storableJson(rawBody), rawBody],
+        transaction: t,
+        type: QueryTypes.SELECT,
+      },
     );
+    return rows[0]?.id;
   }
 }
 
-/** "ok", or why a Stripe signature is refused. */
-export function verifyStripe(rawBody: Buffer, header: string, secrets: string[], now: number): string {
-  if (secrets.length === 0) return "no_webhook_secret";
-  const parts = header.split(",").map((p) => p.trim().split("="));
-  const t = parts.find(([k]) => k === "t")?.[1];
-  const signatures = parts.filter(([k, v]) => k === "v1" && v).map(([, v]) => Buffer.from(v!, "hex"));
-  if (!t || !/^\d+$/.test(t) || signatures.length === 0) return "signature";
-  const valid = secrets.some((secret) => {
-    const expected = createHmac("sha256", secret).update(`${t}.`).update(rawBody).digest();
-    return signatures.some((s) => s.length === expected.length && timingSafeEqual(s, expected));
-  });
-  if (!valid) return "signature";
-  if (Math.abs(now - Number(t)) > SIGNATURE_TOLERANCE_SECONDS) return "stale";
-  return "ok";
-}
-
-/** The Stripe-Signature header for a body (used by tests and the README example). */
-export function signStripe(rawBody: Buffer | string, secret: string, timestamp: number): string {
-  const sig = createHmac("sha256", secret).update(`${timestamp}.`).update(rawBody).digest("hex");
-  return `t=${timestamp},v1=${sig}`;
-}
-
-/** "ok", or why a PayPal signature is refused. */
-export function verifyPaypal(rawBody: Buffer, h: { id?: string; time?: string; sig?: string }, secrets: string[], now: number): string {
-  if (secrets.length === 0) return "no_webhook_secret";
-  if (!h.id || !h.time || !h.sig) return "signature";
-  const presented = Buffer.from(h.sig, "base64");
-  const valid = secrets.some((secret) => {
-    const expected = Buffer.from(signPaypal(rawBody, secret, h.id!, h.time!), "base64");
-    return presented.length === expected.length && timingSafeEqual(presented, expected);
-  });
-  if (!valid) return "signature";
-  const time = Date.parse(h.time);
-  if (Number.isNaN(time) || Math.abs(now - Math.floor(time / 1000)) > SIGNATURE_TOLERANCE_SECONDS) return "stale";
-  return "ok";
-}
-
-/** The PayPal-Transmission-Sig for a body under this service's offline scheme. */
-export function signPaypal(rawBody: Buffer | string, secret: string, transmissionId: string, transmissionTime: string): string {
-  const bodyHash = createHash("sha256").update(rawBody).digest("hex");
-  return createHmac("sha256", secret).update(`${transmissionId}|${transmissionTime}|${bodyHash}`).digest("base64");
+/** The delivery's JSON text if PostgreSQL's jsonb can hold it, else null (the raw bytes are kept either way). */
+function storableJson(rawBody: Buffer): string | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(rawBody.toString("utf8"));
+  } catch {
+    return null;
+  }
+  const text = JSON.stringify(value);
+  return /\\u0000|\\ud[89a-f]/i.test(text) ? null : text;
 }
 
 function isUuid(s: string): boolean {

@@ -1,0 +1,94 @@
+/**
+ * What a payment provider is to this service: one file per provider under
+ * this folder implements `PaymentProvider`, and `index.ts` registers it.
+ * The webhook route and the payment domain know no provider by name: a
+ * provider verifies its own deliveries, turns them into provider-neutral
+ * events, and says how its amounts are scaled.
+ */
+
+/** A provider-neutral account of what a delivery says happened. */
+export type ProviderEvent = {
+  /** The provider's event id (unique per provider; replays carry the same). */
+  id: string;
+  /** The provider's own event type, for the log. */
+  type: string;
+} & (
+  | {
+      kind: "succeeded" | "failed";
+      /** The invoice the payment is for (our id, carried in the provider's metadata). */
+      invoiceId: string;
+      payment: PaymentRef;
+      /** Minor units of `currency`, as the provider counts them. */
+      amountMinor: bigint;
+      currency: string;
+      /** failed: why. */
+      reason?: string;
+    }
+  | {
+      kind: "refunded";
+      payment: PaymentRef;
+      currency: string;
+      /** Everything refunded on the payment so far (Stripe sends the running total). */
+      refundedTotalMinor?: bigint;
+      /** This refund alone (PayPal sends one refund per event). */
+      refundMinor?: bigint;
+    }
+  | { kind: "dispute_opened"; payment: PaymentRef; reason: string }
+  | { kind: "dispute_closed"; payment: PaymentRef; outcome: string }
+  | { kind: "ignored"; why: string }
+);
+
+/** How a provider names a payment: its payment id, and a second reference where it has one. */
+export interface PaymentRef {
+  /** Stripe: the payment intent; PayPal: the capture. Unique per provider. */
+  id: string;
+  /** Stripe: the charge; PayPal: the order. */
+  secondaryId?: string;
+}
+
+/** A delivery read from the wire: the event, or why it is not one (answered 400). */
+export type Parsed = { event: ProviderEvent } | { malformed: string };
+
+/** A payment provider. */
+export interface PaymentProvider {
+  /** Its name: the webhook path (/webhooks/<name>) and the payment method it settles. */
+  readonly name: string;
+  /**
+   * "ok", or why a delivery's signature is refused ("signature", "stale",
+   * "no_webhook_secret"), against every configured webhook secret.
+   */
+  verify(rawBody: Buffer, header: (name: string) => string | undefined, secrets: string[], nowSeconds: number): string;
+  /** The delivery as a provider-neutral event, or why it is malformed. */
+  parse(rawBody: Buffer): Parsed;
+  /** How many minor digits its amounts in `currency` have; undefined: a currency it cannot be trusted with. */
+  minorDigits(currency: string): number | undefined;
+}
+
+/** How far a signed timestamp may be from now. */
+export const SIGNATURE_TOLERANCE_SECONDS = 300;
+
+/** A JSON object, or undefined. */
+export function objectOf(value: unknown): Record<string, unknown> | undefined {
+  return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+}
+
+/** A non-empty id string fit for a varchar(255) column (no NUL), or undefined. */
+export function idOf(value: unknown): string | undefined {
+  return typeof value === "string" && value !== "" && value.length <= 255 && !value.includes("\u0000") ? value : undefined;
+}
+
+/** Free text from a provider, fit for a text column: NUL and lone surrogates replaced, at most `max` characters. */
+export function textOf(value: unknown, max = 1000): string {
+  if (typeof value !== "string") return "";
+  return value.replace(/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD").slice(0, max);
+}
+
+/** A non-negative integer amount of minor units, or undefined. */
+export function minorOf(value: unknown): bigint | undefined {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? BigInt(value) : undefined;
+}
+
+/** An ISO-4217-shaped currency code in capitals, or undefined. */
+export function currencyOf(value: unknown): string | undefined {
+  return typeof value === "string" && /^[A-Za-z]{3}$/.test(value) ? value.toUpperCase() : undefined;
+}

@@ -1,0 +1,113 @@
+/**
+ * Stripe (POST /webhooks/stripe).
+ *
+ * - Signature: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]`, v1 =
+ *   HMAC-SHA256(secret, "<t>.<raw body>"), compared in constant time, with
+ *   |now - t| <= 300 s.
+ * - Events: payment_intent.succeeded and checkout.session.completed (paid)
+ *   settle the invoice named by `metadata.invoice_id`;
+ *   payment_intent.payment_failed fails it; charge.refunded carries the
+ *   running total `amount_refunded`, so a partial refund applies only what is
+ *   new and a replayed or older delivery applies nothing;
+ *   charge.dispute.created / charge.dispute.closed open and close a dispute.
+ *   Anything else is ignored (and recorded).
+ * - Amounts are integers of the currency's smallest unit: none for Stripe's
+ *   zero-decimal currencies (JPY, KRW, …), 3 digits for BHD/JOD/KWD/OMR/TND,
+ *   2 otherwise (ISK included, which Stripe counts in hundredths).
+ */
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { minorDigits as isoMinorDigits } from "../../../money.js";
+import { SIGNATURE_TOLERANCE_SECONDS, currencyOf, idOf, minorOf, objectOf, textOf, type Parsed, type PaymentProvider, type PaymentRef } from "./provider.js";
+
+const ZERO_DECIMAL = new Set(["BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"]);
+const TWO_DECIMAL_AT_STRIPE = new Set(["ISK"]);
+
+export const stripe: PaymentProvider = {
+  name: "stripe",
+
+  verify(rawBody, header, secrets, now) {
+    if (secrets.length === 0) return "no_webhook_secret";
+    const parts = (header("stripe-signature") ?? "").split(",").map((p) => p.trim().split("="));
+    const t = parts.find(([k]) => k === "t")?.[1];
+    const signatures = parts.filter(([k, v]) => k === "v1" && v && /^[0-9a-f]+$/i.test(v)).map(([, v]) => Buffer.from(v!, "hex"));
+    if (!t || !/^\d{1,12}$/.test(t) || signatures.length === 0) return "signature";
+    const valid = secrets.some((secret) => {
+      const expected = createHmac("sha256", secret).update(`${t}.`).update(rawBody).digest();
+      return signatures.some((s) => s.length === expected.length && timingSafeEqual(s, expected));
+    });
+    if (!valid) return "signature";
+    if (Math.abs(now - Number(t)) > SIGNATURE_TOLERANCE_SECONDS) return "stale";
+    return "ok";
+  },
+
+  parse(rawBody): Parsed {
+    let event: Record<string, unknown> | undefined;
+    try {
+      event = objectOf(JSON.parse(rawBody.toString("utf8")));
+    } catch {
+      return { malformed: "the body is not JSON" };
+    }
+    if (!event) return { malformed: "the body is not a JSON object" };
+    const id = idOf(event.id);
+    if (!id) return { malformed: "the event has no id (a non-empty string of at most 255 characters)" };
+    if (typeof event.type !== "string" || event.type === "" || event.type.includes("\u0000")) return { malformed: "the event has no type" };
+    const type = event.type.slice(0, 255);
+    const obj = objectOf(objectOf(event.data)?.object);
+    const base = { id, type };
+    const ignored = (why: string): Parsed => ({ event: { ...base, kind: "ignored", why } });
+    switch (type) {
+      case "payment_intent.succeeded":
+      case "payment_intent.payment_failed":
+      case "checkout.session.completed": {
+        if (!obj) return { malformed: "data.object is missing" };
+        const invoiceId = idOf(objectOf(obj.metadata)?.invoice_id);
+        if (!invoiceId) return ignored("no_invoice");
+        const session = type === "checkout.session.completed";
+        if (session && obj.payment_status !== "paid") return ignored("unpaid_session");
+        const paymentId = idOf(session ? obj.payment_intent : obj.id);
+        if (!paymentId) return { malformed: session ? "payment_intent is missing" : "data.object.id is missing" };
+        const amountMinor = minorOf(session ? obj.amount_total : type === "payment_intent.succeeded" ? (obj.amount_received ?? obj.amount) : obj.amount);
+        const currency = currencyOf(obj.currency);
+        if (amountMinor === undefined || !currency) return { malformed: "the amount or currency is missing or not an integer / code" };
+        const payment: PaymentRef = { id: paymentId };
+        const charge = idOf(obj.latest_charge) ?? idOf(objectOf(obj.latest_charge)?.id);
+        if (charge) payment.secondaryId = charge;
+        if (type === "payment_intent.payment_failed") {
+          return { event: { ...base, kind: "failed", invoiceId, payment, amountMinor, currency, reason: textOf(objectOf(obj.last_payment_error)?.message) || "payment failed" } };
+        }
+        return { event: { ...base, kind: "succeeded", invoiceId, payment, amountMinor, currency } };
+      }
+      case "charge.refunded": {
+        if (!obj) return { malformed: "data.object is missing" };
+        const paymentId = idOf(obj.payment_intent);
+        if (!paymentId) return ignored("no_payment_intent");
+        const refundedTotalMinor = minorOf(obj.amount_refunded);
+        const currency = currencyOf(obj.currency);
+        if (refundedTotalMinor === undefined || !currency) return { malformed: "amount_refunded or currency is missing" };
+        return { event: { ...base, kind: "refunded", payment: { id: paymentId }, currency, refundedTotalMinor } };
+      }
+      case "charge.dispute.created":
+      case "charge.dispute.closed": {
+        if (!obj) return { malformed: "data.object is missing" };
+        const paymentId = idOf(obj.payment_intent);
+        if (!paymentId) return ignored("no_payment_intent");
+        if (type === "charge.dispute.created") return { event: { ...base, kind: "dispute_opened", payment: { id: paymentId }, reason: textOf(obj.reason, 255) } };
+        return { event: { ...base, kind: "dispute_closed", payment: { id: paymentId }, outcome: textOf(obj.status, 255) || "closed" } };
+      }
+      default:
+        return ignored("event_type");
+    }
+  },
+
+  minorDigits(currency) {
+    if (ZERO_DECIMAL.has(currency)) return 0;
+    if (TWO_DECIMAL_AT_STRIPE.has(currency)) return 2;
+    return isoMinorDigits(currency);
+  },
+};
+
+/** The Stripe-Signature header for a body (tests and the README example). */
+export function signStripe(rawBody: Buffer | string, secret: string, timestamp: number): string {
+  const sig = createHmac("sha256", secret).update(`${timestamp}.`).update(rawBody).digest("hex");
+  return `t=${timestamp},v1=${sig}`;
+}
