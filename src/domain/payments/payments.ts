@@ -435,8 +435,8 @@ export class Payments {
    * A provider reports a dispute (chargeback) opened or closed. Opening marks
    * the payment DISPUTED; closing returns it to the state it had before,
    * whatever the outcome (kept in the history). Credits are not revoked
-   * automatically: a lost dispute is money already taken back by the bank,
-   * and an admin decides with RefundPayment whether the credits go too.
+   * automatically: an admin decides whether they go too (VoidCreditLot on
+   * the payment's lot, or RefundPayment once the dispute is closed).
    */
   async providerDisputed(t: Transaction, e: { provider: string; ref: PaymentRef; open: boolean; detail: string }, by: ProviderActor): Promise<ProviderOutcome> {
     const existing = await this.byProviderRef(t, e.provider, e.ref.id);
