@@ -148,8 +148,10 @@ export function defaultDataDir(projectRoot: string): string {
   if (process.getuid?.() !== 0 || traversableByOthers(projectRoot)) return local;
   const tag = createHash("sha256").update(projectRoot).digest("hex").slice(0, 12);
   const dir = path.join(os.tmpdir(), `billing-data-${tag}`);
+  // Not chmod -R: on a restart this folder holds pgdata, which PostgreSQL
+  // refuses to start from once it is readable by others. start() hands the
+  // folder itself to the postgres user.
   mkdirSync(dir, { recursive: true });
-  chmodTraversable(dir);
   return dir;
 }
 
