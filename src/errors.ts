@@ -57,7 +57,7 @@ export function toConnectError(err: unknown, logger: Logger, procedure: string):
   if (known) return connectErrorOf(known);
   logger.error("unexpected error", { procedure, error: err instanceof Error ? { name: err.name, message: err.message, stack: err.stack } : String(err) });
   return new ConnectError("internal error", Code.Internal, undefined, [
-    { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: "INTERNAL", domain: ERROR_DOMAIN }) },
+    { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: Reason.Internal, domain: ERROR_DOMAIN }) },
   ] as OutgoingDetails, err);
 }
 

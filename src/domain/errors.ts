@@ -49,6 +49,8 @@ export const Reason = {
   Conflict: "CONFLICT",
   NotImplemented: "NOT_IMPLEMENTED",
   DeadlineExceeded: "DEADLINE_EXCEEDED",
+  /** Only src/errors.ts answers this, for unexpected failures. */
+  Internal: "INTERNAL",
 } as const;
 
 /** A failure the caller can act on; never carries internals. */

@@ -6,8 +6,12 @@
 //
 // Wire conventions used throughout billing.v1:
 // - Money is a decimal string ("12.50", "0.0042") with at most the scale of
-//   its column: 2 for invoice, payment and package amounts, 4 for USD costs
+//   its column: the currency's ISO 4217 minor digits for invoice, payment
+//   and package amounts (2 for USD, 0 for JPY, 3 for KWD), 4 for USD costs
 //   and prices. Responses always carry the full scale.
+// - Errors carry a google.rpc.ErrorInfo whose `reason` is an ErrorReason
+//   value's name without the ERROR_REASON_ prefix, and, for bad input, a
+//   google.rpc.BadRequest naming each offending field.
 // - Credits and tokens are int64 integers.
 // - Dates are google.type.Date; instants are google.protobuf.Timestamp.
 // - List RPCs take page_size (0 = 50, max 500) and an opaque page_token and
@@ -23,7 +27,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file billing/v1/common.proto.
  */
 export const file_billing_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChdiaWxsaW5nL3YxL2NvbW1vbi5wcm90bxIKYmlsbGluZy52MSK4AQoKQXVkaXRFbnRyeRIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSDQoFYWN0b3IYAyABKAkSJwoGYmVmb3JlGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBImCgVhZnRlchgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqwwEKDVBheW1lbnRNZXRob2QSHgoaUEFZTUVOVF9NRVRIT0RfVU5TUEVDSUZJRUQQABIZChVQQVlNRU5UX01FVEhPRF9TVFJJUEUQARIZChVQQVlNRU5UX01FVEhPRF9QQVlQQUwQAhIgChxQQVlNRU5UX01FVEhPRF9CQU5LX1RSQU5TRkVSEAMSHwobUEFZTUVOVF9NRVRIT0RfTE9DQUxfV0FMTEVUEAQSGQoVUEFZTUVOVF9NRVRIT0RfTUFOVUFMEAViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChdiaWxsaW5nL3YxL2NvbW1vbi5wcm90bxIKYmlsbGluZy52MSK4AQoKQXVkaXRFbnRyeRIKCgJpZBgBIAEoCRIOCgZhY3Rpb24YAiABKAkSDQoFYWN0b3IYAyABKAkSJwoGYmVmb3JlGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBImCgVhZnRlchgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqsQcKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiEKHUVSUk9SX1JFQVNPTl9JTlZBTElEX0FSR1VNRU5UEAESGgoWRVJST1JfUkVBU09OX05PVF9GT1VORBACEh8KG0VSUk9SX1JFQVNPTl9BTFJFQURZX0VYSVNUUxADEiUKIUVSUk9SX1JFQVNPTl9JTlNVRkZJQ0lFTlRfQ1JFRElUUxAEEikKJUVSUk9SX1JFQVNPTl9JTlZBTElEX1NUQVRFX1RSQU5TSVRJT04QBRIfChtFUlJPUl9SRUFTT05fTElNSVRfRVhDRUVERUQQBhIeChpFUlJPUl9SRUFTT05fTk9fUExBTl9MSU1JVBAHEiEKHUVSUk9SX1JFQVNPTl9QQUNLQUdFX0lOQUNUSVZFEAgSIAocRVJST1JfUkVBU09OX1BBWU1FTlRfUEVORElORxAJEiAKHEVSUk9SX1JFQVNPTl9BTU9VTlRfTUlTTUFUQ0gQChIjCh9FUlJPUl9SRUFTT05fU0VDUkVUX0tFWV9NSVNTSU5HEAsSHwobRVJST1JfUkVBU09OX1BFUklPRF9PVkVSTEFQEAwSJwojRVJST1JfUkVBU09OX0lERU1QT1RFTkNZX0tFWV9SRVVTRUQQDRImCiJFUlJPUl9SRUFTT05fQ1JFRElUU19BTFJFQURZX1NQRU5UEA4SIwofRVJST1JfUkVBU09OX09QRVJBVElPTl9JTkFDVElWRRAPEh4KGkVSUk9SX1JFQVNPTl9QUklDRV9NSVNTSU5HEBASIQodRVJST1JfUkVBU09OX1dST05HX01PREVMX1RZUEUQERIfChtFUlJPUl9SRUFTT05fTU9ERUxfSU5BQ1RJVkUQEhIhCh1FUlJPUl9SRUFTT05fTU9ERUxfSVNfREVGQVVMVBATEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQFBIiCh5FUlJPUl9SRUFTT05fUEVSTUlTU0lPTl9ERU5JRUQQFRIlCiFFUlJPUl9SRUFTT05fREFUQUJBU0VfVU5BVkFJTEFCTEUQFhIZChVFUlJPUl9SRUFTT05fQ09ORkxJQ1QQFxIgChxFUlJPUl9SRUFTT05fTk9UX0lNUExFTUVOVEVEEBgSIgoeRVJST1JfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEBkSGQoVRVJST1JfUkVBU09OX0lOVEVSTkFMEBoqwwEKDVBheW1lbnRNZXRob2QSHgoaUEFZTUVOVF9NRVRIT0RfVU5TUEVDSUZJRUQQABIZChVQQVlNRU5UX01FVEhPRF9TVFJJUEUQARIZChVQQVlNRU5UX01FVEhPRF9QQVlQQUwQAhIgChxQQVlNRU5UX01FVEhPRF9CQU5LX1RSQU5TRkVSEAMSHwobUEFZTUVOVF9NRVRIT0RfTE9DQUxfV0FMTEVUEAQSGQoVUEFZTUVOVF9NRVRIT0RfTUFOVUFMEAViBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * One change to an audited record: who made it, when, and the values before
@@ -83,6 +87,215 @@ export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
   messageDesc(file_billing_v1_common, 0);
 
 /**
+ * The stable reasons of errors (google.rpc.ErrorInfo.reason, domain
+ * "billing.v1"), for callers to switch on: the reason string is the value's
+ * name without "ERROR_REASON_" (e.g. "INSUFFICIENT_CREDITS"). The gRPC code
+ * that carries each is given in its comment.
+ *
+ * @generated from enum billing.v1.ErrorReason
+ */
+export enum ErrorReason {
+  /**
+   * Not used in errors.
+   *
+   * @generated from enum value: ERROR_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * INVALID_ARGUMENT: a request field is malformed or out of range; a
+   * BadRequest detail names each offending field.
+   *
+   * @generated from enum value: ERROR_REASON_INVALID_ARGUMENT = 1;
+   */
+  INVALID_ARGUMENT = 1,
+
+  /**
+   * NOT_FOUND: the named resource does not exist (metadata: resource, id).
+   *
+   * @generated from enum value: ERROR_REASON_NOT_FOUND = 2;
+   */
+  NOT_FOUND = 2,
+
+  /**
+   * ALREADY_EXISTS: a resource with the same unique key exists.
+   *
+   * @generated from enum value: ERROR_REASON_ALREADY_EXISTS = 3;
+   */
+  ALREADY_EXISTS = 3,
+
+  /**
+   * FAILED_PRECONDITION: not enough available credits (metadata: required,
+   * available, account_id); nothing was written.
+   *
+   * @generated from enum value: ERROR_REASON_INSUFFICIENT_CREDITS = 4;
+   */
+  INSUFFICIENT_CREDITS = 4,
+
+  /**
+   * FAILED_PRECONDITION: the resource's state does not allow this transition
+   * (metadata: status).
+   *
+   * @generated from enum value: ERROR_REASON_INVALID_STATE_TRANSITION = 5;
+   */
+  INVALID_STATE_TRANSITION = 5,
+
+  /**
+   * RESOURCE_EXHAUSTED: a plan limit would be exceeded; nothing consumed.
+   *
+   * @generated from enum value: ERROR_REASON_LIMIT_EXCEEDED = 6;
+   */
+  LIMIT_EXCEEDED = 6,
+
+  /**
+   * FAILED_PRECONDITION: no plan limit of that type for the current period.
+   *
+   * @generated from enum value: ERROR_REASON_NO_PLAN_LIMIT = 7;
+   */
+  NO_PLAN_LIMIT = 7,
+
+  /**
+   * FAILED_PRECONDITION: the credit package is not for sale.
+   *
+   * @generated from enum value: ERROR_REASON_PACKAGE_INACTIVE = 8;
+   */
+  PACKAGE_INACTIVE = 8,
+
+  /**
+   * FAILED_PRECONDITION: a payment for the invoice already awaits approval.
+   *
+   * @generated from enum value: ERROR_REASON_PAYMENT_PENDING = 9;
+   */
+  PAYMENT_PENDING = 9,
+
+  /**
+   * FAILED_PRECONDITION: the amount is not the invoice's outstanding total.
+   *
+   * @generated from enum value: ERROR_REASON_AMOUNT_MISMATCH = 10;
+   */
+  AMOUNT_MISMATCH = 10,
+
+  /**
+   * FAILED_PRECONDITION: storing a secret needs BILLING_SECRET_KEY.
+   *
+   * @generated from enum value: ERROR_REASON_SECRET_KEY_MISSING = 11;
+   */
+  SECRET_KEY_MISSING = 11,
+
+  /**
+   * FAILED_PRECONDITION: the plan-limit period overlaps an existing one.
+   *
+   * @generated from enum value: ERROR_REASON_PERIOD_OVERLAP = 12;
+   */
+  PERIOD_OVERLAP = 12,
+
+  /**
+   * ALREADY_EXISTS: the idempotency key was used for a different request.
+   *
+   * @generated from enum value: ERROR_REASON_IDEMPOTENCY_KEY_REUSED = 13;
+   */
+  IDEMPOTENCY_KEY_REUSED = 13,
+
+  /**
+   * FAILED_PRECONDITION: the credits a refund takes back were already spent
+   * (set revoke_available_only to take what is left).
+   *
+   * @generated from enum value: ERROR_REASON_CREDITS_ALREADY_SPENT = 14;
+   */
+  CREDITS_ALREADY_SPENT = 14,
+
+  /**
+   * FAILED_PRECONDITION: the operation type's cost config is inactive.
+   *
+   * @generated from enum value: ERROR_REASON_OPERATION_INACTIVE = 15;
+   */
+  OPERATION_INACTIVE = 15,
+
+  /**
+   * FAILED_PRECONDITION: the model has no price for this kind of usage.
+   *
+   * @generated from enum value: ERROR_REASON_PRICE_MISSING = 16;
+   */
+  PRICE_MISSING = 16,
+
+  /**
+   * FAILED_PRECONDITION: the model is of another type (text vs image).
+   *
+   * @generated from enum value: ERROR_REASON_WRONG_MODEL_TYPE = 17;
+   */
+  WRONG_MODEL_TYPE = 17,
+
+  /**
+   * FAILED_PRECONDITION: the model is inactive.
+   *
+   * @generated from enum value: ERROR_REASON_MODEL_INACTIVE = 18;
+   */
+  MODEL_INACTIVE = 18,
+
+  /**
+   * FAILED_PRECONDITION: the default model of its type cannot be deactivated.
+   *
+   * @generated from enum value: ERROR_REASON_MODEL_IS_DEFAULT = 19;
+   */
+  MODEL_IS_DEFAULT = 19,
+
+  /**
+   * UNAUTHENTICATED: no valid bearer token.
+   *
+   * @generated from enum value: ERROR_REASON_UNAUTHENTICATED = 20;
+   */
+  UNAUTHENTICATED = 20,
+
+  /**
+   * PERMISSION_DENIED: the key's role or account does not allow this call.
+   *
+   * @generated from enum value: ERROR_REASON_PERMISSION_DENIED = 21;
+   */
+  PERMISSION_DENIED = 21,
+
+  /**
+   * UNAVAILABLE: the database is unreachable; retry later.
+   *
+   * @generated from enum value: ERROR_REASON_DATABASE_UNAVAILABLE = 22;
+   */
+  DATABASE_UNAVAILABLE = 22,
+
+  /**
+   * ABORTED: the request conflicted with a concurrent one; retry it.
+   *
+   * @generated from enum value: ERROR_REASON_CONFLICT = 23;
+   */
+  CONFLICT = 23,
+
+  /**
+   * UNIMPLEMENTED: the RPC is not built yet.
+   *
+   * @generated from enum value: ERROR_REASON_NOT_IMPLEMENTED = 24;
+   */
+  NOT_IMPLEMENTED = 24,
+
+  /**
+   * DEADLINE_EXCEEDED: the caller's deadline passed; nothing was written.
+   *
+   * @generated from enum value: ERROR_REASON_DEADLINE_EXCEEDED = 25;
+   */
+  DEADLINE_EXCEEDED = 25,
+
+  /**
+   * INTERNAL: an unexpected failure; nothing internal is disclosed.
+   *
+   * @generated from enum value: ERROR_REASON_INTERNAL = 26;
+   */
+  INTERNAL = 26,
+}
+
+/**
+ * Describes the enum billing.v1.ErrorReason.
+ */
+export const ErrorReasonSchema: GenEnum<ErrorReason> = /*@__PURE__*/
+  enumDesc(file_billing_v1_common, 0);
+
+/**
  * How an invoice was paid or is to be paid.
  *
  * @generated from enum billing.v1.PaymentMethod
@@ -135,5 +348,5 @@ export enum PaymentMethod {
  * Describes the enum billing.v1.PaymentMethod.
  */
 export const PaymentMethodSchema: GenEnum<PaymentMethod> = /*@__PURE__*/
-  enumDesc(file_billing_v1_common, 0);
+  enumDesc(file_billing_v1_common, 1);
 
