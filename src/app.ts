@@ -27,7 +27,22 @@ import { createAuthInterceptor } from "./interceptors/auth.js";
 import { createLoggingInterceptor } from "./interceptors/logging.js";
 import type { Logger } from "./logger.js";
 import { createRoutes } from "./routes.js";
-import { createBillingServer, type BillingServer } from "./server.js";
+import { createBillingServer, type BillingServer, type Lifecycle } from "./server.js";
+import { Metrics, type PoolStats } from "./metrics.js";
+import { createMetricsRoute, createProbeRoutes } from "./handlers/probes.js";
+import { pendingMigrations } from "./db/migrate.js";
+import { PROJECT_ROOT } from "./db/connect.js";
+import http from "node:http";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+
+const VERSION = (JSON.parse(readFileSync(path.join(PROJECT_ROOT, "package.json"), "utf8")) as { version: string }).version;
+
+/** The database pool right now (sequelize-pool's counters). */
+function poolStats(sequelize: Sequelize): PoolStats | undefined {
+  const pool = (sequelize.connectionManager as unknown as { pool?: { size: number; using: number; waiting: number } }).pool;
+  return pool ? { size: pool.size, using: pool.using, waiting: pool.waiting } : undefined;
+}
 
 /** How often lots past their expiry are swept. */
 const LOT_SWEEP_MS = 30_000;
@@ -35,10 +50,12 @@ const LOT_SWEEP_MS = 30_000;
 /** Builds the server for `config` over `sequelize`. */
 export function createApp(config: Config, sequelize: Sequelize, logger: Logger): BillingServer {
   if (config.secretKey) setPageTokenSecret(config.secretKey);
+  const lifecycle: Lifecycle = { draining: false };
+  const metrics = config.metrics === "off" ? undefined : new Metrics({ version: VERSION, pool: () => poolStats(sequelize) });
   const catalogue = new ModelCatalogue(sequelize);
   const pricing = new Pricing(sequelize, catalogue);
   const notifications = new BalanceNotifications(sequelize, logger);
-  const ledger = new CreditLedger(sequelize, pricing, (accountId) => notifications.announce(accountId));
+  const ledger = new CreditLedger(sequelize, pricing, (accountId) => notifications.announce(accountId), metrics);
   const packages = new CreditPackages(sequelize);
   const credit = {
     ledger,
@@ -54,15 +71,21 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   const payments = new Payments(sequelize, invoices, ledger);
   const paymentMethods = new PaymentMethods(sequelize, new SecretBox(config.secretKey));
   const webhooks = new Webhooks(sequelize, payments, paymentMethods);
+  const serving = async () => !lifecycle.draining && (await databaseIsUp(sequelize));
+  const probes = createProbeRoutes({ lifecycle, databaseIsUp: () => databaseIsUp(sequelize), pendingMigrations: () => pendingMigrations(sequelize) });
+  const metricsRoute = metrics ? createMetricsRoute(metrics) : undefined;
   const server = createBillingServer({
-    routes: createRoutes({ credit, catalogue, invoices, payments, paymentMethods, databaseIsUp: () => databaseIsUp(sequelize) }),
-    interceptors: [createLoggingInterceptor(logger), createAuthInterceptor(config.apiKeys)],
+    routes: createRoutes({ credit, catalogue, invoices, payments, paymentMethods, databaseIsUp: serving }),
+    interceptors: [createLoggingInterceptor(logger, metrics, lifecycle), createAuthInterceptor(config.apiKeys)],
     corsOrigins: config.corsOrigins,
-    httpRoutes: createWebhookRoutes(webhooks, logger),
+    httpRoutes: { ...createWebhookRoutes(webhooks, logger, metrics), ...probes, ...(metricsRoute && config.metrics === "main" ? { "/metrics": metricsRoute } : {}) },
     logger,
     limits: config.serverLimits,
     unaryFastPath: config.unaryFastPath,
+    lifecycle,
   });
+  // METRICS_PORT: /metrics on a port of its own (e.g. reachable only from the scraper's network).
+  const metricsServer = metricsRoute && typeof config.metrics === "number" ? http.createServer((req, res) => void (req.url?.split("?")[0] === "/metrics" && req.method === "GET" ? metricsRoute.handle(req, res) : res.writeHead(404).end())) : undefined;
   // Idempotency keys are kept at least 24 hours; older ones are purged hourly.
   let purgeTimer: NodeJS.Timeout | undefined;
   // Lots past their expiry leave balances lazily on every read and debit;
@@ -81,6 +104,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   return {
     async listen(port, host) {
       const bound = await server.listen(port, host);
+      if (metricsServer) await new Promise<void>((resolve, reject) => metricsServer.once("error", reject).listen(config.metrics as number, host, () => resolve()));
       purgeTimer = setInterval(purge, 60 * 60 * 1000).unref();
       sweepTimer = setInterval(sweep, LOT_SWEEP_MS).unref();
       return bound;
@@ -89,6 +113,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
       clearInterval(purgeTimer);
       clearInterval(sweepTimer);
       await server.close(graceMs);
+      metricsServer?.close();
       await notifications.close();
     },
   };

@@ -22,6 +22,12 @@ export interface Config {
   serverLimits?: ServerLimits;
   /** false: unary calls go through connect-node too (UNARY_FAST_PATH=off), for diagnosis. */
   unaryFastPath?: boolean;
+  /** Where GET /metrics is served: the main port, a port of its own (METRICS_PORT), or nowhere (METRICS_PORT=""). */
+  metrics?: "main" | "off" | number;
+  /** MIGRATE: "auto" applies pending migrations at start; "off" refuses to serve an outdated schema. */
+  migrate?: "auto" | "off";
+  /** How long start-up keeps retrying an unreachable database (DATABASE_CONNECT_TIMEOUT_MS). */
+  databaseConnectTimeoutMs?: number;
 }
 
 /** Builds the configuration from `env`; throws a readable error on bad values. */
@@ -41,6 +47,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxConnections: positiveInteger(env, "MAX_CONNECTIONS", DEFAULT_SERVER_LIMITS.maxConnections),
     },
     unaryFastPath: onOff(env, "UNARY_FAST_PATH", true),
+    metrics: metricsPort(env.METRICS_PORT),
+    migrate: oneOf(env, "MIGRATE", ["auto", "off"] as const, "auto"),
+    databaseConnectTimeoutMs: positiveInteger(env, "DATABASE_CONNECT_TIMEOUT_MS", 30_000),
   };
   if (env.DATABASE_URL) config.databaseUrl = env.DATABASE_URL;
   if (env.DATA_DIR) config.dataDir = env.DATA_DIR;
@@ -63,4 +72,21 @@ function onOff(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean
   if (raw === "on") return true;
   if (raw === "off") return false;
   throw new Error(`${name} must be "on" or "off" (got ${JSON.stringify(raw)})`);
+}
+
+/** One of `values`, or its default when unset. */
+function oneOf<T extends string>(env: NodeJS.ProcessEnv, name: string, values: readonly T[], fallback: T): T {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!(values as readonly string[]).includes(raw)) throw new Error(`${name} must be one of ${values.join(", ")} (got ${JSON.stringify(raw)})`);
+  return raw as T;
+}
+
+/** METRICS_PORT: unset serves /metrics on the main port, "" nowhere, a port number on that port. */
+function metricsPort(raw: string | undefined): "main" | "off" | number {
+  if (raw === undefined) return "main";
+  if (raw === "") return "off";
+  const port = Number(raw);
+  if (!/^\d+$/.test(raw) || port < 1 || port > 65535) throw new Error(`METRICS_PORT must be a port from 1 to 65535, or empty to serve no metrics (got ${JSON.stringify(raw)})`);
+  return port;
 }

@@ -53,6 +53,11 @@ export function connectErrorOf(err: BillingError): ConnectError {
 export function toConnectError(err: unknown, logger: Logger, procedure: string): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof BillingError) return connectErrorOf(err);
+  // The caller went away mid-call (a cancelled stream): not a failure of ours, and not logged as one.
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === "ERR_STREAM_PREMATURE_CLOSE" || code === "ABORT_ERR" || (err instanceof Error && err.name === "AbortError")) {
+    return new ConnectError("the caller cancelled the call", Code.Canceled, undefined, undefined, err);
+  }
   const known = classifyDatabaseError(err);
   if (known) return connectErrorOf(known);
   logger.error("unexpected error", { procedure, error: err instanceof Error ? { name: err.name, message: err.message, stack: err.stack } : String(err) });

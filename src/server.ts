@@ -6,8 +6,12 @@
  * anything else to an HTTP/1.1 server (Connect and gRPC-Web). Both use the
  * same Connect adapter. Plain HTTP routes (webhooks) are served beside it.
  *
- * Shutdown: stop accepting, signal streaming handlers to end, let in-flight
- * calls finish, then close what is left after a grace period.
+ * Shutdown (graceful drain): the lifecycle turns `draining` first (health
+ * and /readyz say NOT_SERVING, new calls are refused with UNAVAILABLE,
+ * HTTP/1.1 answers carry `Connection: close`), the listener stops accepting,
+ * HTTP/2 sessions get GOAWAY, idle keep-alive sockets are closed, streams
+ * end with UNAVAILABLE, in-flight calls finish and are answered; whatever is
+ * left after the grace period is cut. The caller closes the database last.
  */
 import { cors as connectCors, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -18,16 +22,29 @@ import net from "node:net";
 import { createUnaryPath } from "./unary.js";
 import type { Logger } from "./logger.js";
 
-/** A plain HTTP route beside the RPCs (e.g. provider webhooks). */
+/** A plain HTTP route beside the RPCs (provider webhooks, probes, metrics). */
 export type HttpRoute = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void | Promise<void>;
+
+/** A plain route's handler and the one method it answers. */
+export interface PlainRoute {
+  method: "GET" | "POST";
+  handle: HttpRoute;
+}
+
+/** Shared by the server and what it serves: whether the server is draining. */
+export interface Lifecycle {
+  draining: boolean;
+}
 
 export interface ServerOptions {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
   /** Exact origins allowed by CORS; "*" allows any. */
   corsOrigins: string[];
-  /** Plain HTTP routes by exact path (POST only). */
-  httpRoutes?: Record<string, HttpRoute>;
+  /** Plain HTTP routes by exact path. */
+  httpRoutes?: Record<string, PlainRoute>;
+  /** Set to draining when close() starts; read by health, probes and the interceptors. */
+  lifecycle?: Lifecycle;
   logger: Logger;
   /** Timeouts and the connection cap; defaults in DEFAULT_SERVER_LIMITS. */
   limits?: ServerLimits;
@@ -77,7 +94,7 @@ export function createBillingServer(options: ServerOptions): BillingServer {
   // Unary calls take a leaner path built from connect's own pieces
   // (unary.ts), which also reads their input strictly; every other call
   // (streams, Connect GET) goes through the Connect adapter.
-  const unary = createUnaryPath({ interceptors: options.interceptors, shutdownSignal: shutdown.signal, readMaxBytes, bodyTimeoutMs: limits.bodyTimeoutMs });
+  const unary = createUnaryPath({ interceptors: options.interceptors, readMaxBytes, bodyTimeoutMs: limits.bodyTimeoutMs });
   const adapter = connectNodeAdapter({
     routes: unary.recordRoutes(options.routes),
     interceptors: options.interceptors,
@@ -87,17 +104,23 @@ export function createBillingServer(options: ServerOptions): BillingServer {
     fallback: (_req, res) => notFound(res as http.ServerResponse),
   });
 
+  const lifecycle = options.lifecycle ?? { draining: false };
+  // Requests being served, so that a drain can wait for them.
+  let inFlight = 0;
   const handle = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => {
+    inFlight++;
+    res.once("close", () => inFlight--);
+    if (lifecycle.draining && !("stream" in req)) res.setHeader("connection", "close");
     if (!applyCors(req, res, options.corsOrigins)) return;
     const path = (req.url ?? "/").split("?")[0]!;
     const route = options.httpRoutes?.[path];
     if (route) {
-      if (req.method !== "POST") {
-        res.writeHead(405, { allow: "POST", "content-type": "application/json" });
+      if (req.method !== route.method) {
+        res.writeHead(405, { allow: route.method, "content-type": "application/json" });
         res.end(JSON.stringify({ error: "method not allowed" }));
         return;
       }
-      Promise.resolve(route(req, res)).catch((err: unknown) => {
+      Promise.resolve(route.handle(req, res)).catch((err: unknown) => {
         logger.error("http route failed", { path, error: err instanceof Error ? err.message : String(err) });
         if (!res.headersSent) res.writeHead(500, { "content-type": "application/json" });
         res.end(JSON.stringify({ error: "internal error" }));
@@ -191,14 +214,15 @@ export function createBillingServer(options: ServerOptions): BillingServer {
       });
     },
     async close(graceMs = 10_000) {
+      lifecycle.draining = true; // health NOT_SERVING, new calls UNAVAILABLE, HTTP/1.1 answers say Connection: close
       const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
-      shutdown.abort(); // ends server streams (WatchBalance, health Watch)
       for (const session of sessions) session.close(); // GOAWAY: no new streams, running ones finish
+      shutdown.abort(); // ends server streams (WatchBalance, health Watch) with UNAVAILABLE
       h1.closeIdleConnections();
       const deadline = Date.now() + graceMs;
-      while (sockets.size > 0 && Date.now() < deadline) {
+      while ((inFlight > 0 || sockets.size > 0) && Date.now() < deadline) {
         h1.closeIdleConnections();
-        await new Promise((r) => setTimeout(r, 50));
+        await new Promise((r) => setTimeout(r, 20));
       }
       for (const socket of sockets) socket.destroy();
       await closed;

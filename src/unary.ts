@@ -9,8 +9,8 @@
  * pauses the p99. This path does the same work for unary calls in one pass:
  * read the body, decompress, parse, invoke, answer. It is built from
  * connect's own pieces so that the behaviour stays connect's: a
- * HandlerContext with the same fields and signals (deadline, client cancel,
- * shutdown), the same interceptors (auth, logging, error mapping) through
+ * HandlerContext with the same fields and signals (deadline, client cancel),
+ * the same interceptors (auth, logging, error mapping) through
  * `invokeUnaryImplementation`, the same serialization limits, timeout
  * parsing, trailer status and Connect error encoding.
  *
@@ -61,7 +61,6 @@ import { readStrictJson, refuseProtoKeys } from "./strict-input.js";
 
 export interface UnaryPathOptions {
   interceptors: Interceptor[];
-  shutdownSignal: AbortSignal;
   /** Largest accepted request message, as for connect-node. */
   readMaxBytes: number;
   /** How long a request body may take to arrive (the call's deadline may be sooner). */
@@ -110,11 +109,9 @@ const JSON_OUT = { alwaysEmitImplicit: true };
 /** Creates the unary path; mount it with `recordRoutes` and call `handle` for each request. */
 export function createUnaryPath(options: UnaryPathOptions): UnaryPath {
   const routes = new Map<string, Route>();
-  // The signals of the calls in progress, aborted together on shutdown.
+  // The signals of the calls in progress. A shutdown does not abort them: a
+  // drain lets unary calls finish and answers them (server.ts).
   const live = new Set<AbortController>();
-  options.shutdownSignal.addEventListener("abort", () => {
-    for (const call of live) call.abort(options.shutdownSignal.reason);
-  });
   const limits = { readMaxBytes: options.readMaxBytes, writeMaxBytes: 0xffffffff };
 
   const add = (spec: MethodImplSpec) => {
@@ -193,7 +190,6 @@ async function serve(route: Route, shape: Shape, req: Request, res: Response, op
       : parseGrpcTimeout(headerValue(req.headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
   const call = new AbortController();
   live.add(call);
-  if (options.shutdownSignal.aborted) call.abort(options.shutdownSignal.reason);
   const deadline = timeout.timeoutMs === undefined ? undefined : Date.now() + timeout.timeoutMs;
   const timer =
     timeout.timeoutMs === undefined || timeout.timeoutMs > MAX_TIMER_MS

@@ -4,7 +4,7 @@
  * statically, so names never depend on the file extension (tsx or compiled).
  * An advisory lock makes concurrent starts on one database safe.
  */
-import { type Sequelize } from "sequelize";
+import { QueryTypes, type Sequelize } from "sequelize";
 import { SequelizeStorage, Umzug, type MigrationParams } from "umzug";
 import * as initialSchema from "./migrations/0001-initial-schema.js";
 import * as deductBatchFunction from "./migrations/0002-deduct-batch-function.js";
@@ -32,6 +32,19 @@ const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
 const FUNCTION_FILES = ["billing_debit.sql"];
 
 const MIGRATION_LOCK = 0x62696c6c; // "bill"
+
+/** The migrations this build knows that the database has not applied (MIGRATE=off refuses to serve then). */
+export async function pendingMigrations(sequelize: Sequelize): Promise<string[]> {
+  let applied: Set<string>;
+  try {
+    const rows = await sequelize.query<{ name: string }>(`SELECT name FROM schema_migrations`, { type: QueryTypes.SELECT });
+    applied = new Set(rows.map((r) => r.name));
+  } catch (err) {
+    if ((err as { parent?: { code?: string } }).parent?.code === "42P01") return MIGRATIONS.map((m) => m.name); // no table: nothing applied
+    throw err;
+  }
+  return MIGRATIONS.map((m) => m.name).filter((name) => !applied.has(name));
+}
 
 /**
  * Applies every pending migration (or those up to `options.to`, for tests

@@ -4,7 +4,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   AdjustCreditsResponseSchema,
   BillingConfigurationSchema,
@@ -363,7 +363,8 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
           }
           if (!dirty) await Promise.race([new Promise<void>((resolve) => (wake = resolve)), aborted]);
           wake = undefined;
-          if (ctx.signal.aborted) return;
+          // The server is shutting down (or the caller left): end the stream as UNAVAILABLE, so callers reconnect elsewhere.
+          if (ctx.signal.aborted) throw new ConnectError("the server is shutting down; watch again on another instance", Code.Unavailable);
         }
       } finally {
         unsubscribe();

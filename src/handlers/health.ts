@@ -44,6 +44,9 @@ export function createHealthHandler(isUp: () => Promise<boolean>, watchIntervalM
           ctx.signal.addEventListener("abort", onAbort, { once: true });
         });
       }
+      // The server is shutting down (or the caller left): say so, then end the stream as UNAVAILABLE.
+      if (last !== HealthCheckResponse_ServingStatus.NOT_SERVING) yield create(HealthCheckResponseSchema, { status: HealthCheckResponse_ServingStatus.NOT_SERVING });
+      throw new ConnectError("the server is shutting down", Code.Unavailable);
     },
   };
 }

@@ -5,12 +5,13 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import type { Webhooks } from "../domain/payments/webhooks.js";
 import type { Logger } from "../logger.js";
-import type { HttpRoute } from "../server.js";
+import type { Metrics } from "../metrics.js";
+import type { HttpRoute, PlainRoute } from "../server.js";
 
 const MAX_BODY = 1024 * 1024;
 
 /** POST /webhooks/<provider> for every registered provider. */
-export function createWebhookRoutes(webhooks: Webhooks, logger: Logger): Record<string, HttpRoute> {
+export function createWebhookRoutes(webhooks: Webhooks, logger: Logger, metrics?: Metrics): Record<string, PlainRoute> {
   const respond = (res: http.ServerResponse | http2.Http2ServerResponse, status: number, body: unknown) => {
     res.writeHead(status, { "content-type": "application/json" });
     res.end(JSON.stringify(body));
@@ -19,6 +20,7 @@ export function createWebhookRoutes(webhooks: Webhooks, logger: Logger): Record<
     const started = performance.now();
     const body = await readBody(req);
     if (!body) {
+      metrics?.webhook(provider, "rejected_too_large");
       logger.warn("webhook", { provider, status: 413, outcome: "rejected_too_large" });
       return respond(res, 413, { received: false, outcome: "rejected_too_large" });
     }
@@ -28,10 +30,11 @@ export function createWebhookRoutes(webhooks: Webhooks, logger: Logger): Record<
       return Array.isArray(v) ? v[0] : v;
     };
     const result = await webhooks.receive(provider, body, header);
+    metrics?.webhook(provider, result.body.outcome);
     logger.info("webhook", { provider, status: result.status, outcome: result.body.outcome, event_id: result.body.event_id, duration_ms: Math.round(performance.now() - started) });
     respond(res, result.status, result.body);
   };
-  return Object.fromEntries(webhooks.providers().map((p) => [`/webhooks/${p}`, route(p)]));
+  return Object.fromEntries(webhooks.providers().map((p) => [`/webhooks/${p}`, { method: "POST", handle: route(p) } satisfies PlainRoute]));
 }
 
 function readBody(req: http.IncomingMessage | http2.Http2ServerRequest): Promise<Buffer | undefined> {

@@ -1,57 +1,90 @@
 /**
- * The outermost interceptor: maps every error to a ConnectError (one place,
- * src/errors.ts) and writes one JSON log line per call with the procedure,
- * code, duration and caller's key name. Tokens are never logged. Request
- * streams that cannot be read as their message are INVALID_ARGUMENT.
+ * The outermost interceptor, around every call:
+ * - request id and trace context: `x-request-id` (taken when the caller
+ *   sends a sane one, else generated) and the trace id of a W3C
+ *   `traceparent` are on every log line of the call, and `x-request-id` is
+ *   answered in the response headers (error responses included);
+ * - a draining server refuses new calls with UNAVAILABLE;
+ * - every error is mapped to a ConnectError (one place, src/errors.ts);
+ * - one JSON log line per call (procedure, protocol, code, duration, the
+ *   key's name; never tokens) and its metrics (count by code, latency).
+ * Request streams that cannot be read as their message are INVALID_ARGUMENT.
  */
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
+import { randomUUID } from "node:crypto";
 import { principalKey } from "./auth.js";
 import { toConnectError } from "../errors.js";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
+import type { Lifecycle } from "../server.js";
 
-/** Creates the error-mapping and request-logging interceptor. */
-export function createLoggingInterceptor(logger: Logger): Interceptor {
+const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+const TRACEPARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/;
+
+/** Creates the request-id, error-mapping, logging and metrics interceptor. */
+export function createLoggingInterceptor(logger: Logger, metrics?: Metrics, lifecycle?: Lifecycle): Interceptor {
   return (next) => async (req) => {
     const started = performance.now();
-    const log = (code: Code | undefined, error?: ConnectError) => {
+    const sent = req.header.get("x-request-id");
+    const requestId = sent !== null && REQUEST_ID.test(sent) ? sent : randomUUID();
+    const trace = TRACEPARENT.exec(req.header.get("traceparent") ?? "");
+    const log = logger.child(trace ? { request_id: requestId, trace_id: trace[1], parent_span_id: trace[2] } : { request_id: requestId });
+    const procedure = `/${req.service.typeName}/${req.method.name}`;
+    const protocol = protocolOf(req.header.get("content-type") ?? "");
+    const finish = (code: Code | undefined, error?: ConnectError) => {
       const principal = req.contextValues.get(principalKey);
+      const codeName = code === undefined ? "ok" : Code[code]!.replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase());
+      const seconds = (performance.now() - started) / 1000;
+      metrics?.rpc(procedure, protocol, codeName, seconds);
       const fields: Record<string, unknown> = {
-        procedure: req.url ? new URL(req.url).pathname : `/${req.service.typeName}/${req.method.name}`,
-        protocol: req.header.get("content-type") ?? "",
-        code: code === undefined ? "ok" : Code[code]!.replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase()),
-        duration_ms: Math.round((performance.now() - started) * 100) / 100,
+        procedure,
+        protocol,
+        code: codeName,
+        duration_ms: Math.round(seconds * 100_000) / 100,
         caller: principal.name === "anonymous" ? undefined : principal.name,
       };
       if (error) fields.error = error.rawMessage;
+      // A caller that went away (cancelled) is not an error of ours.
       const level = code === Code.Internal || code === Code.Unknown || code === Code.DataLoss ? "error" : code === Code.Unavailable ? "warn" : "info";
-      logger[level]("rpc", fields);
+      log[level]("rpc", fields);
     };
+    const failed = (err: unknown): ConnectError => {
+      const ce = toConnectError(err, log, req.method.name);
+      ce.metadata.set("x-request-id", requestId);
+      finish(ce.code, ce);
+      return ce;
+    };
+    if (lifecycle?.draining) throw failed(new ConnectError("the server is shutting down; retry on another instance", Code.Unavailable));
     if (req.stream) req = { ...req, message: clientInput(req.message, req.method.input.typeName) };
     let res;
     try {
       res = await next(req);
     } catch (err) {
-      const ce = toConnectError(err, logger, req.method.name);
-      log(ce.code, ce);
-      throw ce;
+      throw failed(err);
     }
+    res.header.set("x-request-id", requestId);
     if (!res.stream) {
-      log(undefined);
+      finish(undefined);
       return res;
     }
     const source = res.message;
     async function* guarded() {
       try {
         yield* source;
-        log(undefined);
+        finish(undefined);
       } catch (err) {
-        const ce = toConnectError(err, logger, req.method.name);
-        log(ce.code, ce);
-        throw ce;
+        throw failed(err);
       }
     }
     return { ...res, message: guarded() } as StreamResponse;
   };
+}
+
+/** The protocol of a call, from its content type. */
+function protocolOf(contentType: string): string {
+  if (contentType.startsWith("application/grpc-web")) return "grpc-web";
+  if (contentType.startsWith("application/grpc")) return "grpc";
+  return "connect";
 }
 
 /**

@@ -33,8 +33,9 @@
 --    expiring last), then oldest, then id. Its ledger row records the
 --    allocations ([{lot_id, amount}]) and balance_after.
 -- 5. Lots and balances are written once each at the end.
--- Each returned row: ord (1-based request index), outcome (ok, empty,
--- insufficient, replay, reused, taken) and detail: for ok/replay the debit
+-- Each returned row: ord (1-based request index; 0 for a lot that expired,
+-- detail {account_id, amount}), outcome (ok, empty, insufficient, replay,
+-- reused, taken, expired) and detail: for ok/replay the debit
 -- record that src/domain/credits/debit-record.ts reads (and that a keyed
 -- request stores as its idempotent response), for insufficient
 -- {"available": n}.
@@ -145,6 +146,8 @@ BEGIN
       VALUES (lot.account_id, 'expiration', -lot.remaining, bal[j], 'Credits expired (lot ' || lot.id || ')',
               jsonb_build_array(jsonb_build_object('lot_id', lot.id, 'amount', lot.remaining::text)));
       UPDATE credit_lots c SET remaining = 0, state = 'expired', closed_at = now() WHERE c.account_id = lot.account_id AND c.id = lot.id;
+      ord := 0; outcome := 'expired'; detail := jsonb_build_object('account_id', lot.account_id, 'amount', lot.remaining::text);
+      RETURN NEXT;
       CONTINUE;
     END IF;
     l_count := l_count + 1;

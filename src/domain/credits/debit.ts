@@ -40,7 +40,7 @@ export type DebitOutcome =
 export type DebitResult = GrantResult & { usageLog?: UsageLogEntry };
 
 const DEBIT_SQL = `SELECT ord, outcome, detail FROM billing_debit($1, $2::jsonb)`;
-const EXPIRE_SQL = `SELECT count(*) FROM billing_debit('', '[]'::jsonb, $1::text[])`;
+const EXPIRE_SQL = `SELECT ord, outcome, detail FROM billing_debit('', '[]'::jsonb, $1::text[])`;
 
 type Row = { ord: number; outcome: string; detail: Record<string, unknown> | null };
 
@@ -49,16 +49,23 @@ type Row = { ord: number; outcome: string; detail: Record<string, unknown> | nul
  * or, without one, as its own transaction (one round trip, one commit).
  * Outcomes follow the order of `requests`.
  */
-export async function runDebits(sequelize: Sequelize, method: string, requests: DebitRequest[], t?: Transaction): Promise<DebitOutcome[]> {
+export async function runDebits(sequelize: Sequelize, method: string, requests: DebitRequest[], t?: Transaction, onExpired?: OnExpired): Promise<DebitOutcome[]> {
   const rows = await sequelize.query<Row>(DEBIT_SQL, { bind: [method, debitPayload(requests)], type: QueryTypes.SELECT, transaction: t });
   const out: DebitOutcome[] = new Array(requests.length);
-  for (const row of rows) out[row.ord - 1] = outcomeOf(row);
+  for (const row of rows) {
+    if (row.ord === 0) onExpired?.(String(row.detail!.account_id), BigInt(String(row.detail!.amount)));
+    else out[row.ord - 1] = outcomeOf(row);
+  }
   return out;
 }
 
+/** Told of each lot that expired in a statement: the account and the credits that left its balance. */
+export type OnExpired = (accountId: string, credits: bigint) => void;
+
 /** Brings accounts up to date: their lots past expires_at leave the balance (EXPIRATION entries). */
-export async function expireDueLots(sequelize: Sequelize, accountIds: string[], t?: Transaction): Promise<void> {
-  await sequelize.query(EXPIRE_SQL, { bind: [accountIds], type: QueryTypes.SELECT, transaction: t });
+export async function expireDueLots(sequelize: Sequelize, accountIds: string[], t?: Transaction, onExpired?: OnExpired): Promise<void> {
+  const rows = await sequelize.query<Row>(EXPIRE_SQL, { bind: [accountIds], type: QueryTypes.SELECT, transaction: t });
+  for (const row of rows) if (row.ord === 0) onExpired?.(String(row.detail!.account_id), BigInt(String(row.detail!.amount)));
 }
 
 function debitPayload(requests: DebitRequest[]): string {

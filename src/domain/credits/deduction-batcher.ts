@@ -38,6 +38,7 @@ import type { Sequelize } from "sequelize";
 import { retryingConflicts, sqlState } from "../../db/transaction.js";
 import { deadlineExceeded, idempotencyKeyReused, insufficientCredits } from "../errors.js";
 import { runDebits, type DebitRequest } from "./debit.js";
+import { NO_METER, type LedgerMeter } from "./meter.js";
 import type { DeductResult, JsonObject, UsageRecord } from "./types.js";
 
 /** One priced, validated deduction waiting for its batch. */
@@ -57,6 +58,7 @@ interface Pending {
   job: DeductionJob;
   resolve: (r: DeductResult) => void;
   reject: (e: unknown) => void;
+  queuedAt: number;
 }
 
 const MAX_BATCH = 512;
@@ -100,12 +102,13 @@ export class DeductionBatcher {
     private readonly single: (job: DeductionJob) => Promise<DeductResult>,
     /** Called after the commit, once per account whose balance changed. */
     private readonly announce: (accountId: string) => void,
+    private readonly meter: LedgerMeter = NO_METER,
   ) {}
 
   /** Queues a deduction; resolves after the commit that wrote it. */
   submit(job: DeductionJob): Promise<DeductResult> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ job, resolve, reject });
+      this.queue.push({ job, resolve, reject, queuedAt: performance.now() });
       if (this.queue.length >= EAGER && this.inFlight < MAX_IN_FLIGHT) {
         this.pump();
         return;
@@ -159,9 +162,15 @@ export class DeductionBatcher {
 
   private async run(batch: Pending[]): Promise<void> {
     let outcomes;
+    const started = performance.now();
+    this.meter.batch(batch.length, batch.map((p) => started - p.queuedAt));
+    const expired = (accountId: string, credits: bigint) => {
+      this.meter.credits("expired", credits);
+      this.announce(accountId);
+    };
     try {
       // One statement outside any explicit transaction: it commits when it returns.
-      outcomes = await retryingConflicts(() => runDebits(this.sequelize, "DeductCredits", batch.map((p) => deductionDebit(p.job))));
+      outcomes = await retryingConflicts(() => runDebits(this.sequelize, "DeductCredits", batch.map((p) => deductionDebit(p.job)), undefined, expired));
     } catch (err) {
       // One request's input must never fail another's charge. The statement
       // rolled back as a whole, so each request is tried again on its own,
@@ -179,6 +188,7 @@ export class DeductionBatcher {
       switch (o.outcome) {
         case "ok":
           changed.add(p.job.accountId);
+          this.meter.credits("deducted", p.job.credits);
           p.resolve(o.result as DeductResult);
           break;
         case "replay":

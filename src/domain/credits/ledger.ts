@@ -25,6 +25,7 @@ import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
 import { DeductionBatcher, deductionDebit, type DeductionJob } from "./deduction-batcher.js";
 import { expireDueLots, runDebits, type DebitRequest, type DebitResult } from "./debit.js";
+import { NO_METER, type LedgerMeter } from "./meter.js";
 import { LOT_COLUMNS, categoryForGrant, checkLotTerms, lotViewOf, type LotRow, type LotTerms } from "./lots.js";
 import type { Price } from "./pricing.js";
 import type { Allocation, BalanceView, DeductResult, GrantResult, JsonObject, LedgerEntry, LotCategory, TransactionType, UsageInput, UsageRecord } from "./types.js";
@@ -127,22 +128,39 @@ export class CreditLedger {
     private readonly pricing: Pricing,
     /** Called after the commit of every transaction that changed an account's balance or holds. */
     private readonly onBalanceChange: (accountId: string) => void = () => undefined,
+    /** Told of credits moved and batches run (metrics). */
+    private readonly meter: LedgerMeter = NO_METER,
   ) {
-    this.batcher = new DeductionBatcher(
-      sequelize,
-      (job) => this.deductOne(job),
-      (accountId) => this.onBalanceChange(accountId),
-    );
+    this.batcher = new DeductionBatcher(sequelize, (job) => this.deductOne(job), (accountId) => this.onBalanceChange(accountId), meter);
   }
 
   private readonly batcher: DeductionBatcher;
 
-  /** Announces a balance change of `accountId` once `t` commits. */
-  changedOnCommit(t: Transaction, accountId: string): void {
-    // A savepoint "commits" early: wait for the outermost transaction.
+  /** Runs `fn` once `t` commits (the outermost transaction: a savepoint "commits" early). */
+  private afterCommit(t: Transaction, fn: () => void): void {
     let root = t as Transaction & { parent?: Transaction };
     while (root.parent) root = root.parent as Transaction & { parent?: Transaction };
-    root.afterCommit(() => this.onBalanceChange(accountId));
+    root.afterCommit(fn);
+  }
+
+  /** Announces a balance change of `accountId` once `t` commits. */
+  changedOnCommit(t: Transaction, accountId: string): void {
+    this.afterCommit(t, () => this.onBalanceChange(accountId));
+  }
+
+  /** Counts expired credits once they are committed: at once for a statement of its own, else when `t` commits. */
+  private expired(t?: Transaction) {
+    return (accountId: string, credits: bigint) => {
+      if (t) this.afterCommit(t, () => this.meter.credits("expired", credits));
+      else this.meter.credits("expired", credits);
+      if (t) this.changedOnCommit(t, accountId);
+      else this.onBalanceChange(accountId);
+    };
+  }
+
+  /** Brings accounts up to date, each in a statement of its own: their due lots expire. */
+  async expire(accountIds: string[]): Promise<void> {
+    for (const accountId of accountIds) await expireDueLots(this.sequelize, [accountId], undefined, this.expired());
   }
 
   /** The account's balance; zeros for an account never credited. */
@@ -153,8 +171,7 @@ export class CreditLedger {
     let row = await read();
     if (row.due) {
       // The sweeper is behind: expire now, so the balance never includes expired credits.
-      await expireDueLots(this.sequelize, [accountId]);
-      this.onBalanceChange(accountId);
+      await this.expire([accountId]);
       row = await read();
     }
     const view = balanceViewOf(accountId, row);
@@ -169,7 +186,7 @@ export class CreditLedger {
    * balance, holds and pending credits: what a hold or a debit decides on.
    */
   async accountStateIn(t: Transaction, accountId: string): Promise<BalanceView> {
-    await expireDueLots(this.sequelize, [accountId], t); // also takes the account's row lock
+    await expireDueLots(this.sequelize, [accountId], t, this.expired(t)); // also takes the account's row lock
     const [row] = await this.sequelize.query<AccountStateRow>(ACCOUNT_STATE_SQL, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
     return balanceViewOf(accountId, row!);
   }
@@ -213,7 +230,7 @@ export class CreditLedger {
   async creditIn(t: Transaction, entry: Credit): Promise<GrantResult> {
     const terms = checkLotTerms(entry.lot ?? {}, entry.type);
     // Lots due to expire leave first, so the entry's balance_after holds no expired credits.
-    await expireDueLots(this.sequelize, [entry.accountId], t);
+    await expireDueLots(this.sequelize, [entry.accountId], t, this.expired(t));
     const [row] = await overflowNamed("amount", () =>
       this.sequelize.query<{ id: string; balance_after: string; created_at: Date; updated_at: Date; reserved: string; pending: string } & LotRow>(
         `WITH acct AS (
@@ -254,6 +271,7 @@ export class CreditLedger {
     );
     const balanceAfter = BigInt(row!.balance_after);
     this.changedOnCommit(t, entry.accountId);
+    this.afterCommit(t, () => this.meter.credits("granted", entry.amount));
     return {
       transaction: {
         id: row!.id,
@@ -311,10 +329,11 @@ export class CreditLedger {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const o = (await runDebits(this.sequelize, job.method, [deductionDebit(job)], t))[0]!;
+        const o = (await runDebits(this.sequelize, job.method, [deductionDebit(job)], t, this.expired(t)))[0]!;
         switch (o.outcome) {
           case "ok":
             this.changedOnCommit(t, job.accountId);
+            this.afterCommit(t, () => this.meter.credits("deducted", job.credits));
             return o.result as DeductResult;
           case "replay":
             return o.result as DeductResult;
@@ -364,11 +383,14 @@ export class CreditLedger {
   async debitIn(t: Transaction, d: Debit): Promise<DebitResult>;
   async debitIn(t: Transaction, d: Debit, options: { allowEmpty: true }): Promise<DebitResult | undefined>;
   async debitIn(t: Transaction, d: Debit, options: { allowEmpty?: boolean } = {}): Promise<DebitResult | undefined> {
-    const o = (await runDebits(this.sequelize, "", [d], t))[0]!;
+    const o = (await runDebits(this.sequelize, "", [d], t, this.expired(t)))[0]!;
     switch (o.outcome) {
-      case "ok":
+      case "ok": {
         this.changedOnCommit(t, d.accountId);
+        const taken = -o.result.transaction.amount;
+        this.afterCommit(t, () => this.meter.credits("deducted", taken));
         return o.result;
+      }
       case "insufficient":
         throw insufficientCredits(d.accountId, d.credits, o.available);
       case "empty":

@@ -20,7 +20,6 @@ import { Violations, failedPrecondition, invalidField, notFound, Reason } from "
 import { runIdempotent } from "../idempotency.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
-import { expireDueLots } from "./debit.js";
 import type { CreditLedger } from "./ledger.js";
 import type { CreditLotView, LedgerEntry, LotCategory, LotState, TransactionType } from "./types.js";
 
@@ -144,7 +143,7 @@ export class CreditLots {
     const filters = { a: input.accountId, c: [...input.categories].sort(), s: [...input.states].sort() };
     const after = decodePageToken(input.pageToken, "credit_lots", filters);
     // Lots due to expire are expired first, so that states and remaining are true.
-    await expireDueLots(this.sequelize, [input.accountId]);
+    await this.ledger.expire([input.accountId]);
     const conditions = ["account_id = $1"];
     const bind: unknown[] = [input.accountId];
     if (input.categories.length > 0) {
@@ -240,7 +239,7 @@ export class CreditLots {
       `SELECT DISTINCT account_id FROM credit_lots WHERE state = 'active' AND remaining > 0 AND expires_at <= now() ORDER BY account_id LIMIT $1`,
       { bind: [limit], type: QueryTypes.SELECT },
     );
-    for (const { account_id } of due) await expireDueLots(this.sequelize, [account_id]);
+    await this.ledger.expire(due.map((d) => d.account_id));
     return due.map((d) => d.account_id);
   }
 }

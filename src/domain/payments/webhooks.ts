@@ -142,13 +142,12 @@ export class Webhooks {
 
 /** The delivery's JSON text if PostgreSQL's jsonb can hold it, else null (the raw bytes are kept either way). */
 function storableJson(rawBody: Buffer): string | null {
-  let value: unknown;
+  let text: string;
   try {
-    value = JSON.parse(rawBody.toString("utf8"));
+    text = JSON.stringify(JSON.parse(rawBody.toString("utf8")));
   } catch {
-    return null;
+    return null; // not JSON, or nested deeper than the stack allows
   }
-  const text = JSON.stringify(value);
   return /\\u0000|\\ud[89a-f]/i.test(text) ? null : text;
 }
 
