@@ -30,31 +30,87 @@ export interface Config {
   databaseConnectTimeoutMs?: number;
 }
 
-/** Builds the configuration from `env`; throws a readable error on bad values. */
+/** Every problem found in the configuration, each naming its variable. */
+export class ConfigError extends Error {
+  constructor(readonly problems: { variable: string; problem: string }[]) {
+    super(problems.map((p) => `${p.variable}: ${p.problem}`).join("; "));
+    this.name = "ConfigError";
+  }
+}
+
+/**
+ * Builds the configuration from `env`, validating every variable in one
+ * place before anything starts; throws a ConfigError listing every problem.
+ */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const port = Number(env.PORT ?? "8080");
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error("PORT must be an integer from 0 to 65535");
+  const problems: { variable: string; problem: string }[] = [];
+  const read = <T>(variable: string, parse: () => T, fallback: T): T => {
+    try {
+      return parse();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      problems.push({ variable, problem: message.startsWith(`${variable} `) ? message.slice(variable.length + 1) : message });
+      return fallback;
+    }
+  };
+  const port = read("PORT", () => {
+    const raw = env.PORT ?? "8080";
+    if (!/^\d{1,5}$/.test(raw) || Number(raw) > 65535) throw new Error("must be an integer from 0 to 65535");
+    return Number(raw);
+  }, 0);
   const config: Config = {
     port,
     host: env.HOST || "127.0.0.1",
-    apiKeys: ApiKeyRing.parse(env.BILLING_API_KEYS),
-    corsOrigins: (env.CORS_ORIGINS ?? "").split(",").map((o) => o.trim()).filter((o) => o !== ""),
-    logLevel: parseLogLevel(env.LOG_LEVEL),
+    apiKeys: read("BILLING_API_KEYS", () => ApiKeyRing.parse(env.BILLING_API_KEYS), ApiKeyRing.parse("")),
+    corsOrigins: read("CORS_ORIGINS", () => parseOrigins(env.CORS_ORIGINS), []),
+    logLevel: read("LOG_LEVEL", () => parseLogLevel(env.LOG_LEVEL), "info"),
     serverLimits: {
-      headersTimeoutMs: positiveInteger(env, "HEADERS_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.headersTimeoutMs),
-      idleTimeoutMs: positiveInteger(env, "IDLE_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.idleTimeoutMs),
-      bodyTimeoutMs: positiveInteger(env, "BODY_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.bodyTimeoutMs),
-      maxConnections: positiveInteger(env, "MAX_CONNECTIONS", DEFAULT_SERVER_LIMITS.maxConnections),
+      headersTimeoutMs: read("HEADERS_TIMEOUT_MS", () => positiveInteger(env, "HEADERS_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.headersTimeoutMs), 0),
+      idleTimeoutMs: read("IDLE_TIMEOUT_MS", () => positiveInteger(env, "IDLE_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.idleTimeoutMs), 0),
+      bodyTimeoutMs: read("BODY_TIMEOUT_MS", () => positiveInteger(env, "BODY_TIMEOUT_MS", DEFAULT_SERVER_LIMITS.bodyTimeoutMs), 0),
+      maxConnections: read("MAX_CONNECTIONS", () => positiveInteger(env, "MAX_CONNECTIONS", DEFAULT_SERVER_LIMITS.maxConnections), 0),
     },
-    unaryFastPath: onOff(env, "UNARY_FAST_PATH", true),
-    metrics: metricsPort(env.METRICS_PORT),
-    migrate: oneOf(env, "MIGRATE", ["auto", "off"] as const, "auto"),
-    databaseConnectTimeoutMs: positiveInteger(env, "DATABASE_CONNECT_TIMEOUT_MS", 30_000),
+    unaryFastPath: read("UNARY_FAST_PATH", () => onOff(env, "UNARY_FAST_PATH", true), true),
+    metrics: read("METRICS_PORT", () => metricsPort(env.METRICS_PORT), "off"),
+    migrate: read("MIGRATE", () => oneOf(env, "MIGRATE", ["auto", "off"] as const, "auto"), "auto"),
+    databaseConnectTimeoutMs: read("DATABASE_CONNECT_TIMEOUT_MS", () => positiveInteger(env, "DATABASE_CONNECT_TIMEOUT_MS", 30_000), 0),
   };
-  if (env.DATABASE_URL) config.databaseUrl = env.DATABASE_URL;
+  if (env.DATABASE_URL) read("DATABASE_URL", () => (config.databaseUrl = checkDatabaseUrl(env.DATABASE_URL!)), "");
   if (env.DATA_DIR) config.dataDir = env.DATA_DIR;
   if (env.BILLING_SECRET_KEY) config.secretKey = env.BILLING_SECRET_KEY;
+  if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/** CORS_ORIGINS: "*" or comma-separated origins exactly as browsers send them (scheme://host[:port], no path). */
+function parseOrigins(raw: string | undefined): string[] {
+  const origins = (raw ?? "").split(",").map((o) => o.trim()).filter((o) => o !== "");
+  for (const o of origins) {
+    if (o === "*") continue;
+    let url: URL;
+    try {
+      url = new URL(o);
+    } catch {
+      throw new Error(`${JSON.stringify(o)} is not an origin like https://dashboard.example.com`);
+    }
+    if ((url.protocol !== "http:" && url.protocol !== "https:") || url.origin !== o) {
+      throw new Error(`${JSON.stringify(o)} is not an origin as browsers send it (scheme://host[:port], no path or trailing slash); did you mean ${JSON.stringify(url.origin)}?`);
+    }
+  }
+  return origins;
+}
+
+/** DATABASE_URL: a postgres:// or postgresql:// URL with a database name. */
+function checkDatabaseUrl(raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error("is not a URL; expected postgres://user:password@host:5432/database");
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") throw new Error(`must be a postgres:// URL (got ${url.protocol}//…)`);
+  if (url.pathname === "" || url.pathname === "/") throw new Error("names no database; expected postgres://user:password@host:5432/database");
+  return raw;
 }
 
 /** A positive integer variable, or its default when unset. */

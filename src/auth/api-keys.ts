@@ -49,6 +49,8 @@ export class ApiKeyRing {
       if (role === "account" && !accountId) throw new Error(`BILLING_API_KEYS entry ${i + 1}: account keys need :ACCOUNT_ID`);
       if (role !== "account" && accountId) throw new Error(`BILLING_API_KEYS entry ${i + 1}: only account keys take :ACCOUNT_ID`);
       if (at >= 0 && name === "") throw new Error(`BILLING_API_KEYS entry ${i + 1}: empty NAME before @`);
+      // A token a bearer header cannot carry would be a key nobody can use.
+      if (/\s/.test(token)) throw new Error(`BILLING_API_KEYS entry ${i + 1}: the token must not contain spaces`);
       let tokenHash: Buffer;
       if (token.startsWith("sha256:")) {
         const hex = token.slice("sha256:".length);
@@ -57,6 +59,8 @@ export class ApiKeyRing {
       } else {
         tokenHash = sha256(token);
       }
+      const clash = keys.findIndex((k) => k.tokenHash.equals(tokenHash));
+      if (clash >= 0) throw new Error(`BILLING_API_KEYS entry ${i + 1}: the same token as entry ${clash + 1} (each key needs its own token)`);
       const principal: Principal = { role, name: name || role };
       if (accountId) principal.accountId = accountId;
       keys.push({ principal, tokenHash });

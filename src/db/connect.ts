@@ -10,7 +10,7 @@ import type { Config } from "../config.js";
 import type { Logger } from "../logger.js";
 import { createSequelize } from "./database.js";
 import { EmbeddedPostgres, defaultDataDir } from "./embedded.js";
-import { migrate } from "./migrate.js";
+import { migrate, pendingMigrations } from "./migrate.js";
 
 /** The checkout's root (where package.json is), whether this runs from src/ under tsx or compiled from dist/. */
 export const PROJECT_ROOT = projectRoot(path.dirname(fileURLToPath(import.meta.url)));
@@ -29,8 +29,16 @@ export interface OpenDatabase {
   close(): Promise<void>;
 }
 
-/** Connects (starting the embedded database when DATABASE_URL is unset) and migrates. */
-export async function openDatabase(config: Pick<Config, "databaseUrl" | "dataDir">, logger: Logger): Promise<OpenDatabase> {
+/**
+ * Connects (starting the embedded database when DATABASE_URL is unset),
+ * retrying an unreachable database with backoff for up to
+ * `databaseConnectTimeoutMs`; then migrates (MIGRATE=auto) or checks that
+ * the schema is current (MIGRATE=off), refusing to serve an outdated one.
+ */
+export async function openDatabase(
+  config: Pick<Config, "databaseUrl" | "dataDir" | "migrate" | "databaseConnectTimeoutMs">,
+  logger: Logger,
+): Promise<OpenDatabase> {
   let embedded: EmbeddedPostgres | undefined;
   let url = config.databaseUrl;
   if (!url) {
@@ -40,8 +48,16 @@ export async function openDatabase(config: Pick<Config, "databaseUrl" | "dataDir
   }
   const sequelize = createSequelize({ url, logger });
   try {
-    const applied = await migrate(sequelize);
-    if (applied.length > 0) logger.info("migrations applied", { applied });
+    await connectWithRetry(sequelize, config.databaseConnectTimeoutMs ?? 30_000, logger);
+    if ((config.migrate ?? "auto") === "auto") {
+      const applied = await migrate(sequelize);
+      if (applied.length > 0) logger.info("migrations applied", { applied });
+    } else {
+      const pending = await pendingMigrations(sequelize);
+      if (pending.length > 0) {
+        throw new Error(`the database schema is behind this build (pending migrations: ${pending.join(", ")}); MIGRATE=off, so run \`npm run migrate\` with a role that may change the schema, then start again`);
+      }
+    }
   } catch (err) {
     await sequelize.close().catch(() => undefined);
     await embedded?.stop();
@@ -55,4 +71,24 @@ export async function openDatabase(config: Pick<Config, "databaseUrl" | "dataDir
       await embedded?.stop();
     },
   };
+}
+
+/** Waits for the database to answer, retrying with doubling backoff (0.25 s to 5 s) until `timeoutMs` has passed. */
+async function connectWithRetry(sequelize: Sequelize, timeoutMs: number, logger: Logger): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let delay = 250; ; delay = Math.min(delay * 2, 5_000)) {
+    try {
+      await sequelize.authenticate();
+      return;
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      // Refusals that waiting cannot cure (wrong password, missing database) end at once.
+      const state = (err as { parent?: { code?: string } }).parent?.code;
+      if (state === "28P01" || state === "28000" || state === "3D000" || Date.now() + delay > deadline) {
+        throw new Error(`cannot connect to the database: ${reason}`);
+      }
+      logger.warn("database not reachable yet; retrying", { error: reason, retry_in_ms: delay });
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
 }

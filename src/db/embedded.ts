@@ -43,6 +43,7 @@ interface RunAs {
 /** A running embedded cluster. */
 export class EmbeddedPostgres {
   private child?: ChildProcess;
+  private stopping = false;
   private exited?: Promise<void>;
   private constructor(
     readonly dataDir: string,
@@ -108,7 +109,8 @@ export class EmbeddedPostgres {
           resolve();
         }
         for (const line of text.split("\n")) {
-          if (/\b(FATAL|PANIC)\b/.test(line)) this.options.logger?.error("embedded postgres", { line });
+          // While we stop it, PostgreSQL ends its sessions with FATAL lines: expected, not errors.
+          if (/\b(FATAL|PANIC)\b/.test(line)) this.options.logger?.[this.stopping ? "info" : "error"]("embedded postgres", { line });
         }
       };
       child.stderr!.on("data", onData);
@@ -120,6 +122,7 @@ export class EmbeddedPostgres {
 
   /** Stops the cluster (fast shutdown: open sessions are ended) and waits for it. */
   async stop(): Promise<void> {
+    this.stopping = true;
     if (this.child && this.child.exitCode === null && this.child.signalCode === null) {
       this.child.kill("SIGINT");
       const timer = setTimeout(() => this.child?.kill("SIGKILL"), 10_000);
