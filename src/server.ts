@@ -82,6 +82,8 @@ export interface BillingServer {
 }
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+/** How long a drain leaves idle keep-alive sockets open, once in-flight calls are answered. */
+const DRAIN_LINGER_MS = 500;
 
 /** Builds the server; nothing listens until `listen`. */
 export function createBillingServer(options: ServerOptions): BillingServer {
@@ -216,14 +218,21 @@ export function createBillingServer(options: ServerOptions): BillingServer {
     async close(graceMs = 10_000) {
       lifecycle.draining = true; // health NOT_SERVING, new calls UNAVAILABLE, HTTP/1.1 answers say Connection: close
       const closed = new Promise<void>((resolve) => tcp.close(() => resolve()));
-      for (const session of sessions) session.close(); // GOAWAY: no new streams, running ones finish
+      // GOAWAY: running streams finish; one a client opened as it arrived is
+      // refused (REFUSED_STREAM: not processed, safe to retry).
+      for (const session of sessions) session.close();
       shutdown.abort(); // ends server streams (WatchBalance, health Watch) with UNAVAILABLE
-      h1.closeIdleConnections();
       const deadline = Date.now() + graceMs;
-      while ((inFlight > 0 || sockets.size > 0) && Date.now() < deadline) {
-        h1.closeIdleConnections();
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      const tick = () => new Promise((r) => setTimeout(r, 20));
+      // In-flight calls finish and are answered (each HTTP/1.1 answer says Connection: close).
+      while (inFlight > 0 && Date.now() < deadline) await tick();
+      // Idle keep-alive sockets are not cut at once: a client may be sending
+      // on one right now, and would see a reset. For a moment a request on
+      // one is still answered (UNAVAILABLE, Connection: close); then they go.
+      const linger = Math.min(deadline, Date.now() + DRAIN_LINGER_MS);
+      while (sockets.size > 0 && Date.now() < linger) await tick();
+      h1.closeIdleConnections();
+      while (sockets.size > 0 && inFlight > 0 && Date.now() < deadline) await tick();
       for (const socket of sockets) socket.destroy();
       await closed;
     },

@@ -57,6 +57,7 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import { BillingError } from "./domain/errors.js";
 import { connectErrorOf } from "./errors.js";
+import { requestIdOf } from "./request-id.js";
 import { readStrictJson, refuseProtoKeys } from "./strict-input.js";
 
 export interface UnaryPathOptions {
@@ -215,15 +216,19 @@ async function serve(route: Route, shape: Shape, req: Request, res: Response, op
   res.once("close", onClose);
   let body: Uint8Array | undefined;
   let error: ConnectError | undefined;
+  let invoked = false;
   try {
     if (timeout.error) throw timeout.error;
     const bodyTimeoutMs = deadline === undefined ? options.bodyTimeoutMs : Math.min(options.bodyTimeoutMs, Math.max(0, deadline - Date.now()));
     const raw = await readBody(req, options.readMaxBytes + 5, bodyTimeoutMs);
     const message = await decodeRequest(route, shape, raw, options.readMaxBytes);
+    invoked = true;
     const output = await invokeUnaryImplementation(route.spec, context, message as never, options.interceptors);
     body = (shape.json ? route.jsonOut : route.binaryOut).serialize(output);
   } catch (err) {
     error = err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+    // Refused before the interceptors ran (an unreadable body): still answer a request id.
+    if (!invoked) error.metadata.set("x-request-id", requestIdOf(headerValue(req.headers["x-request-id"])));
   }
   answered = true;
   clearTimeout(timer);

@@ -31,6 +31,7 @@ const POLICY: Record<string, Record<string, Access>> = {
     ReleaseReservation: "internal",
     ListTransactions: "account",
     ListCreditLots: "account",
+    CreateCostConfig: "admin",
     VoidCreditLot: "admin",
     ListUsageLogs: "account",
     GetUsageSummary: "account",

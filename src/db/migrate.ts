@@ -11,6 +11,7 @@ import * as deductBatchFunction from "./migrations/0002-deduct-batch-function.js
 import * as creditLots from "./migrations/0003-credit-lots.js";
 import * as currencyAmounts from "./migrations/0004-currency-amounts.js";
 import * as paymentProviders from "./migrations/0005-payment-providers.js";
+import * as openCatalogues from "./migrations/0006-open-catalogues.js";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { PROJECT_ROOT } from "./connect.js";
@@ -23,6 +24,7 @@ const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
   { name: "0003-credit-lots", ...creditLots },
   { name: "0004-currency-amounts", ...currencyAmounts },
   { name: "0005-payment-providers", ...paymentProviders },
+  { name: "0006-open-catalogues", ...openCatalogues },
 ];
 
 /**

@@ -107,6 +107,18 @@ export class Violations {
       throw err;
     }
   }
+  /** collect, for an asynchronous check. */
+  async collectAsync<T>(check: () => Promise<T>): Promise<T | undefined> {
+    try {
+      return await check();
+    } catch (err) {
+      if (err instanceof BillingError && err.kind === "invalid_argument") {
+        this.list.push(...err.fieldViolations);
+        return undefined;
+      }
+      throw err;
+    }
+  }
   /** Throws INVALID_ARGUMENT naming every recorded field, if any. */
   throwIfAny(): void {
     if (this.list.length > 0) throw invalidArgument(this.list);

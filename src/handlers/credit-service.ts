@@ -42,6 +42,8 @@ import {
   UsageGroupBy,
   UsageSummaryGroupSchema,
   WatchBalanceResponseSchema,
+  CreateCostConfigResponseSchema,
+  type CostConfig,
   ListCreditLotsResponseSchema,
   VoidCreditLotResponseSchema,
   type CreditPackage,
@@ -198,6 +200,19 @@ function groupToProto(g: SummaryGroup) {
   return create(UsageSummaryGroupSchema, g);
 }
 
+function costConfigInput(config: CostConfig | undefined) {
+  const c = config ?? create(CostConfigSchema);
+  return {
+    operationType: c.operationType,
+    displayName: c.displayName,
+    description: c.description,
+    tokensPerCredit: c.tokensPerCredit,
+    minCredits: c.minCredits,
+    pricePerCreditUsd: c.pricePerCreditUsd,
+    isActive: c.isActive,
+  };
+}
+
 /** The whole CreditService. */
 export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<typeof CreditService> {
   return {
@@ -270,6 +285,7 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
       const op = v.collect(() => normalizeOperationType(req.operationType));
       const usage = usageOf(req.usage);
       Pricing.checkUsage(v, usage);
+      await d.pricing.checkOperation(v, op);
       v.throwIfAny();
       const price = await d.pricing.price(op!, usage!);
       return create(EstimateCreditsResponseSchema, { credits: price.credits, costUsd: price.costUsd, operationType: price.operationType });
@@ -380,22 +396,13 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
       return create(ListCostConfigsResponseSchema, { costConfigs: r.configs.map(costConfigToProto), nextPageToken: r.nextPageToken });
     },
 
+    async createCostConfig(req, ctx: HandlerContext) {
+      const r = await d.pricing.createCostConfig(costConfigInput(req.costConfig), principalOf(ctx).name, txOptions(ctx));
+      return create(CreateCostConfigResponseSchema, { costConfig: costConfigToProto(r) });
+    },
+
     async updateCostConfig(req, ctx: HandlerContext) {
-      const c = req.costConfig ?? create(CostConfigSchema);
-      const r = await d.pricing.updateCostConfig(
-        {
-          operationType: c.operationType,
-          displayName: c.displayName,
-          description: c.description,
-          tokensPerCredit: c.tokensPerCredit,
-          minCredits: c.minCredits,
-          pricePerCreditUsd: c.pricePerCreditUsd,
-          isActive: c.isActive,
-        },
-        req.updateMask?.paths ?? [],
-        principalOf(ctx).name,
-        txOptions(ctx),
-      );
+      const r = await d.pricing.updateCostConfig(costConfigInput(req.costConfig), req.updateMask?.paths ?? [], principalOf(ctx).name, txOptions(ctx));
       return create(UpdateCostConfigResponseSchema, { costConfig: costConfigToProto(r) });
     },
 

@@ -19,6 +19,7 @@ import {
   type ModelConfig,
 } from "../../gen/billing/v1/model_config_service_pb.js";
 import { type ModelCatalogue, type ModelInput, type ModelRecord, type ModelType, type Provider } from "../domain/models/catalogue.js";
+import { invalidField } from "../domain/errors.js";
 import { principalOf } from "../interceptors/auth.js";
 import { auditToProto, calendarDateToProto, enumFromProto, enumToProto, ts, txOptions } from "./convert.js";
 
@@ -34,13 +35,33 @@ const providers: [ProtoProvider, Provider][] = [
   [ProtoProvider.GOOGLE, "google"],
 ];
 
+/**
+ * A provider from the enum and/or a name: a known provider by its enum value
+ * (the name, if given, must agree), any other as PROVIDER_OTHER + its name.
+ */
+function providerOf(value: ProtoProvider, name: string, field: string): Provider | undefined {
+  if (value === ProtoProvider.OTHER) {
+    if (name === "") throw invalidField(`${field}_name`, "is required with PROVIDER_OTHER");
+    if (providers.some(([, known]) => known === name)) throw invalidField(`${field}_name`, `names a provider with its own value: use PROVIDER_${name.toUpperCase()}`);
+    return name;
+  }
+  const known = enumFromProto(providers, value, field);
+  if (known && name !== "" && name !== known) throw invalidField(`${field}_name`, `must be empty or ${JSON.stringify(known)} with PROVIDER_${known.toUpperCase()}`);
+  return known ?? (name === "" ? undefined : name);
+}
+
+function providerToProto(name: Provider): { provider: ProtoProvider; providerName: string } {
+  const known = providers.find(([, p]) => p === name);
+  return { provider: known ? known[0] : ProtoProvider.OTHER, providerName: name };
+}
+
 function inputOf(m: ModelConfig | undefined): ModelInput {
   const c = m ?? create(ModelConfigSchema);
   return {
     modelName: c.modelName,
     displayName: c.displayName,
     modelType: enumFromProto(modelTypes, c.modelType, "model_config.model_type"),
-    provider: enumFromProto(providers, c.provider, "model_config.provider"),
+    provider: providerOf(c.provider, c.providerName, "model_config.provider"),
     inputCostPer1m: c.inputCostPer1m,
     outputCostPer1m: c.outputCostPer1m,
     contextWindow: c.contextWindow,
@@ -64,7 +85,7 @@ function modelToProto(r: ModelRecord): ModelConfig {
     modelName: r.modelName,
     displayName: r.displayName,
     modelType: enumToProto(modelTypes, r.modelType),
-    provider: enumToProto(providers, r.provider),
+    ...providerToProto(r.provider),
     inputCostPer1m: r.inputCostPer1m,
     outputCostPer1m: r.outputCostPer1m,
     contextWindow: BigInt(r.contextWindow),
@@ -99,7 +120,7 @@ export function createModelConfigServiceHandler(catalogue: ModelCatalogue): Serv
     async listModelConfigs(req) {
       const r = await catalogue.list({
         modelType: enumFromProto(modelTypes, req.modelType, "model_type"),
-        provider: enumFromProto(providers, req.provider, "provider"),
+        provider: providerOf(req.provider, req.providerName, "provider"),
         activeOnly: req.activeOnly,
         pageSize: req.pageSize,
         pageToken: req.pageToken,
@@ -107,7 +128,9 @@ export function createModelConfigServiceHandler(catalogue: ModelCatalogue): Serv
       return create(ListModelConfigsResponseSchema, { modelConfigs: r.models.map(modelToProto), nextPageToken: r.nextPageToken });
     },
     async updateModelConfig(req, ctx: HandlerContext) {
-      const r = await catalogue.update(inputOf(req.modelConfig), req.updateMask?.paths ?? [], principalOf(ctx).name, txOptions(ctx));
+      // provider_name is the provider too, as a path.
+      const paths = (req.updateMask?.paths ?? []).map((p) => p.replace(/provider_name$/, "provider"));
+      const r = await catalogue.update(inputOf(req.modelConfig), [...new Set(paths)], principalOf(ctx).name, txOptions(ctx));
       return create(UpdateModelConfigResponseSchema, { modelConfig: modelToProto(r) });
     },
     async setDefaultModel(req, ctx: HandlerContext) {

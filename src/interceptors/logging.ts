@@ -11,22 +11,20 @@
  * Request streams that cannot be read as their message are INVALID_ARGUMENT.
  */
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
-import { randomUUID } from "node:crypto";
+import { requestIdOf } from "../request-id.js";
 import { principalKey } from "./auth.js";
 import { toConnectError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { Lifecycle } from "../server.js";
 
-const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 const TRACEPARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/;
 
 /** Creates the request-id, error-mapping, logging and metrics interceptor. */
 export function createLoggingInterceptor(logger: Logger, metrics?: Metrics, lifecycle?: Lifecycle): Interceptor {
   return (next) => async (req) => {
     const started = performance.now();
-    const sent = req.header.get("x-request-id");
-    const requestId = sent !== null && REQUEST_ID.test(sent) ? sent : randomUUID();
+    const requestId = requestIdOf(req.header.get("x-request-id"));
     const trace = TRACEPARENT.exec(req.header.get("traceparent") ?? "");
     const log = logger.child(trace ? { request_id: requestId, trace_id: trace[1], parent_span_id: trace[2] } : { request_id: requestId });
     const procedure = `/${req.service.typeName}/${req.method.name}`;

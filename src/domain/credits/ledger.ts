@@ -300,6 +300,7 @@ export class CreditLedger {
     v.collect(() => checkText(input.relatedObjectId, "related_object_id"));
     v.collect(() => checkMetadata(input.metadata));
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    await this.pricing.checkOperation(v, operationType);
     v.throwIfAny();
     const usage = input.usage!;
     const price = await this.pricing.price(operationType!, usage);

@@ -1,10 +1,18 @@
 /**
- * AI operation types (the seed's OPERATION_TYPE_CHOICES). Legacy names are
- * accepted on input and stored as their modern names.
+ * AI operation types. They are data: each is a row of credit_cost_configs
+ * (its pricing), created by admins with CreateCostConfig; migrations seed
+ * the ten of the seed app. Here only the shape of a name and the seed's
+ * legacy aliases (ideas, content, images), which are accepted on input and
+ * stored as their modern names; whether an operation exists is the pricing
+ * configuration's to say (pricing.ts).
  */
 import { invalidField } from "../errors.js";
 
-export const OPERATION_TYPES = [
+/** An operation type's name (the key of its cost config). */
+export type OperationType = string;
+
+/** The seed's operation types, seeded by the first migration. */
+export const SEEDED_OPERATION_TYPES = [
   "clustering",
   "idea_generation",
   "content_generation",
@@ -17,20 +25,20 @@ export const OPERATION_TYPES = [
   "site_structure_generation",
 ] as const;
 
-export type OperationType = (typeof OPERATION_TYPES)[number];
-
-const LEGACY: Record<string, OperationType> = {
+/** The seed's legacy names, stored as their modern names. */
+export const LEGACY_OPERATION_TYPES: Readonly<Record<string, OperationType>> = {
   ideas: "idea_generation",
   content: "content_generation",
   images: "image_generation",
 };
 
-/** The modern name of an operation type, or INVALID_ARGUMENT naming `field`. */
+/** Lowercase letters, digits and "_", starting with a letter; at most 50 (the column). */
+export const OPERATION_TYPE_RE = /^[a-z][a-z0-9_]{0,49}$/;
+
+/** The modern name of an operation type, or INVALID_ARGUMENT naming `field` when it cannot be one. */
 export function normalizeOperationType(value: string, field = "operation_type"): OperationType {
   if (value === "") throw invalidField(field, "is required");
-  const modern = LEGACY[value] ?? value;
-  if (!(OPERATION_TYPES as readonly string[]).includes(modern)) {
-    throw invalidField(field, `unknown operation type; expected one of ${OPERATION_TYPES.join(", ")} (or legacy ideas, content, images)`);
-  }
-  return modern as OperationType;
+  const modern = LEGACY_OPERATION_TYPES[value] ?? value;
+  if (!OPERATION_TYPE_RE.test(modern)) throw invalidField(field, "must be an operation type name: lowercase letters, digits and _ (at most 50)");
+  return modern;
 }

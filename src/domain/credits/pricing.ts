@@ -29,7 +29,7 @@ import { maskField } from "../field-mask.js";
 import { costOf, type ModelCatalogue } from "../models/catalogue.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkText } from "../validation.js";
-import { OPERATION_TYPES, normalizeOperationType, type OperationType } from "./operations.js";
+import { LEGACY_OPERATION_TYPES, OPERATION_TYPE_RE, normalizeOperationType, type OperationType } from "./operations.js";
 import type { UsageInput } from "./types.js";
 
 export type RoundingMode = "up" | "down" | "nearest";
@@ -141,7 +141,7 @@ export class Pricing {
   async price(operationType: OperationType, usage: UsageInput, field = "usage"): Promise<Price> {
     const { costs, billing } = await this.cachedConfig();
     const config = costs.get(operationType);
-    if (!config) throw notFound("cost config", operationType);
+    if (!config) throw unknownOperation(operationType);
     if (!config.is_active) throw failedPrecondition(Reason.OperationInactive, `operation ${operationType} is not active`, { operation_type: operationType });
     const model = usage.model ? await this.catalogue.get(usage.model).catch((e: unknown) => {
       if (e instanceof BillingError && e.kind === "not_found") throw invalidField(`${field}.model`, `unknown model ${JSON.stringify(usage.model)}`);
@@ -195,35 +195,8 @@ export class Pricing {
         });
     if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
     const v = new Violations();
-    const changes: Partial<Record<string, unknown>> = {};
-    for (const f of fields) {
-      const name = `cost_config.${f}`;
-      switch (f) {
-        case "display_name":
-          if (input.displayName === "") v.add(name, "is required");
-          else if (v.collect(() => checkText(input.displayName, name, 100)) !== undefined) changes.display_name = input.displayName;
-          break;
-        case "description":
-          if (v.collect(() => checkText(input.description, name)) !== undefined) changes.description = input.description;
-          break;
-        case "tokens_per_credit":
-          if (input.tokensPerCredit < 1n || input.tokensPerCredit > INT32_MAX) v.add(name, `must be between 1 and ${INT32_MAX}`);
-          else changes.tokens_per_credit = Number(input.tokensPerCredit);
-          break;
-        case "min_credits":
-          if (input.minCredits < 0n || input.minCredits > INT32_MAX) v.add(name, `must be between 0 and ${INT32_MAX}`);
-          else changes.min_credits = Number(input.minCredits);
-          break;
-        case "price_per_credit_usd": {
-          const price = v.collect(() => parseMoney(input.pricePerCreditUsd, name, PRICE, { min: "0.0001" }));
-          if (price) changes.price_per_credit_usd = price.toFixed(4);
-          break;
-        }
-        case "is_active":
-          changes.is_active = input.isActive;
-          break;
-      }
-    }
+    const changes = costConfigChanges(input, fields, v);
+    await this.checkOperation(v, operationType, "cost_config.operation_type");
     v.throwIfAny();
     return inTransaction(
       this.sequelize,
@@ -242,6 +215,63 @@ export class Pricing {
       },
       options,
     );
+  }
+
+  /**
+   * Admin: adds an operation type with its pricing (kept in history as
+   * "create"). Fields left at zero take the billing configuration's defaults
+   * (tokens per credit, price per credit) and 1 minimum credit; a new
+   * operation is active (UpdateCostConfig deactivates it).
+   */
+  async createCostConfig(input: CostConfigUpdate, actor: string, options: TransactionOptions = {}): Promise<CostConfigView> {
+    const v = new Violations();
+    const field = "cost_config.operation_type";
+    const operationType = v.collect(() => {
+      if (!OPERATION_TYPE_RE.test(input.operationType)) normalizeOperationType(input.operationType, field);
+      if (LEGACY_OPERATION_TYPES[input.operationType]) throw invalidField(field, `is a legacy name of ${LEGACY_OPERATION_TYPES[input.operationType]}`);
+      return input.operationType;
+    });
+    const { billing } = await this.cachedConfig();
+    const withDefaults: CostConfigUpdate = {
+      ...input,
+      tokensPerCredit: input.tokensPerCredit === 0n ? BigInt(billing.default_tokens_per_credit) : input.tokensPerCredit,
+      minCredits: input.minCredits === 0n ? 1n : input.minCredits,
+      pricePerCreditUsd: input.pricePerCreditUsd === "" ? new Dec(billing.default_credit_price_usd).toFixed(4) : input.pricePerCreditUsd,
+      isActive: true,
+    };
+    const columns = costConfigChanges(withDefaults, COST_CONFIG_FIELDS, v);
+    v.throwIfAny();
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const [created] = await this.sequelize.query<{ operation_type: string }>(
+          `INSERT INTO credit_cost_configs (operation_type, display_name, description, tokens_per_credit, min_credits, price_per_credit_usd, is_active, updated_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (operation_type) DO NOTHING RETURNING operation_type`,
+          {
+            bind: [operationType, columns.display_name, columns.description ?? "", columns.tokens_per_credit, columns.min_credits, columns.price_per_credit_usd, columns.is_active, actor],
+            transaction: t,
+            type: QueryTypes.SELECT,
+          },
+        );
+        if (!created) throw new BillingError("already_exists", Reason.AlreadyExists, `operation type ${JSON.stringify(operationType)} already exists`, [], { operation_type: operationType! });
+        const after = costConfigView((await this.models.CreditCostConfig.findByPk(operationType!, { transaction: t }))!);
+        await this.history.record(t, operationType!, "create", actor, null, costConfigAudit(after));
+        t.afterCommit(() => this.invalidate());
+        return after;
+      },
+      options,
+    );
+  }
+
+  /** That an operation type exists (from the cached configuration), or INVALID_ARGUMENT naming `field`. */
+  async requireOperation(operationType: string, field = "operation_type"): Promise<void> {
+    const { costs } = await this.cachedConfig();
+    if (!costs.has(operationType)) throw unknownOperation(operationType, field);
+  }
+
+  /** Records an unknown operation type in `v` with the request's other bad fields (nothing when `operationType` is undefined). */
+  async checkOperation(v: Violations, operationType: string | undefined, field = "operation_type"): Promise<void> {
+    if (operationType !== undefined) await v.collectAsync(() => this.requireOperation(operationType, field));
   }
 
   /** Pages through an operation's pricing changes, newest first. */
@@ -342,7 +372,7 @@ export class Pricing {
 
   private async costConfigRow(operationType: OperationType): Promise<CreditCostConfig> {
     const row = await this.models.CreditCostConfig.findByPk(operationType);
-    if (!row) throw notFound("cost config", operationType);
+    if (!row) throw unknownOperation(operationType);
     return row;
   }
 
@@ -393,4 +423,42 @@ function billingView(r: { default_tokens_per_credit: number; default_credit_pric
   };
 }
 
-export { OPERATION_TYPES };
+
+/** INVALID_ARGUMENT: no cost config names this operation type. */
+function unknownOperation(operationType: string, field = "operation_type"): BillingError {
+  return invalidField(field, `unknown operation type ${JSON.stringify(operationType)}; ListCostConfigs lists them, and admins add one with CreateCostConfig`);
+}
+
+/** The columns of the cost-config `fields` of `input`, each checked; bad fields go to `v`. */
+function costConfigChanges(input: CostConfigUpdate, fields: readonly string[], v: Violations): Partial<Record<string, unknown>> {
+  const changes: Partial<Record<string, unknown>> = {};
+  for (const f of fields) {
+    const name = `cost_config.${f}`;
+    switch (f) {
+      case "display_name":
+        if (input.displayName === "") v.add(name, "is required");
+        else if (v.collect(() => checkText(input.displayName, name, 100)) !== undefined) changes.display_name = input.displayName;
+        break;
+      case "description":
+        if (v.collect(() => checkText(input.description, name)) !== undefined) changes.description = input.description;
+        break;
+      case "tokens_per_credit":
+        if (input.tokensPerCredit < 1n || input.tokensPerCredit > INT32_MAX) v.add(name, `must be between 1 and ${INT32_MAX}`);
+        else changes.tokens_per_credit = Number(input.tokensPerCredit);
+        break;
+      case "min_credits":
+        if (input.minCredits < 0n || input.minCredits > INT32_MAX) v.add(name, `must be between 0 and ${INT32_MAX}`);
+        else changes.min_credits = Number(input.minCredits);
+        break;
+      case "price_per_credit_usd": {
+        const price = v.collect(() => parseMoney(input.pricePerCreditUsd, name, PRICE, { min: "0.0001" }));
+        if (price) changes.price_per_credit_usd = price.toFixed(4);
+        break;
+      }
+      case "is_active":
+        changes.is_active = input.isActive;
+        break;
+    }
+  }
+  return changes;
+}

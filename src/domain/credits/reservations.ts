@@ -94,6 +94,7 @@ export class Reservations {
     if (input.credits <= 0n) v.add("credits", "must be greater than zero");
     if (input.ttlSeconds !== undefined && (!(input.ttlSeconds > 0) || input.ttlSeconds > MAX_TTL_SECONDS)) v.add("ttl", `must be positive and at most ${MAX_TTL_SECONDS} seconds`);
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
+    await this.pricing.checkOperation(v, operationType);
     v.throwIfAny();
     const ttl = input.ttlSeconds ?? DEFAULT_TTL_SECONDS;
     return inTransaction(

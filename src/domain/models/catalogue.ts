@@ -25,8 +25,11 @@ import { MAX_TEXT, checkText, requireId } from "../validation.js";
 
 export const MODEL_TYPES = ["text", "image", "embedding"] as const;
 export type ModelType = (typeof MODEL_TYPES)[number];
+/** Providers with a value of their own in the proto enum; any other is named (PROVIDER_OTHER + provider_name). */
 export const PROVIDERS = ["openai", "anthropic", "runware", "google"] as const;
-export type Provider = (typeof PROVIDERS)[number];
+/** A provider's name: lowercase letters, digits, "-" and "_". */
+export type Provider = string;
+export const PROVIDER_NAME_RE = /^[a-z][a-z0-9_-]{0,49}$/;
 
 /** A model as stored. Prices are scale-4 decimal strings, "" when unset. */
 export interface ModelRecord {
@@ -347,7 +350,8 @@ function validateModel(input: ModelInput): ModelRow {
   if (input.displayName === "") v.add(f("display_name"), "is required");
   else v.collect(() => checkText(input.displayName, f("display_name")));
   if (!input.modelType) v.add(f("model_type"), "is required (TEXT, IMAGE or EMBEDDING)");
-  if (!input.provider) v.add(f("provider"), "is required (OPENAI, ANTHROPIC, RUNWARE or GOOGLE)");
+  if (!input.provider) v.add(f("provider"), "is required (OPENAI, ANTHROPIC, RUNWARE, GOOGLE, or OTHER with provider_name)");
+  else if (!PROVIDER_NAME_RE.test(input.provider)) v.add(f("provider_name"), "must be lowercase letters, digits, - and _ (at most 50), starting with a letter");
   const price = (value: string, name: string) => (value === "" ? "" : v.collect(() => parseMoney(value, f(name), PRICE, { min: "0.0001" }))?.toFixed(4) ?? "");
   const inputCost = price(input.inputCostPer1m, "input_cost_per_1m");
   const outputCost = price(input.outputCostPer1m, "output_cost_per_1m");
