@@ -63,7 +63,7 @@ export class EmbeddedPostgres {
     const binDir = runAs ? reachableCopy(bins.root) : bins.root;
     const dataDir = path.resolve(options.dataDir);
     const socketDir = path.join(dataDir, "socket");
-    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    makeDirectory(dataDir, 0o700, "DATA_DIR");
     if (runAs) chownSync(dataDir, runAs.uid, runAs.gid);
     const pgdata = path.join(dataDir, "pgdata");
     if (!existsSync(path.join(pgdata, "PG_VERSION"))) {
@@ -73,7 +73,7 @@ export class EmbeddedPostgres {
         ...(runAs ?? {}),
       });
     }
-    mkdirSync(socketDir, { recursive: true, mode: 0o700 });
+    makeDirectory(socketDir, 0o700, "DATA_DIR");
     if (runAs) chownSync(socketDir, runAs.uid, runAs.gid);
     const pg = new EmbeddedPostgres(dataDir, socketDir, options);
     await pg.spawn(path.join(binDir, "bin", "postgres"), pgdata, runAs);
@@ -228,6 +228,27 @@ function traversableByOthers(p: string): boolean {
     const parent = path.dirname(dir);
     if (parent === dir) return true;
     dir = parent;
+  }
+}
+
+/**
+ * mkdir -p, one level at a time: Node's recursive mkdir spins forever on a
+ * pseudo-filesystem that answers ENOENT for a folder whose parent exists
+ * (e.g. DATA_DIR under /proc). Fails with a message naming `variable`.
+ */
+function makeDirectory(dir: string, mode: number, variable: string): void {
+  const missing: string[] = [];
+  for (let d = path.resolve(dir); !existsSync(d); d = path.dirname(d)) {
+    missing.unshift(d);
+    if (path.dirname(d) === d) break;
+  }
+  for (const d of missing) {
+    try {
+      mkdirSync(d, { mode });
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? "error";
+      throw new Error(`${variable} ${JSON.stringify(dir)} cannot be created (${code} at ${JSON.stringify(d)}): choose a folder on a writable filesystem`);
+    }
   }
 }
 

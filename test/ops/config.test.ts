@@ -180,5 +180,15 @@ describe("operations: start-up configuration and database checks (src/main.ts)",
       expect(r.stdout + r.stderr).to.not.include(password);
       expect(r.lines.some((l) => l.msg === "billing listening")).to.equal(false);
     });
+
+    it("DATA_DIR where no folder can be created (under /proc): exits 1 at once with a line naming DATA_DIR (no endless spin)", async function () {
+      if (process.platform !== "linux") this.skip();
+      const r = await run({ PORT: "0", DATA_DIR: `/proc/billing-ops-${process.pid}/data`, LOG_LEVEL: "info" }, 10_000);
+      expect(r.code, show(r)).to.equal(1);
+      expect(r.ms, show(r)).to.be.below(5_000);
+      const fatal = r.lines.filter((l) => l.msg === "cannot start");
+      expect(fatal, show(r)).to.have.length(1);
+      expect(String(fatal[0]!.problem)).to.match(/^DATA_DIR /);
+    });
   });
 });

@@ -244,3 +244,52 @@ describe("operations: request ids and trace context", function () {
     });
   });
 });
+
+describe("operations: a caller that goes away is not an error of ours", () => {
+  for (const protocol of ["grpc", "connect-http1", "grpc-web-http1"] as const)
+  it(`logs no error-level line when a client cancels a WatchBalance stream (${protocol})`, async () => {
+    const { createApp } = await import("../../src/app.js");
+    const { createLogger } = await import("../../src/logger.js");
+    const { createGrpcTransport, createConnectTransport, createGrpcWebTransport } = await import("@connectrpc/connect-node");
+    const { createClient } = await import("@connectrpc/connect");
+    const { CreditService } = await import("../../gen/billing/v1/credit_service_pb.js");
+    const { harness, TOKENS, newAccount } = await import("../harness.js");
+    const lines: string[] = [];
+    const app = createApp(harness().config, harness().sequelize, createLogger("debug", (l) => lines.push(l)));
+    const port = await app.listen(0, "127.0.0.1");
+    try {
+      const baseUrl = `http://127.0.0.1:${port}`;
+      const transport =
+        protocol === "grpc"
+          ? createGrpcTransport({ baseUrl })
+          : protocol === "connect-http1"
+            ? createConnectTransport({ baseUrl, httpVersion: "1.1" })
+            : createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
+      const credits = createClient(CreditService, transport);
+      const abort = new AbortController();
+      const account = newAccount("cancel");
+      const stream = credits.watchBalance({ accountId: account }, { signal: abort.signal, headers: { authorization: `Bearer ${TOKENS.service}` } });
+      let first = false;
+      try {
+        for await (const _ of stream) {
+          first = true;
+          abort.abort();
+        }
+      } catch {
+        // the cancel itself
+      }
+      expect(first, "the stream answered once before the cancel").to.equal(true);
+      // Balance changes right after the cancel: the server writes to a stream whose caller left.
+      const admin = createClient(CreditService, transport);
+      for (let i = 0; i < 5; i++) {
+        await admin.grantCredits({ accountId: account, amount: 1n, type: 5 /* ADJUSTMENT */, idempotencyKey: `${account}-${i}` }, { headers: { authorization: `Bearer ${TOKENS.admin}` } });
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      const errors = lines.map((l) => JSON.parse(l) as { level: string }).filter((l) => l.level === "error");
+      expect(errors, lines.join("\n")).to.deep.equal([]);
+      expect(lines.some((l) => l.includes('"procedure":"/billing.v1.CreditService/WatchBalance"'))).to.equal(true);
+    } finally {
+      await app.close(1_000);
+    }
+  });
+});
