@@ -12,6 +12,7 @@ import * as creditLots from "./migrations/0003-credit-lots.js";
 import * as currencyAmounts from "./migrations/0004-currency-amounts.js";
 import * as paymentProviders from "./migrations/0005-payment-providers.js";
 import * as openCatalogues from "./migrations/0006-open-catalogues.js";
+import * as globalClaims from "./migrations/0007-global-claims.js";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { PROJECT_ROOT } from "./connect.js";
@@ -25,6 +26,7 @@ const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
   { name: "0004-currency-amounts", ...currencyAmounts },
   { name: "0005-payment-providers", ...paymentProviders },
   { name: "0006-open-catalogues", ...openCatalogues },
+  { name: "0007-global-claims", ...globalClaims },
 ];
 
 /**

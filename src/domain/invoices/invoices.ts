@@ -13,6 +13,7 @@
  * - A package purchase is a PENDING invoice with the package as its line
  *   (price after discount); its credits are granted when it is paid.
  */
+import { randomUUID } from "node:crypto";
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { modelsOf, type Invoice } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
@@ -239,7 +240,7 @@ export class Invoices {
       async (t) => {
         const row = await this.lock(t, id!);
         const status = transition(row.status as InvoiceStatus, "finalize");
-        const number = await this.nextInvoiceNumber(t);
+        const number = await this.nextInvoiceNumber(t, row.account_id, row.id);
         await row.update(
           {
             status,
@@ -294,9 +295,11 @@ export class Invoices {
       this.sequelize,
       async (t) => {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "PurchaseCreditPackage", request: input }, async () => {
-          const number = await this.nextInvoiceNumber(t);
+          const id = randomUUID();
+          const number = await this.nextInvoiceNumber(t, input.accountId, id);
           const row = await this.model.create(
             {
+              id,
               account_id: input.accountId,
               currency: pkg.currency,
               status: "pending",
@@ -332,15 +335,24 @@ export class Invoices {
     return row;
   }
 
-  /** The next gapless number of the current month, e.g. INV-202611-000042. */
-  private async nextInvoiceNumber(t: Transaction): Promise<string> {
+  /**
+   * The next gapless number of the current month (e.g. INV-202611-000042),
+   * claimed for the invoice in invoice_numbers: the counter row's lock keeps
+   * it gapless, the claim keeps it unique across every account.
+   */
+  private async nextInvoiceNumber(t: Transaction, accountId: string, invoiceId: string): Promise<string> {
     const period = todayUtc().slice(0, 7).replace("-", "");
     const [row] = await this.sequelize.query<{ last_value: number }>(
       `INSERT INTO invoice_number_sequences (period, last_value) VALUES ($1, 1)
        ON CONFLICT (period) DO UPDATE SET last_value = invoice_number_sequences.last_value + 1 RETURNING last_value`,
       { bind: [period], transaction: t, type: QueryTypes.SELECT },
     );
-    return `INV-${period}-${String(row!.last_value).padStart(6, "0")}`;
+    const number = `INV-${period}-${String(row!.last_value).padStart(6, "0")}`;
+    await this.sequelize.query(`INSERT INTO invoice_numbers (invoice_number, account_id, invoice_id) VALUES ($1, $2, $3)`, {
+      bind: [number, accountId, invoiceId],
+      transaction: t,
+    });
+    return number;
   }
 }
 

@@ -19,6 +19,7 @@
  *   is available and records the shortfall. The invoice stays PAID with its
  *   amount_paid reduced.
  */
+import { randomUUID } from "node:crypto";
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { modelsOf, type Invoice, type Payment } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
@@ -335,8 +336,12 @@ export class Payments {
       };
     }
     if (!payment) {
+      const id = randomUUID();
+      // A delivery racing this one for the same reference waits here, then finds it taken.
+      if (!(await this.claimProviderRef(t, e.provider, e.ref.id, invoice.account_id, id))) return { outcome: "already_settled" };
       payment = await this.models.Payment.create(
         {
+          id,
           account_id: invoice.account_id,
           invoice_id: invoice.id,
           amount: formatMoney(amount, amountIn(invoice.currency)),
@@ -380,8 +385,11 @@ export class Payments {
     if (!invoice) return { outcome: "ignored_unknown_invoice" };
     const column = amountIn(invoice.currency);
     const amount = new Dec(e.amount);
+    const id = randomUUID();
+    if (!(await this.claimProviderRef(t, e.provider, e.ref.id, invoice.account_id, id))) return { outcome: "ignored_known_reference" };
     const payment = await this.models.Payment.create(
       {
+        id,
         account_id: invoice.account_id,
         invoice_id: invoice.id,
         amount: formatMoney(amount.gt(0) && amount.decimalPlaces() <= column.scale ? amount : invoice.total, column),
@@ -579,8 +587,24 @@ export class Payments {
     return row;
   }
 
-  private async byProviderRef(t: Transaction, provider: string, paymentId: string): Promise<Payment | null> {
-    return this.models.Payment.findOne({ where: { provider, provider_payment_id: paymentId }, transaction: t });
+  /** The payment a provider reference belongs to (found through its global claim), or null. */
+  private async byProviderRef(t: Transaction, provider: string, reference: string): Promise<Payment | null> {
+    const [claim] = await this.sequelize.query<{ account_id: string; payment_id: string }>(
+      `SELECT account_id, payment_id FROM provider_payment_refs WHERE provider = $1 AND provider_payment_id = $2`,
+      { bind: [provider, reference], transaction: t, type: QueryTypes.SELECT },
+    );
+    if (!claim) return null;
+    return this.models.Payment.findOne({ where: { account_id: claim.account_id, id: claim.payment_id }, transaction: t });
+  }
+
+  /** Claims a provider reference for a new payment; false when another payment holds it. */
+  private async claimProviderRef(t: Transaction, provider: string, reference: string, accountId: string, paymentId: string): Promise<boolean> {
+    const rows = await this.sequelize.query(
+      `INSERT INTO provider_payment_refs (provider, provider_payment_id, account_id, payment_id) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (provider, provider_payment_id) DO NOTHING RETURNING 1`,
+      { bind: [provider, reference, accountId, paymentId], transaction: t, type: QueryTypes.SELECT },
+    );
+    return rows.length === 1;
   }
 
   private async recordHistory(t: Transaction, payment: Payment, from: PaymentStatus | null, actor: string, note: string): Promise<void> {
