@@ -49,6 +49,7 @@ export const Reason = {
   Conflict: "CONFLICT",
   NotImplemented: "NOT_IMPLEMENTED",
   DeadlineExceeded: "DEADLINE_EXCEEDED",
+  Draining: "DRAINING",
   /** Only src/errors.ts answers this, for unexpected failures. */
   Internal: "INTERNAL",
 } as const;

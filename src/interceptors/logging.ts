@@ -13,6 +13,7 @@
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { requestIdOf } from "../request-id.js";
 import { principalKey } from "./auth.js";
+import { BillingError, Reason } from "../domain/errors.js";
 import { toConnectError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
@@ -52,7 +53,7 @@ export function createLoggingInterceptor(logger: Logger, metrics?: Metrics, life
       finish(ce.code, ce);
       return ce;
     };
-    if (lifecycle?.draining) throw failed(new ConnectError("the server is shutting down; retry on another instance", Code.Unavailable));
+    if (lifecycle?.draining) throw failed(new BillingError("unavailable", Reason.Draining, "the server is shutting down; retry on another instance"));
     if (req.stream) req = { ...req, message: clientInput(req.message, req.method.input.typeName) };
     let res;
     try {

@@ -3144,11 +3144,17 @@ export const PlanLimitTypeSchema: GenEnum<PlanLimitType> = /*@__PURE__*/
  * database transaction as the change, so that for every account the balance
  * equals the sum of its transactions' amounts.
  *
+ * Every RPC can also answer UNAUTHENTICATED (UNAUTHENTICATED), PERMISSION_DENIED
+ * (PERMISSION_DENIED), UNAVAILABLE (DATABASE_UNAVAILABLE; DRAINING while the server shuts down),
+ * DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), ABORTED (CONFLICT: retry) and INTERNAL (INTERNAL).
+ *
  * @generated from service billing.v1.CreditService
  */
 export const CreditService: GenService<{
   /**
    * Returns an account's balance, reserved and available credits.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: account_id missing or malformed, named in
+   * BadRequest); an account never credited answers zeros, not NOT_FOUND.
    *
    * @generated from rpc billing.v1.CreditService.GetBalance
    */
@@ -3159,6 +3165,8 @@ export const CreditService: GenService<{
   },
   /**
    * Adds credits to an account (purchase, subscription, refund, adjustment).
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an amount
+   * that would take the balance past 2^63-1); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.CreditService.GrantCredits
    */
@@ -3169,6 +3177,9 @@ export const CreditService: GenService<{
   },
   /**
    * Admin only: a signed manual adjustment that never takes a balance below zero.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest);
+   * FAILED_PRECONDITION (INSUFFICIENT_CREDITS: a negative amount larger than the available credits;
+   * nothing written); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.CreditService.AdjustCredits
    */
@@ -3179,6 +3190,10 @@ export const CreditService: GenService<{
   },
   /**
    * Charges an AI operation: a DEDUCTION transaction and a usage log, together.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an unknown
+   * operation_type or usage.model, or usage that prices to 0 credits); FAILED_PRECONDITION
+   * (INSUFFICIENT_CREDITS: nothing charged; OPERATION_INACTIVE; WRONG_MODEL_TYPE or PRICE_MISSING:
+   * usage.model cannot price this usage); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.CreditService.DeductCredits
    */
@@ -3189,6 +3204,9 @@ export const CreditService: GenService<{
   },
   /**
    * Prices usage exactly as DeductCredits would, without charging anything.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an unknown
+   * operation_type or usage.model, or usage that prices to 0 credits); FAILED_PRECONDITION
+   * (OPERATION_INACTIVE; WRONG_MODEL_TYPE or PRICE_MISSING: usage.model cannot price this usage).
    *
    * @generated from rpc billing.v1.CreditService.EstimateCredits
    */
@@ -3200,6 +3218,9 @@ export const CreditService: GenService<{
   /**
    * Holds credits before an AI call; they stop being available until the
    * reservation is committed, released or expires.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an unknown
+   * operation_type or a ttl out of range); FAILED_PRECONDITION (INSUFFICIENT_CREDITS: nothing
+   * held; OPERATION_INACTIVE); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.CreditService.ReserveCredits
    */
@@ -3210,6 +3231,12 @@ export const CreditService: GenService<{
   },
   /**
    * Settles a reservation with the actual usage and frees the rest.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an unknown
+   * usage.model or usage that prices to 0 credits); NOT_FOUND (NOT_FOUND: reservation_id);
+   * FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the reservation is committed, released or
+   * expired; INSUFFICIENT_CREDITS: the usage exceeds the hold plus the available credits, and the
+   * hold stays open; OPERATION_INACTIVE; WRONG_MODEL_TYPE or PRICE_MISSING: usage.model cannot
+   * price this usage); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.CreditService.CommitReservation
    */
@@ -3220,6 +3247,9 @@ export const CreditService: GenService<{
   },
   /**
    * Frees a reservation without charging anything.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: reservation_id, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: reservation_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the reservation is
+   * committed).
    *
    * @generated from rpc billing.v1.CreditService.ReleaseReservation
    */
@@ -3230,6 +3260,8 @@ export const CreditService: GenService<{
   },
   /**
    * Pages through an account's ledger, newest first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. a page_token
+   * from another request).
    *
    * @generated from rpc billing.v1.CreditService.ListTransactions
    */
@@ -3240,6 +3272,8 @@ export const CreditService: GenService<{
   },
   /**
    * Pages through an account's per-operation usage logs, newest first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. a page_token
+   * from another request).
    *
    * @generated from rpc billing.v1.CreditService.ListUsageLogs
    */
@@ -3250,6 +3284,8 @@ export const CreditService: GenService<{
   },
   /**
    * Sums credits, USD cost and tokens over a time range, grouped.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. a missing
+   * group_by or end_time before start_time).
    *
    * @generated from rpc billing.v1.CreditService.GetUsageSummary
    */
@@ -3260,6 +3296,8 @@ export const CreditService: GenService<{
   },
   /**
    * Streams the balance now, then again after every change.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: account_id, named in BadRequest). The stream ends
+   * with UNAVAILABLE when the server drains: watch again.
    *
    * @generated from rpc billing.v1.CreditService.WatchBalance
    */
@@ -3270,6 +3308,8 @@ export const CreditService: GenService<{
   },
   /**
    * Returns the pricing of one operation type.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: operation_type malformed or unknown, named in
+   * BadRequest; an unknown operation type is not NOT_FOUND).
    *
    * @generated from rpc billing.v1.CreditService.GetCostConfig
    */
@@ -3280,6 +3320,7 @@ export const CreditService: GenService<{
   },
   /**
    * Lists the pricing of every operation type.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: page_size or page_token, named in BadRequest).
    *
    * @generated from rpc billing.v1.CreditService.ListCostConfigs
    */
@@ -3291,6 +3332,8 @@ export const CreditService: GenService<{
   /**
    * Admin only: adds an operation type with its pricing (operation types are
    * data: the seed's ten are seeded rows); kept in history as "create".
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. a legacy
+   * operation name); ALREADY_EXISTS (ALREADY_EXISTS: the operation type exists).
    *
    * @generated from rpc billing.v1.CreditService.CreateCostConfig
    */
@@ -3301,6 +3344,8 @@ export const CreditService: GenService<{
   },
   /**
    * Admin only: changes an operation's pricing; the change is kept in history.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields or update_mask paths, named in
+   * BadRequest, incl. an unknown operation_type).
    *
    * @generated from rpc billing.v1.CreditService.UpdateCostConfig
    */
@@ -3311,6 +3356,8 @@ export const CreditService: GenService<{
   },
   /**
    * Pages through the changes of one operation's pricing, newest first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: a malformed operation_type, page_size or
+   * page_token, named in BadRequest); an unknown operation type answers an empty page.
    *
    * @generated from rpc billing.v1.CreditService.ListCostConfigHistory
    */
@@ -3321,6 +3368,7 @@ export const CreditService: GenService<{
   },
   /**
    * Returns the global billing configuration.
+   * Errors: only those every RPC can answer (see the service comment).
    *
    * @generated from rpc billing.v1.CreditService.GetBillingConfiguration
    */
@@ -3331,6 +3379,8 @@ export const CreditService: GenService<{
   },
   /**
    * Admin only: changes the global billing configuration.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields or update_mask paths, named in
+   * BadRequest).
    *
    * @generated from rpc billing.v1.CreditService.UpdateBillingConfiguration
    */
@@ -3341,6 +3391,9 @@ export const CreditService: GenService<{
   },
   /**
    * Sets an account's plan limits for a billing period.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest);
+   * FAILED_PRECONDITION (PERIOD_OVERLAP: another period of a named limit type overlaps this one;
+   * nothing written).
    *
    * @generated from rpc billing.v1.CreditService.SetPlanLimits
    */
@@ -3351,6 +3404,9 @@ export const CreditService: GenService<{
   },
   /**
    * Consumes part of a plan limit in the current period, all or nothing.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest);
+   * RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: nothing consumed); FAILED_PRECONDITION (NO_PLAN_LIMIT: no
+   * limit of that type covers today); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.CreditService.ConsumePlanLimit
    */
@@ -3361,6 +3417,7 @@ export const CreditService: GenService<{
   },
   /**
    * Returns an account's plan limit usage for a period (default: today's).
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: account_id or date, named in BadRequest).
    *
    * @generated from rpc billing.v1.CreditService.GetPlanLimitUsage
    */
@@ -3371,6 +3428,8 @@ export const CreditService: GenService<{
   },
   /**
    * Lists credit packages in display order.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: page_size, page_token, or include_inactive from a
+   * non-admin key, named in BadRequest).
    *
    * @generated from rpc billing.v1.CreditService.ListCreditPackages
    */
@@ -3381,6 +3440,8 @@ export const CreditService: GenService<{
   },
   /**
    * Returns one credit package by slug.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: slug missing, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: no package with that slug).
    *
    * @generated from rpc billing.v1.CreditService.GetCreditPackage
    */
@@ -3391,6 +3452,8 @@ export const CreditService: GenService<{
   },
   /**
    * Admin only: adds a credit package to the catalogue.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. a price with
+   * more decimals than its currency); ALREADY_EXISTS (ALREADY_EXISTS: the slug is taken).
    *
    * @generated from rpc billing.v1.CreditService.CreateCreditPackage
    */
@@ -3401,6 +3464,8 @@ export const CreditService: GenService<{
   },
   /**
    * Admin only: changes a credit package.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields or update_mask paths, named in
+   * BadRequest); NOT_FOUND (NOT_FOUND: no package with that slug).
    *
    * @generated from rpc billing.v1.CreditService.UpdateCreditPackage
    */
@@ -3411,6 +3476,8 @@ export const CreditService: GenService<{
   },
   /**
    * An account's credit lots, newest first; filter by category and state.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. UNSPECIFIED
+   * in categories or states).
    *
    * @generated from rpc billing.v1.CreditService.ListCreditLots
    */
@@ -3421,6 +3488,9 @@ export const CreditService: GenService<{
   },
   /**
    * Admin only: removes what is left of a lot with a VOID ledger entry; idempotent by key.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: lot_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the lot is not PENDING or
+   * ACTIVE); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.CreditService.VoidCreditLot
    */

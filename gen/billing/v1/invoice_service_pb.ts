@@ -844,11 +844,17 @@ export const InvoiceStatusSchema: GenEnum<InvoiceStatus> = /*@__PURE__*/
  * only through a succeeded payment covering the total. Any other transition
  * is FAILED_PRECONDITION with reason INVALID_STATE_TRANSITION.
  *
+ * Every RPC can also answer UNAUTHENTICATED (UNAUTHENTICATED), PERMISSION_DENIED
+ * (PERMISSION_DENIED), UNAVAILABLE (DATABASE_UNAVAILABLE; DRAINING while the server shuts down),
+ * DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), ABORTED (CONFLICT: retry) and INTERNAL (INTERNAL).
+ *
  * @generated from service billing.v1.InvoiceService
  */
 export const InvoiceService: GenService<{
   /**
    * Creates a DRAFT invoice; totals are computed by the server.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. amounts with
+   * more decimals than the currency); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.InvoiceService.CreateInvoice
    */
@@ -859,6 +865,8 @@ export const InvoiceService: GenService<{
   },
   /**
    * Returns one invoice.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: invoice_id, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: invoice_id).
    *
    * @generated from rpc billing.v1.InvoiceService.GetInvoice
    */
@@ -869,6 +877,8 @@ export const InvoiceService: GenService<{
   },
   /**
    * Pages through invoices, newest first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. UNSPECIFIED
+   * in statuses).
    *
    * @generated from rpc billing.v1.InvoiceService.ListInvoices
    */
@@ -879,6 +889,9 @@ export const InvoiceService: GenService<{
   },
   /**
    * Appends a line item to a DRAFT invoice and recomputes its totals.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. amounts with
+   * more decimals than the invoice's currency); NOT_FOUND (NOT_FOUND: invoice_id);
+   * FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the invoice is not DRAFT).
    *
    * @generated from rpc billing.v1.InvoiceService.AddLineItem
    */
@@ -889,6 +902,9 @@ export const InvoiceService: GenService<{
   },
   /**
    * DRAFT -> PENDING: assigns the invoice number and freezes the billing snapshot.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: invoice_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the invoice is not
+   * DRAFT).
    *
    * @generated from rpc billing.v1.InvoiceService.FinalizeInvoice
    */
@@ -899,6 +915,9 @@ export const InvoiceService: GenService<{
   },
   /**
    * DRAFT or PENDING -> VOID.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: invoice_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the invoice is not
+   * DRAFT or PENDING).
    *
    * @generated from rpc billing.v1.InvoiceService.VoidInvoice
    */
@@ -909,6 +928,9 @@ export const InvoiceService: GenService<{
   },
   /**
    * PENDING -> UNCOLLECTIBLE.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: invoice_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the invoice is not
+   * PENDING).
    *
    * @generated from rpc billing.v1.InvoiceService.MarkUncollectible
    */
@@ -920,6 +942,9 @@ export const InvoiceService: GenService<{
   /**
    * Creates a PENDING invoice for a credit package; its credits are granted
    * exactly once when a payment for it succeeds.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an unknown
+   * package_slug, which is not NOT_FOUND); FAILED_PRECONDITION (PACKAGE_INACTIVE); ALREADY_EXISTS
+   * (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.InvoiceService.PurchaseCreditPackage
    */

@@ -732,11 +732,17 @@ export const ProviderSchema: GenEnum<Provider> = /*@__PURE__*/
  * The AI model catalogue: prices and capabilities of text, image and
  * embedding models, one default per model type, and a history of changes.
  *
+ * Every RPC can also answer UNAUTHENTICATED (UNAUTHENTICATED), PERMISSION_DENIED
+ * (PERMISSION_DENIED), UNAVAILABLE (DATABASE_UNAVAILABLE; DRAINING while the server shuts down),
+ * DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), ABORTED (CONFLICT: retry) and INTERNAL (INTERNAL).
+ *
  * @generated from service billing.v1.ModelConfigService
  */
 export const ModelConfigService: GenService<{
   /**
    * Admin only: adds a model to the catalogue.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); ALREADY_EXISTS
+   * (ALREADY_EXISTS: the model_name is taken).
    *
    * @generated from rpc billing.v1.ModelConfigService.CreateModelConfig
    */
@@ -747,6 +753,8 @@ export const ModelConfigService: GenService<{
   },
   /**
    * Returns one model by name.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_name, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: model_name).
    *
    * @generated from rpc billing.v1.ModelConfigService.GetModelConfig
    */
@@ -757,6 +765,8 @@ export const ModelConfigService: GenService<{
   },
   /**
    * Lists models by type, sort order and name.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_type, provider, page_size or page_token,
+   * named in BadRequest).
    *
    * @generated from rpc billing.v1.ModelConfigService.ListModelConfigs
    */
@@ -767,6 +777,9 @@ export const ModelConfigService: GenService<{
   },
   /**
    * Admin only: changes a model.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields or update_mask paths, named in
+   * BadRequest, incl. is_default on an inactive model); NOT_FOUND (NOT_FOUND: model_name);
+   * FAILED_PRECONDITION (MODEL_IS_DEFAULT: deactivating the default of its type).
    *
    * @generated from rpc billing.v1.ModelConfigService.UpdateModelConfig
    */
@@ -777,6 +790,8 @@ export const ModelConfigService: GenService<{
   },
   /**
    * Admin only: makes a model the only default of its type.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_name, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: model_name); FAILED_PRECONDITION (MODEL_INACTIVE).
    *
    * @generated from rpc billing.v1.ModelConfigService.SetDefaultModel
    */
@@ -787,6 +802,8 @@ export const ModelConfigService: GenService<{
   },
   /**
    * Returns the default model of a type.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_type missing, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: the type has no default model).
    *
    * @generated from rpc billing.v1.ModelConfigService.GetDefaultModel
    */
@@ -797,6 +814,9 @@ export const ModelConfigService: GenService<{
   },
   /**
    * Prices token or image usage of a model in USD.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. a size the
+   * model does not offer); NOT_FOUND (NOT_FOUND: model_name); FAILED_PRECONDITION
+   * (WRONG_MODEL_TYPE: tokens for an image model or images for a token model; PRICE_MISSING).
    *
    * @generated from rpc billing.v1.ModelConfigService.CalculateCost
    */
@@ -807,6 +827,8 @@ export const ModelConfigService: GenService<{
   },
   /**
    * Pages through a model's changes, newest first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_name, page_size or page_token, named in
+   * BadRequest); NOT_FOUND (NOT_FOUND: a model that never existed).
    *
    * @generated from rpc billing.v1.ModelConfigService.ListModelConfigHistory
    */

@@ -1451,11 +1451,20 @@ export const PaymentStatusSchema: GenEnum<PaymentStatus> = /*@__PURE__*/
  * Provider callbacks arrive on the same port as plain HTTP:
  * POST /webhooks/stripe and POST /webhooks/paypal.
  *
+ * Every RPC can also answer UNAUTHENTICATED (UNAUTHENTICATED), PERMISSION_DENIED
+ * (PERMISSION_DENIED), UNAVAILABLE (DATABASE_UNAVAILABLE; DRAINING while the server shuts down),
+ * DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), ABORTED (CONFLICT: retry) and INTERNAL (INTERNAL).
+ *
  * @generated from service billing.v1.PaymentService
  */
 export const PaymentService: GenService<{
   /**
    * Records a bank transfer, local wallet or manual payment awaiting approval.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an amount
+   * with more decimals than the invoice's currency); NOT_FOUND (NOT_FOUND: invoice_id);
+   * FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the invoice is not PENDING; AMOUNT_MISMATCH:
+   * amount is not the outstanding total; PAYMENT_PENDING: another payment of the invoice awaits
+   * approval); ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.PaymentService.SubmitManualPayment
    */
@@ -1467,6 +1476,9 @@ export const PaymentService: GenService<{
   /**
    * Admin only: PENDING_APPROVAL -> SUCCEEDED; the invoice becomes PAID and
    * a package's credits are granted, all in one database transaction.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: payment_id or admin_notes, named in BadRequest);
+   * NOT_FOUND (NOT_FOUND: payment_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the payment
+   * is not PENDING_APPROVAL, or its invoice is not PENDING).
    *
    * @generated from rpc billing.v1.PaymentService.ApprovePayment
    */
@@ -1477,6 +1489,9 @@ export const PaymentService: GenService<{
   },
   /**
    * Admin only: PENDING_APPROVAL -> FAILED with a reason.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: payment_id or reason, named in BadRequest);
+   * NOT_FOUND (NOT_FOUND: payment_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the payment
+   * is not PENDING_APPROVAL).
    *
    * @generated from rpc billing.v1.PaymentService.RejectPayment
    */
@@ -1487,6 +1502,11 @@ export const PaymentService: GenService<{
   },
   /**
    * Admin only: SUCCEEDED -> REFUNDED; the credits it granted are taken back.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an amount
+   * above what is left to refund); NOT_FOUND (NOT_FOUND: payment_id); FAILED_PRECONDITION
+   * (INVALID_STATE_TRANSITION: the payment is not SUCCEEDED or PARTIALLY_REFUNDED;
+   * CREDITS_ALREADY_SPENT: set revoke_available_only to take what is left); ALREADY_EXISTS
+   * (IDEMPOTENCY_KEY_REUSED).
    *
    * @generated from rpc billing.v1.PaymentService.RefundPayment
    */
@@ -1497,6 +1517,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Returns one payment.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: payment_id, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: payment_id).
    *
    * @generated from rpc billing.v1.PaymentService.GetPayment
    */
@@ -1507,6 +1529,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Pages through payments, newest first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. UNSPECIFIED
+   * in statuses or methods).
    *
    * @generated from rpc billing.v1.PaymentService.ListPayments
    */
@@ -1517,6 +1541,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Pages through a payment's state changes, newest first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: payment_id, page_size or page_token, named in
+   * BadRequest); NOT_FOUND (NOT_FOUND: payment_id).
    *
    * @generated from rpc billing.v1.PaymentService.ListPaymentHistory
    */
@@ -1527,6 +1553,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Lists the payment methods enabled for a country, in display order.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: country_code is not an ISO 3166-1 alpha-2 code,
+   * named in BadRequest).
    *
    * @generated from rpc billing.v1.PaymentService.ListPaymentMethods
    */
@@ -1537,6 +1565,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Admin only: creates or replaces the config of a method in a country.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest);
+   * FAILED_PRECONDITION (SECRET_KEY_MISSING: a secret was given but BILLING_SECRET_KEY is not set).
    *
    * @generated from rpc billing.v1.PaymentService.UpsertPaymentMethodConfig
    */
@@ -1547,6 +1577,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Admin only: deletes the config of a method in a country.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: country_code or payment_method, named in
+   * BadRequest); NOT_FOUND (NOT_FOUND: no config of that method in that country).
    *
    * @generated from rpc billing.v1.PaymentService.DeletePaymentMethodConfig
    */
@@ -1557,6 +1589,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Saves a payment method for an account.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); ALREADY_EXISTS
+   * (ALREADY_EXISTS: the account has a method with that display_name, named in BadRequest).
    *
    * @generated from rpc billing.v1.PaymentService.CreateAccountPaymentMethod
    */
@@ -1567,6 +1601,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Lists an account's saved payment methods, default first.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: account_id, page_size or page_token, named in
+   * BadRequest).
    *
    * @generated from rpc billing.v1.PaymentService.ListAccountPaymentMethods
    */
@@ -1577,6 +1613,9 @@ export const PaymentService: GenService<{
   },
   /**
    * Changes a saved payment method.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields or update_mask paths, named in
+   * BadRequest); NOT_FOUND (NOT_FOUND: id); ALREADY_EXISTS (ALREADY_EXISTS: the account has a
+   * method with that display_name, named in BadRequest).
    *
    * @generated from rpc billing.v1.PaymentService.UpdateAccountPaymentMethod
    */
@@ -1587,6 +1626,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Makes a saved payment method the account's only default.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: id, named in BadRequest); NOT_FOUND (NOT_FOUND:
+   * id).
    *
    * @generated from rpc billing.v1.PaymentService.SetDefaultAccountPaymentMethod
    */
@@ -1597,6 +1638,8 @@ export const PaymentService: GenService<{
   },
   /**
    * Deletes a saved payment method.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: id, named in BadRequest); NOT_FOUND (NOT_FOUND:
+   * id).
    *
    * @generated from rpc billing.v1.PaymentService.DeleteAccountPaymentMethod
    */

@@ -269,6 +269,14 @@ export class Pricing {
     if (!costs.has(operationType)) throw unknownOperation(operationType, field);
   }
 
+  /** That an operation type is active, or FAILED_PRECONDITION / OPERATION_INACTIVE (it must exist). */
+  async requireActiveOperation(operationType: string): Promise<void> {
+    const { costs } = await this.cachedConfig();
+    if (costs.get(operationType)?.is_active === false) {
+      throw failedPrecondition(Reason.OperationInactive, `operation ${operationType} is not active`, { operation_type: operationType });
+    }
+  }
+
   /** Records an unknown operation type in `v` with the request's other bad fields (nothing when `operationType` is undefined). */
   async checkOperation(v: Violations, operationType: string | undefined, field = "operation_type"): Promise<void> {
     if (operationType !== undefined) await v.collectAsync(() => this.requireOperation(operationType, field));

@@ -96,6 +96,7 @@ export class Reservations {
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     await this.pricing.checkOperation(v, operationType);
     v.throwIfAny();
+    await this.pricing.requireActiveOperation(operationType!);
     const ttl = input.ttlSeconds ?? DEFAULT_TTL_SECONDS;
     return inTransaction(
       this.sequelize,
