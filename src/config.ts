@@ -78,6 +78,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.DATABASE_URL) read("DATABASE_URL", () => (config.databaseUrl = checkDatabaseUrl(env.DATABASE_URL!)), "");
   if (env.DATA_DIR) config.dataDir = env.DATA_DIR;
   if (env.BILLING_SECRET_KEY) config.secretKey = env.BILLING_SECRET_KEY;
+  if (typeof config.metrics === "number" && config.metrics === config.port) problems.push({ variable: "METRICS_PORT", problem: `is the same port as PORT (${config.port}); leave it unset to serve /metrics on the main port` });
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
 }
@@ -93,8 +94,10 @@ function parseOrigins(raw: string | undefined): string[] {
     } catch {
       throw new Error(`${JSON.stringify(o)} is not an origin like https://dashboard.example.com`);
     }
-    if ((url.protocol !== "http:" && url.protocol !== "https:") || url.origin !== o) {
-      throw new Error(`${JSON.stringify(o)} is not an origin as browsers send it (scheme://host[:port], no path or trailing slash); did you mean ${JSON.stringify(url.origin)}?`);
+    // Browsers send scheme://host[:port]; app shells send their own schemes (capacitor://localhost, app://…).
+    const origin = url.origin !== "null" ? url.origin : `${url.protocol}//${url.host}`;
+    if (url.host === "" || origin !== o) {
+      throw new Error(`${JSON.stringify(o)} is not an origin as browsers send it (scheme://host[:port], no path or trailing slash)${url.host ? `; did you mean ${JSON.stringify(origin)}?` : ""}`);
     }
   }
   return origins;
@@ -117,7 +120,8 @@ function checkDatabaseUrl(raw: string): string {
 function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const raw = env[name];
   if (raw === undefined || raw === "") return fallback;
-  if (!/^[1-9][0-9]*$/.test(raw) || !Number.isSafeInteger(Number(raw))) throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`);
+  // Timers take at most 2^31-1 ms; Node would turn a larger value into 1 ms.
+  if (!/^[1-9][0-9]*$/.test(raw) || Number(raw) > 2_147_483_647) throw new Error(`${name} must be a positive integer up to 2147483647 (got ${JSON.stringify(raw)})`);
   return Number(raw);
 }
 

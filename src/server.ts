@@ -114,6 +114,11 @@ export function createBillingServer(options: ServerOptions): BillingServer {
     res.once("close", () => inFlight--);
     if (lifecycle.draining && !("stream" in req)) res.setHeader("connection", "close");
     if (!applyCors(req, res, options.corsOrigins)) return;
+    if ("stream" in req && !req.complete) {
+      // HTTP/1.1 bodies are bounded by requestTimeout; HTTP/2 ones here (the unary path also bounds its own).
+      const stalled = setTimeout(() => req.complete || req.stream.close(http2.constants.NGHTTP2_CANCEL), limits.bodyTimeoutMs);
+      req.once("end", () => clearTimeout(stalled)).once("close", () => clearTimeout(stalled));
+    }
     const path = (req.url ?? "/").split("?")[0]!;
     const route = options.httpRoutes?.[path];
     if (route) {
@@ -130,11 +135,6 @@ export function createBillingServer(options: ServerOptions): BillingServer {
       return;
     }
     if (fastPath && unary.handle(req, res)) return;
-    if ("stream" in req && !req.complete) {
-      // HTTP/1.1 bodies are bounded by requestTimeout; HTTP/2 ones here.
-      const stalled = setTimeout(() => req.complete || req.stream.close(http2.constants.NGHTTP2_CANCEL), limits.bodyTimeoutMs);
-      req.once("end", () => clearTimeout(stalled)).once("close", () => clearTimeout(stalled));
-    }
     adapter(req as never, res as never);
   };
 

@@ -18,7 +18,7 @@ import {
   UpdateModelConfigResponseSchema,
   type ModelConfig,
 } from "../../gen/billing/v1/model_config_service_pb.js";
-import { type ModelCatalogue, type ModelInput, type ModelRecord, type ModelType, type Provider } from "../domain/models/catalogue.js";
+import { PROVIDER_NAME_RE, type ModelCatalogue, type ModelInput, type ModelRecord, type ModelType, type Provider } from "../domain/models/catalogue.js";
 import { invalidField } from "../domain/errors.js";
 import { principalOf } from "../interceptors/auth.js";
 import { auditToProto, calendarDateToProto, enumFromProto, enumToProto, ts, txOptions } from "./convert.js";
@@ -40,6 +40,7 @@ const providers: [ProtoProvider, Provider][] = [
  * (the name, if given, must agree), any other as PROVIDER_OTHER + its name.
  */
 function providerOf(value: ProtoProvider, name: string, field: string): Provider | undefined {
+  if (name !== "" && !PROVIDER_NAME_RE.test(name)) throw invalidField(`${field}_name`, "must be lowercase letters, digits, - and _ (at most 50), starting with a letter");
   if (value === ProtoProvider.OTHER) {
     if (name === "") throw invalidField(`${field}_name`, "is required with PROVIDER_OTHER");
     if (providers.some(([, known]) => known === name)) throw invalidField(`${field}_name`, `names a provider with its own value: use PROVIDER_${name.toUpperCase()}`);

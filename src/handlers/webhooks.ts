@@ -19,6 +19,7 @@ export function createWebhookRoutes(webhooks: Webhooks, logger: Logger, metrics?
   const route = (provider: string): HttpRoute => async (req, res) => {
     const started = performance.now();
     const body = await readBody(req);
+    if (body === "aborted") return; // the caller went away (or stalled past BODY_TIMEOUT_MS)
     if (!body) {
       metrics?.webhook(provider, "rejected_too_large");
       logger.warn("webhook", { provider, status: 413, outcome: "rejected_too_large" });
@@ -37,7 +38,8 @@ export function createWebhookRoutes(webhooks: Webhooks, logger: Logger, metrics?
   return Object.fromEntries(webhooks.providers().map((p) => [`/webhooks/${p}`, { method: "POST", handle: route(p) } satisfies PlainRoute]));
 }
 
-function readBody(req: http.IncomingMessage | http2.Http2ServerRequest): Promise<Buffer | undefined> {
+/** The body; undefined when larger than MAX_BODY; "aborted" when the caller went away before its end. */
+function readBody(req: http.IncomingMessage | http2.Http2ServerRequest): Promise<Buffer | undefined | "aborted"> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -52,5 +54,7 @@ function readBody(req: http.IncomingMessage | http2.Http2ServerRequest): Promise
     });
     req.on("end", () => resolve(size > MAX_BODY ? undefined : Buffer.concat(chunks)));
     req.on("error", reject);
+    req.on("aborted", () => resolve("aborted"));
+    req.on("close", () => resolve(req.complete ? (size > MAX_BODY ? undefined : Buffer.concat(chunks)) : "aborted"));
   });
 }

@@ -90,5 +90,7 @@ describe("models of any provider (PROVIDER_OTHER + provider_name)", () => {
     expect(await bad(Provider.OTHER, "openai")).to.deep.equal(["model_config.provider_name"]);
     expect(await bad(Provider.ANTHROPIC, "openai")).to.deep.equal(["model_config.provider_name"]);
     expect(await bad(Provider.OTHER, "Mistral AI")).to.deep.equal(["model_config.provider_name"]);
+    const err = await expectError(models().listModelConfigs({ providerName: "mist\u0000ral" }), Code.InvalidArgument);
+    expect(badFields(err)).to.deep.equal(["provider_name"]);
   });
 });

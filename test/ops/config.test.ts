@@ -67,6 +67,8 @@ describe("operations: start-up configuration and database checks (src/main.ts)",
       { name: "MIGRATE=sometimes", env: { MIGRATE: "sometimes" }, variables: ["MIGRATE"] },
       { name: "METRICS_PORT=abc", env: { METRICS_PORT: "abc" }, variables: ["METRICS_PORT"] },
       { name: "HEADERS_TIMEOUT_MS=0", env: { HEADERS_TIMEOUT_MS: "0" }, variables: ["HEADERS_TIMEOUT_MS"] },
+      { name: "IDLE_TIMEOUT_MS past a timer's 2^31-1 ms", env: { IDLE_TIMEOUT_MS: "3000000000" }, variables: ["IDLE_TIMEOUT_MS"] },
+      { name: "METRICS_PORT equal to PORT", env: { PORT: "18123", METRICS_PORT: "18123" }, variables: ["METRICS_PORT"] },
       {
         name: "seven bad variables at once",
         env: {
@@ -190,5 +192,14 @@ describe("operations: start-up configuration and database checks (src/main.ts)",
       expect(fatal, show(r)).to.have.length(1);
       expect(String(fatal[0]!.problem)).to.match(/^DATA_DIR /);
     });
+  });
+});
+
+describe("operations: configuration values that are valid", () => {
+  it("accepts origins of app shells (capacitor://localhost, app://billing) and browser origins, and '*'", async () => {
+    const { loadConfig } = await import("../../src/config.js");
+    const config = loadConfig({ CORS_ORIGINS: "https://dash.example.com,http://localhost:5173,capacitor://localhost,app://billing" });
+    expect(config.corsOrigins).to.deep.equal(["https://dash.example.com", "http://localhost:5173", "capacitor://localhost", "app://billing"]);
+    expect(loadConfig({ CORS_ORIGINS: "*" }).corsOrigins).to.deep.equal(["*"]);
   });
 });

@@ -492,6 +492,50 @@ describe("payment providers", () => {
     });
   });
 
+  describe("refunds and disputes together", () => {
+    it("applies a provider refund that arrives while the payment is DISPUTED, keeps it DISPUTED, and returns it to PARTIALLY_REFUNDED when the dispute closes", async () => {
+      const account = newAccount("prov");
+      const invoice = await packageInvoice(account, 300n, "30.00");
+      const { pi } = await settleByStripe(invoice.id, 3000, "usd");
+      const opened = await sendStripe(stripeEvent("charge.dispute.created", { id: "dp_2", payment_intent: pi, reason: "product_not_received", status: "needs_response" }).body);
+      expect(opened.body?.outcome, opened.text).to.equal("disputed");
+      const refunded = await sendStripe(stripeEvent("charge.refunded", { id: "ch_2", payment_intent: pi, amount_refunded: 1000, refunded: false, currency: "usd" }).body);
+      expect(refunded.body?.outcome, refunded.text).to.equal("partially_refunded");
+      expect((await paymentsOf(account))[0]).to.include({ status: PaymentStatus.DISPUTED, amountRefunded: "10.00", creditsRevoked: 100n });
+      expect((await invoiceOf(invoice.id)).amountPaid).to.equal("20.00");
+      expect(await assertLedgerConsistent(account)).to.equal(200n);
+      const closed = await sendStripe(stripeEvent("charge.dispute.closed", { id: "dp_2", payment_intent: pi, status: "lost" }).body);
+      expect(closed.body?.outcome, closed.text).to.equal("dispute_closed");
+      expect((await paymentsOf(account))[0]).to.include({ status: PaymentStatus.PARTIALLY_REFUNDED, amountRefunded: "10.00" });
+    });
+
+    it("counts a PayPal refund once when its running total already includes a refund made through RefundPayment", async () => {
+      const account = newAccount("prov");
+      const invoice = await packageInvoice(account, 300n, "30.00", "USD", PaymentMethod.PAYPAL);
+      const capture = `CAP-${randomUUID().slice(0, 8)}`;
+      const done = await sendPaypal(paypalEvent("PAYMENT.CAPTURE.COMPLETED", { id: capture, custom_id: invoice.id, amount: { value: "30.00", currency_code: "USD" } }).body);
+      expect(done.body?.outcome, done.text).to.equal("settled");
+      const [payment] = await paymentsOf(account);
+      await client(PaymentService, TOKENS.admin).refundPayment({ paymentId: payment!.id, amount: "5.00", reason: "goodwill", idempotencyKey: randomUUID() });
+      const refund = paypalEvent("PAYMENT.CAPTURE.REFUNDED", {
+        id: `REF-${randomUUID().slice(0, 8)}`,
+        amount: { value: "5.00", currency_code: "USD" },
+        seller_payable_breakdown: { total_refunded_amount: { value: "5.00", currency_code: "USD" } },
+        links: [{ rel: "up", href: `https://api.paypal.com/v2/payments/captures/${capture}` }],
+      });
+      const r = await sendPaypal(refund.body);
+      expect(r.body?.outcome, r.text).to.equal("already_refunded");
+      expect((await paymentsOf(account))[0]).to.include({ status: PaymentStatus.PARTIALLY_REFUNDED, amountRefunded: "5.00", creditsRevoked: 50n });
+      expect((await invoiceOf(invoice.id)).amountPaid).to.equal("25.00");
+    });
+
+    it("acknowledges a signed PayPal event in a currency it cannot scale (200, recorded) instead of a 400 PayPal would retry", async () => {
+      const r = await sendPaypal(paypalEvent("PAYMENT.CAPTURE.COMPLETED", { id: `CAP-${randomUUID().slice(0, 8)}`, custom_id: randomUUID(), amount: { value: "30.00", currency_code: "XYZ" } }).body);
+      expect(r.status, r.text).to.equal(200);
+      expect(r.body?.outcome, r.text).to.equal("ignored_unknown_currency");
+    });
+  });
+
   describe("PayPal", () => {
     it("settles from PAYMENT.CAPTURE.COMPLETED and applies each PAYMENT.CAPTURE.REFUNDED as only its own amount", async () => {
       const account = newAccount("prov");

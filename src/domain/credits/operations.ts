@@ -38,7 +38,7 @@ export const OPERATION_TYPE_RE = /^[a-z][a-z0-9_]{0,49}$/;
 /** The modern name of an operation type, or INVALID_ARGUMENT naming `field` when it cannot be one. */
 export function normalizeOperationType(value: string, field = "operation_type"): OperationType {
   if (value === "") throw invalidField(field, "is required");
-  const modern = LEGACY_OPERATION_TYPES[value] ?? value;
+  const modern = Object.hasOwn(LEGACY_OPERATION_TYPES, value) ? LEGACY_OPERATION_TYPES[value]! : value;
   if (!OPERATION_TYPE_RE.test(modern)) throw invalidField(field, "must be an operation type name: lowercase letters, digits and _ (at most 50)");
   return modern;
 }

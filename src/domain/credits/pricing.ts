@@ -228,7 +228,7 @@ export class Pricing {
     const field = "cost_config.operation_type";
     const operationType = v.collect(() => {
       if (!OPERATION_TYPE_RE.test(input.operationType)) normalizeOperationType(input.operationType, field);
-      if (LEGACY_OPERATION_TYPES[input.operationType]) throw invalidField(field, `is a legacy name of ${LEGACY_OPERATION_TYPES[input.operationType]}`);
+      if (Object.hasOwn(LEGACY_OPERATION_TYPES, input.operationType)) throw invalidField(field, `is a legacy name of ${LEGACY_OPERATION_TYPES[input.operationType]}`);
       return input.operationType;
     });
     const { billing } = await this.cachedConfig();

@@ -24,7 +24,7 @@ import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { modelsOf, type Invoice, type Payment } from "../../db/models/index.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import type { Decimal } from "decimal.js";
-import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney, parseOptionalMoney } from "../../money.js";
+import { ANY_AMOUNT, Dec, amountIn, fitsColumn, formatMoney, parseMoney, parseOptionalMoney } from "../../money.js";
 import type { JsonObject } from "../audit.js";
 import type { CreditLedger } from "../credits/ledger.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
@@ -358,7 +358,12 @@ export class Payments {
       );
       await this.recordHistory(t, payment, null, by.actor, by.note);
     } else {
+      // A payment that failed before and now succeeds: what the provider charged this time counts.
       payment = await this.lock(t, payment.account_id, payment.id);
+      await payment.update(
+        { amount: formatMoney(amount, amountIn(invoice.currency)), currency: invoice.currency, provider_secondary_id: e.ref.secondaryId ?? payment.provider_secondary_id, updated_at: new Date() },
+        { transaction: t },
+      );
     }
     await this.settle(t, invoice, payment, by.actor, by.note);
     return { outcome: "settled", paymentId: payment.id };
@@ -392,7 +397,7 @@ export class Payments {
         id,
         account_id: invoice.account_id,
         invoice_id: invoice.id,
-        amount: formatMoney(amount.gt(0) && amount.decimalPlaces() <= column.scale ? amount : invoice.total, column),
+        amount: formatMoney(amount.gt(0) && amount.decimalPlaces() <= column.scale && fitsColumn(amount, column) ? amount : invoice.total, column),
         currency: invoice.currency,
         payment_method: e.provider,
         status: "failed",
@@ -427,7 +432,8 @@ export class Payments {
     const invoice = await this.invoices.lock(t, existing.invoice_id);
     const payment = await this.lock(t, existing.account_id, existing.id);
     if (payment.status === "refunded") return { outcome: "already_refunded", paymentId: payment.id };
-    if (payment.status !== "succeeded" && payment.status !== "partially_refunded") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
+    // A refund during a dispute (e.g. the seller accepts a PayPal claim) is applied too; the payment stays DISPUTED.
+    if (payment.status !== "succeeded" && payment.status !== "partially_refunded" && payment.status !== "disputed") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
     if (e.currency !== payment.currency) return { outcome: "ignored_currency_mismatch", paymentId: payment.id };
     const already = new Dec(payment.amount_refunded ?? 0);
     const left = new Dec(payment.amount).minus(already);
@@ -436,7 +442,8 @@ export class Payments {
     if (amount.lte(0)) return { outcome: "already_refunded", paymentId: payment.id };
     amount = Dec.min(amount, left);
     await this.refundIn(t, invoice, payment, `refunded at ${e.provider}`, true, by.actor, amount, by.note);
-    return { outcome: payment.status === "refunded" ? "refunded" : "partially_refunded", paymentId: payment.id };
+    const state = payment.status === "disputed" ? payment.status_before_dispute : payment.status;
+    return { outcome: state === "refunded" ? "refunded" : "partially_refunded", paymentId: payment.id };
   }
 
   /**
@@ -463,7 +470,7 @@ export class Payments {
     const back = (payment.status_before_dispute ?? "succeeded") as PaymentStatus;
     await payment.update({ status: back, status_before_dispute: null, metadata: { ...payment.metadata, dispute_outcome: e.detail }, updated_at: now }, { transaction: t });
     await this.recordHistory(t, payment, "disputed", by.actor, by.note);
-    return { outcome: `dispute_closed_${e.detail}`.slice(0, 50), paymentId: payment.id };
+    return { outcome: "dispute_closed", paymentId: payment.id, detail: e.detail };
   }
 
   /** SUCCEEDED + invoice PAID once covered + package credits granted; history written. */
@@ -510,7 +517,9 @@ export class Payments {
    */
   private async refundIn(t: Transaction, invoice: Invoice, payment: Payment, reason: string, revokeAvailableOnly: boolean, actor: string, amount?: Decimal, note?: string): Promise<void> {
     const from = payment.status as PaymentStatus;
-    if (from !== "succeeded" && from !== "partially_refunded") expectStatus(payment, "succeeded", "refund");
+    // Admins refund SUCCEEDED or PARTIALLY_REFUNDED payments; a provider may also refund a DISPUTED one.
+    const disputed = from === "disputed" && actor.startsWith("webhook:");
+    if (from !== "succeeded" && from !== "partially_refunded" && !disputed) expectStatus(payment, "succeeded", "refund");
     const column = amountIn(payment.currency);
     const total = new Dec(payment.amount);
     const before = new Dec(payment.amount_refunded ?? 0);
@@ -561,7 +570,8 @@ export class Payments {
     );
     await payment.update(
       {
-        status: full ? "refunded" : "partially_refunded",
+        // A disputed payment stays DISPUTED and returns to its refunded state when the dispute closes.
+        ...(disputed ? { status_before_dispute: full ? "refunded" : "partially_refunded" } : { status: full ? "refunded" : "partially_refunded" }),
         refunded_at: now,
         amount_refunded: formatMoney(after, column),
         credits_revoked: (BigInt(payment.credits_revoked) + revoked).toString(),

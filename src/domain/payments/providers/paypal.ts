@@ -69,6 +69,10 @@ export const paypal: PaymentProvider = {
         return undefined; // more decimals than the currency has
       }
     };
+    // A signed event in a currency we cannot scale, or with more decimals than
+    // it has, is recorded and acknowledged (200): PayPal would retry a 400 for days.
+    const unscalable = (): Parsed | undefined =>
+      currency !== undefined && value !== undefined && minor() === undefined ? ignored(paypalDigits(currency) === undefined ? "unknown_currency" : "amount_decimals") : undefined;
     switch (type) {
       case "PAYMENT.CAPTURE.COMPLETED":
       case "PAYMENT.CAPTURE.DENIED": {
@@ -77,7 +81,7 @@ export const paypal: PaymentProvider = {
         const captureId = idOf(r.id);
         if (!captureId) return { malformed: "resource.id is missing" };
         const amountMinor = minor();
-        if (amountMinor === undefined || !currency) return { malformed: "resource.amount is missing or not a decimal in its currency" };
+        if (amountMinor === undefined || !currency) return unscalable() ?? { malformed: "resource.amount is missing or not a decimal in its currency" };
         const order = idOf(objectOf(objectOf(r.supplementary_data)?.related_ids)?.order_id);
         const payment = order ? { id: captureId, secondaryId: order } : { id: captureId };
         if (type === "PAYMENT.CAPTURE.DENIED") return { event: { ...base, kind: "failed", invoiceId, payment, amountMinor, currency, reason: "capture denied at PayPal" } };
@@ -89,8 +93,17 @@ export const paypal: PaymentProvider = {
         const captureId = idOf(typeof up?.href === "string" ? up.href.split("/").pop() : undefined) ?? idOf(r.capture_id);
         if (!captureId) return ignored("no_capture");
         const refundMinor = minor();
-        if (refundMinor === undefined || !currency) return { malformed: "resource.amount is missing or not a decimal in its currency" };
-        return { event: { ...base, kind: "refunded", payment: { id: captureId }, currency, refundMinor } };
+        if (refundMinor === undefined || !currency) return unscalable() ?? { malformed: "resource.amount is missing or not a decimal in its currency" };
+        // The running total, when PayPal sends it, makes a refund also made through RefundPayment count once.
+        const total = objectOf(objectOf(r.seller_payable_breakdown)?.total_refunded_amount);
+        const totalValue = typeof total?.value === "string" && /^\d{1,12}(\.\d{1,4})?$/.test(total.value) && currencyOf(total.currency_code) === currency ? total.value : undefined;
+        let refundedTotalMinor: bigint | undefined;
+        try {
+          refundedTotalMinor = totalValue === undefined ? undefined : toMinorUnits(totalValue, paypalDigits(currency)!);
+        } catch {
+          refundedTotalMinor = undefined;
+        }
+        return { event: { ...base, kind: "refunded", payment: { id: captureId }, currency, refundMinor, ...(refundedTotalMinor !== undefined ? { refundedTotalMinor } : {}) } };
       }
       case "CUSTOMER.DISPUTE.CREATED":
       case "CUSTOMER.DISPUTE.RESOLVED": {
