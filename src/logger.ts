@@ -19,6 +19,8 @@ export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
   /** A logger whose every line also carries `bindings` (e.g. request_id). */
   child(bindings: Record<string, unknown>): Logger;
+  /** Whether lines at `level` are written (to skip building them). */
+  enabled(level: "debug" | "info" | "warn" | "error"): boolean;
 }
 
 /** Field names whose values never reach a log line. */
@@ -46,7 +48,14 @@ function wrap(p: Pino): Logger {
     if (fields) p[lvl](plain(fields) as object, msg);
     else p[lvl](msg);
   };
-  return { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error"), child: (bindings) => wrap(p.child(plain(bindings) as object)) };
+  return {
+    debug: at("debug"),
+    info: at("info"),
+    warn: at("warn"),
+    error: at("error"),
+    child: (bindings) => wrap(p.child(plain(bindings) as object)),
+    enabled: (lvl) => p.isLevelEnabled(lvl),
+  };
 }
 
 /** Fields as JSON can hold them: bigint as a string, errors as name/message/stack. */

@@ -19,6 +19,12 @@ import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { Lifecycle } from "../server.js";
 
+/** Codes as they appear in logs and metrics: "invalid_argument". */
+const CODE_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Code)
+    .filter(([, v]) => typeof v === "number")
+    .map(([k, v]) => [v, k.replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase())]),
+);
 const TRACEPARENT = /^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/;
 
 /** Creates the request-id, error-mapping, logging and metrics interceptor. */
@@ -26,15 +32,25 @@ export function createLoggingInterceptor(logger: Logger, metrics?: Metrics, life
   return (next) => async (req) => {
     const started = performance.now();
     const requestId = requestIdOf(req.header.get("x-request-id"));
-    const trace = TRACEPARENT.exec(req.header.get("traceparent") ?? "");
-    const log = logger.child(trace ? { request_id: requestId, trace_id: trace[1], parent_span_id: trace[2] } : { request_id: requestId });
+    // The call's logger carries its ids; built only when a line is written (the hot path logs nothing at warn).
+    let callLogger: Logger | undefined;
+    const log = () => {
+      if (!callLogger) {
+        const trace = TRACEPARENT.exec(req.header.get("traceparent") ?? "");
+        callLogger = logger.child(trace ? { request_id: requestId, trace_id: trace[1], parent_span_id: trace[2] } : { request_id: requestId });
+      }
+      return callLogger;
+    };
     const procedure = `/${req.service.typeName}/${req.method.name}`;
     const protocol = protocolOf(req.header.get("content-type") ?? "");
     const finish = (code: Code | undefined, error?: ConnectError) => {
-      const principal = req.contextValues.get(principalKey);
-      const codeName = code === undefined ? "ok" : Code[code]!.replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase());
+      const codeName = code === undefined ? "ok" : CODE_NAMES[code]!;
       const seconds = (performance.now() - started) / 1000;
       metrics?.rpc(procedure, protocol, codeName, seconds);
+      // A caller that went away (cancelled) is not an error of ours.
+      const level = code === Code.Internal || code === Code.Unknown || code === Code.DataLoss ? "error" : code === Code.Unavailable ? "warn" : "info";
+      if (!logger.enabled(level)) return;
+      const principal = req.contextValues.get(principalKey);
       const fields: Record<string, unknown> = {
         procedure,
         protocol,
@@ -43,12 +59,10 @@ export function createLoggingInterceptor(logger: Logger, metrics?: Metrics, life
         caller: principal.name === "anonymous" ? undefined : principal.name,
       };
       if (error) fields.error = error.rawMessage;
-      // A caller that went away (cancelled) is not an error of ours.
-      const level = code === Code.Internal || code === Code.Unknown || code === Code.DataLoss ? "error" : code === Code.Unavailable ? "warn" : "info";
-      log[level]("rpc", fields);
+      log()[level]("rpc", fields);
     };
     const failed = (err: unknown): ConnectError => {
-      const ce = toConnectError(err, log, req.method.name);
+      const ce = toConnectError(err, log(), req.method.name);
       ce.metadata.set("x-request-id", requestId);
       finish(ce.code, ce);
       return ce;
