@@ -17,7 +17,7 @@
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { minorDigits as isoMinorDigits, toMinorUnits } from "../../../money.js";
-import { SIGNATURE_TOLERANCE_SECONDS, currencyOf, idOf, objectOf, textOf, type Parsed, type PaymentProvider } from "./provider.js";
+import { SIGNATURE_TOLERANCE_SECONDS, currencyOf, envelopeOf, idOf, objectOf, textOf, type Parsed, type PaymentProvider } from "./provider.js";
 
 const NO_DECIMALS = new Set(["HUF", "JPY", "TWD"]);
 
@@ -42,17 +42,9 @@ export const paypal: PaymentProvider = {
   },
 
   parse(rawBody): Parsed {
-    let event: Record<string, unknown> | undefined;
-    try {
-      event = objectOf(JSON.parse(rawBody.toString("utf8")));
-    } catch {
-      return { malformed: "the body is not JSON" };
-    }
-    if (!event) return { malformed: "the body is not a JSON object" };
-    const id = idOf(event.id);
-    if (!id) return { malformed: "the event has no id (a non-empty string of at most 255 characters)" };
-    if (typeof event.event_type !== "string" || event.event_type === "" || event.event_type.includes("\u0000")) return { malformed: "the event has no event_type" };
-    const type = event.event_type.slice(0, 255);
+    const envelope = envelopeOf(rawBody, "event_type");
+    if ("malformed" in envelope) return envelope;
+    const { event, id, type } = envelope;
     const r = objectOf(event.resource);
     const base = { id, type };
     const ignored = (why: string): Parsed => ({ event: { ...base, kind: "ignored", why } });

@@ -67,6 +67,25 @@ export interface PaymentProvider {
 /** How far a signed timestamp may be from now. */
 export const SIGNATURE_TOLERANCE_SECONDS = 300;
 
+/**
+ * The part every provider's delivery shares: a JSON object with a string id
+ * and a type (under `typeField`). The event (its JSON), or why it is malformed.
+ */
+export function envelopeOf(rawBody: Buffer, typeField: string): { event: Record<string, unknown>; id: string; type: string } | { malformed: string } {
+  let event: Record<string, unknown> | undefined;
+  try {
+    event = objectOf(JSON.parse(rawBody.toString("utf8")));
+  } catch {
+    return { malformed: "the body is not JSON" };
+  }
+  if (!event) return { malformed: "the body is not a JSON object" };
+  const id = idOf(event.id);
+  if (!id) return { malformed: "the event has no id (a non-empty string of at most 255 characters)" };
+  const type = event[typeField];
+  if (typeof type !== "string" || type === "" || type.includes("\u0000")) return { malformed: `the event has no ${typeField}` };
+  return { event, id, type: type.slice(0, 255) };
+}
+
 /** A JSON object, or undefined. */
 export function objectOf(value: unknown): Record<string, unknown> | undefined {
   return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;

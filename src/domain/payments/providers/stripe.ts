@@ -17,7 +17,7 @@
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { minorDigits as isoMinorDigits } from "../../../money.js";
-import { SIGNATURE_TOLERANCE_SECONDS, currencyOf, idOf, minorOf, objectOf, textOf, type Parsed, type PaymentProvider, type PaymentRef } from "./provider.js";
+import { SIGNATURE_TOLERANCE_SECONDS, currencyOf, envelopeOf, idOf, minorOf, objectOf, textOf, type Parsed, type PaymentProvider, type PaymentRef } from "./provider.js";
 
 const ZERO_DECIMAL = new Set(["BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"]);
 const TWO_DECIMAL_AT_STRIPE = new Set(["ISK"]);
@@ -41,17 +41,9 @@ export const stripe: PaymentProvider = {
   },
 
   parse(rawBody): Parsed {
-    let event: Record<string, unknown> | undefined;
-    try {
-      event = objectOf(JSON.parse(rawBody.toString("utf8")));
-    } catch {
-      return { malformed: "the body is not JSON" };
-    }
-    if (!event) return { malformed: "the body is not a JSON object" };
-    const id = idOf(event.id);
-    if (!id) return { malformed: "the event has no id (a non-empty string of at most 255 characters)" };
-    if (typeof event.type !== "string" || event.type === "" || event.type.includes("\u0000")) return { malformed: "the event has no type" };
-    const type = event.type.slice(0, 255);
+    const envelope = envelopeOf(rawBody, "type");
+    if ("malformed" in envelope) return envelope;
+    const { event, id, type } = envelope;
     const obj = objectOf(objectOf(event.data)?.object);
     const base = { id, type };
     const ignored = (why: string): Parsed => ({ event: { ...base, kind: "ignored", why } });
