@@ -25,7 +25,7 @@ export function createProbeRoutes(deps: { lifecycle: Lifecycle; databaseIsUp: ()
         if (deps.lifecycle.draining) reasons.push("draining");
         if (!(await deps.databaseIsUp())) reasons.push("database_unreachable");
         else {
-          const pending = await deps.pendingMigrations().catch(() => undefined);
+          const pending = await withTimeout(deps.pendingMigrations(), 1_000).catch(() => undefined);
           if (pending === undefined) reasons.push("schema_unknown");
           else if (pending.length > 0) reasons.push(`schema_outdated: ${pending.join(", ")}`);
         }
@@ -45,4 +45,10 @@ export function createMetricsRoute(metrics: Metrics): PlainRoute {
       res.end(body);
     },
   };
+}
+
+/** `promise`, or a rejection after `ms` (a probe must answer even when the pool is exhausted). */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([promise, new Promise<T>((_, reject) => (timer = setTimeout(() => reject(new Error("timeout")), ms)))]).finally(() => clearTimeout(timer));
 }

@@ -82,11 +82,16 @@ export function createLoggingInterceptor(logger: Logger, metrics?: Metrics, life
     }
     const source = res.message;
     async function* guarded() {
+      let done = false;
       try {
         yield* source;
+        done = true;
         finish(undefined);
       } catch (err) {
+        done = true;
         throw failed(err);
+      } finally {
+        if (!done) finish(Code.Canceled); // the caller stopped reading (cancelled or went away)
       }
     }
     return { ...res, message: guarded() } as StreamResponse;

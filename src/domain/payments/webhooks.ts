@@ -144,11 +144,26 @@ export class Webhooks {
 function storableJson(rawBody: Buffer): string | null {
   let text: string;
   try {
-    text = JSON.stringify(JSON.parse(rawBody.toString("utf8")));
+    const value: unknown = JSON.parse(rawBody.toString("utf8"));
+    if (depthOf(value, 0) > MAX_STORED_DEPTH) return null; // PostgreSQL's jsonb parser has a stack of its own
+    text = JSON.stringify(value);
   } catch {
     return null; // not JSON, or nested deeper than the stack allows
   }
   return /\\u0000|\\ud[89a-f]/i.test(text) ? null : text;
+}
+
+const MAX_STORED_DEPTH = 100;
+
+/** How deep a JSON value nests, counting no further than MAX_STORED_DEPTH + 1. */
+function depthOf(value: unknown, depth: number): number {
+  if (depth > MAX_STORED_DEPTH || typeof value !== "object" || value === null) return depth;
+  let deepest = depth + 1;
+  for (const item of Array.isArray(value) ? value : Object.values(value)) {
+    deepest = Math.max(deepest, depthOf(item, depth + 1));
+    if (deepest > MAX_STORED_DEPTH) break;
+  }
+  return deepest;
 }
 
 function isUuid(s: string): boolean {
