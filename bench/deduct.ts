@@ -14,6 +14,7 @@
  *          --protocol=grpc|connect|all --quick (2 s, 16 in flight) --out=FILE
  *          --profile=DIR (write a V8 CPU profile of the service into DIR)
  *          --client=lean|connect (load generator; see bench/lean-clients.ts)
+ *          --workers=N (the service's WORKERS; CPU and RSS are then summed over its processes)
  * Environment: BENCH_SERVICE_NODE_ARGS adds node flags to the service process.
  */
 import { createClient, type Client } from "@connectrpc/connect";
@@ -40,6 +41,8 @@ interface Options {
   quick: boolean;
   /** Directory for a V8 CPU profile of the service (--profile=DIR), or "". */
   profile: string;
+  /** The service's WORKERS. */
+  workers: number;
   /** The load generator: lean wire-level clients (default) or the generated Connect clients. */
   client: "lean" | "connect";
 }
@@ -76,6 +79,7 @@ function parseOptions(argv: string[]): Options {
     protocols: protocol === "all" ? ["grpc", "connect"] : [protocol as "grpc" | "connect"],
     out: get("out") ?? path.join(PROJECT_ROOT, "bench", "results", "deduct-latest.json"),
     profile: get("profile") ?? "",
+    workers: Math.max(1, Number(get("workers") ?? 1)),
     client: get("client") === "connect" ? "connect" : "lean",
   };
 }
@@ -95,7 +99,7 @@ function measure(name: string, serverPid?: number) {
   let lastError = "";
   const start = performance.now();
   const clientCpu0 = process.cpuUsage();
-  const serverCpu0 = serverPid ? cpuSeconds(serverPid) : 0;
+  const serverCpu0 = serverPid ? treeCpuSeconds(serverPid) : 0;
   const dbCpu0 = postgresCpu();
   return {
     start,
@@ -126,7 +130,7 @@ function measure(name: string, serverPid?: number) {
         rate: latencies.length / elapsed,
         p50: percentile(latencies, 50),
         p99: percentile(latencies, 99),
-        serverCores: serverPid ? (cpuSeconds(serverPid) - serverCpu0) / elapsed : 0,
+        serverCores: serverPid ? (treeCpuSeconds(serverPid) - serverCpu0) / elapsed : 0,
         clientCores: (clientCpu.user + clientCpu.system) / 1e6 / elapsed,
         dbCores: postgresCpuSince(dbCpu0) / elapsed,
       };
@@ -196,13 +200,13 @@ function freePort(): Promise<number> {
   });
 }
 
-async function startService(databaseUrl: string, port: number, profileDir: string): Promise<ChildProcess> {
+async function startService(databaseUrl: string, port: number, profileDir: string, workers = 1): Promise<ChildProcess> {
   const profiling = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(profileDir)}`] : [];
   const extra = (process.env.BENCH_SERVICE_NODE_ARGS ?? "").split(" ").filter(Boolean);
   // What `npm start` runs: the compiled service.
   const child = spawn(process.execPath, [...profiling, ...extra, path.join(PROJECT_ROOT, "dist", "src", "main.js")], {
     cwd: PROJECT_ROOT,
-    env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), HOST: "127.0.0.1", BILLING_API_KEYS: `service=${TOKEN}`, LOG_LEVEL: "warn" },
+    env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), HOST: "127.0.0.1", BILLING_API_KEYS: `service=${TOKEN}`, LOG_LEVEL: "warn", WORKERS: String(workers) },
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stderr!.on("data", (d: Buffer) => process.stderr.write(`  [service] ${d}`));
@@ -256,15 +260,42 @@ function postgresCpuSince(before: Map<number, number>): number {
   return total;
 }
 
-/** Peak resident set of a process in MB (VmHWM), Linux only. */
-function peakRssMb(pid: number): number {
+/** The process and its children (the workers of WORKERS > 1), Linux only. */
+function processTree(pid: number): number[] {
+  const pids = [pid];
   try {
-    const status = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
-    return Math.round(kb / 1024);
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const ppid = Number(readFileSync(`/proc/${entry}/stat`, "utf8").split(") ")[1]!.split(" ")[1]);
+        if (ppid === pid) pids.push(Number(entry));
+      } catch {
+        // gone meanwhile
+      }
+    }
   } catch {
-    return 0;
+    // not Linux
   }
+  return pids;
+}
+
+/** CPU seconds of a process and its children. */
+function treeCpuSeconds(pid: number): number {
+  return processTree(pid).reduce((sum, p) => sum + cpuSeconds(p), 0);
+}
+
+/** Peak resident set of a process (and its workers) in MB (VmHWM summed), Linux only. */
+function peakRssMb(pid: number): number {
+  let kb = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const status = readFileSync(`/proc/${p}/status`, "utf8");
+      kb += Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return Math.round(kb / 1024);
 }
 
 async function main(): Promise<void> {
@@ -357,7 +388,7 @@ async function main(): Promise<void> {
   const build = spawnSync("npm", ["run", "build", "--silent"], { cwd: PROJECT_ROOT, stdio: "inherit" });
   if (build.status !== 0) throw new Error("npm run build failed");
   const port = await freePort();
-  const service = await startService(url, port, opt.profile);
+  const service = await startService(url, port, opt.profile, opt.workers);
   try {
     const baseUrl = `http://127.0.0.1:${port}`;
     const connectClients: Record<string, Client<typeof CreditService>> = {
@@ -426,7 +457,7 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
   }));
   console.log("");
   console.table(rows);
-  console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight, ${opt.client} clients)`);
+  console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight, ${opt.client} clients, WORKERS=${opt.workers})`);
   const targets = checkTargets(results, best, peakRss);
   for (const t of targets) console.log(`target ${t.met ? "met    " : "NOT met"}  ${t.name}: ${t.measured}`);
   mkdirSync(path.dirname(opt.out), { recursive: true });

@@ -52,6 +52,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   if (config.secretKey) setPageTokenSecret(config.secretKey);
   const lifecycle: Lifecycle = { draining: false };
   const metrics = config.metrics === "off" ? undefined : new Metrics({ version: VERSION, pool: () => poolStats(sequelize) });
+  metrics?.shareWithPrimary();
   const catalogue = new ModelCatalogue(sequelize);
   const pricing = new Pricing(sequelize, catalogue);
   const notifications = new BalanceNotifications(sequelize, logger);

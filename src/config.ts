@@ -4,6 +4,7 @@
 import { ApiKeyRing } from "./auth/api-keys.js";
 import { type LogLevel, parseLogLevel } from "./logger.js";
 import { DEFAULT_SERVER_LIMITS, type ServerLimits } from "./server.js";
+import { availableParallelism } from "node:os";
 
 export interface Config {
   port: number;
@@ -28,6 +29,8 @@ export interface Config {
   migrate?: "auto" | "off";
   /** How long start-up keeps retrying an unreachable database (DATABASE_CONNECT_TIMEOUT_MS). */
   databaseConnectTimeoutMs?: number;
+  /** WORKERS: how many server processes share the port (node:cluster); 1 serves from this process. */
+  workers?: number;
 }
 
 /** Every problem found in the configuration, each naming its variable. */
@@ -74,6 +77,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metrics: read("METRICS_PORT", () => metricsPort(env.METRICS_PORT), "off"),
     migrate: read("MIGRATE", () => oneOf(env, "MIGRATE", ["auto", "off"] as const, "auto"), "auto"),
     databaseConnectTimeoutMs: read("DATABASE_CONNECT_TIMEOUT_MS", () => positiveInteger(env, "DATABASE_CONNECT_TIMEOUT_MS", 30_000), 0),
+    workers: read("WORKERS", () => (env.WORKERS === "auto" ? availableParallelism() : Math.min(positiveInteger(env, "WORKERS", 1), 256)), 1),
   };
   if (env.DATABASE_URL) read("DATABASE_URL", () => (config.databaseUrl = checkDatabaseUrl(env.DATABASE_URL!)), "");
   if (env.DATA_DIR) config.dataDir = env.DATA_DIR;

@@ -1,6 +1,7 @@
 /**
  * `npm start`: reads and validates the configuration, opens (and migrates)
- * the database, serves the API, and drains gracefully on SIGTERM/SIGINT.
+ * the database, serves the API (from this process, or from WORKERS
+ * processes sharing the port), and drains gracefully on SIGTERM/SIGINT.
  * A start-up problem is one JSON log line per cause (naming the variable for
  * configuration problems) and a non-zero exit code.
  */
@@ -8,6 +9,8 @@ import { createApp } from "./app.js";
 import { ConfigError, loadConfig, type Config } from "./config.js";
 import { openDatabase, type OpenDatabase } from "./db/connect.js";
 import { createLogger, type Logger } from "./logger.js";
+import { serveClusterMetrics } from "./metrics.js";
+import cluster from "node:cluster";
 
 let logger: Logger = createLogger("info");
 let config: Config;
@@ -24,34 +27,99 @@ if (!config.secretKey) {
   logger.warn("BILLING_SECRET_KEY is unset: provider secrets cannot be stored, and page tokens are signed with a per-process key, so they fail on another replica or after a restart");
 }
 
-let db: OpenDatabase;
-try {
-  db = await openDatabase(config, logger);
-} catch (err) {
-  logger.error("cannot start", { problem: err instanceof Error ? err.message : String(err) });
-  process.exit(1);
-}
-const server = createApp(config, db.sequelize, logger);
-let port: number;
-try {
-  port = await server.listen(config.port, config.host);
-} catch (err) {
-  logger.error("cannot listen", { variable: "PORT", problem: err instanceof Error ? err.message : String(err), host: config.host, port: config.port });
-  await db.close();
-  process.exit(1);
-}
-logger.info("billing listening", { host: config.host, port, database: config.databaseUrl ? "DATABASE_URL" : `embedded (${db.embedded?.dataDir})` });
+if ((config.workers ?? 1) > 1 && cluster.isPrimary) await runPrimary(config, config.workers!);
+else await runServer(config);
 
-let stopping = false;
-const stop = async (signal: string) => {
-  if (stopping) return;
-  stopping = true;
-  logger.info("draining", { signal });
-  await server.close(); // answers in-flight calls first
-  await db.close(); // the pool closes last
-  logger.info("stopped");
-  process.exit(0);
-};
-process.on("SIGTERM", () => void stop("SIGTERM"));
-process.on("SIGINT", () => void stop("SIGINT"));
-process.on("unhandledRejection", (reason) => logger.error("unhandled rejection", { error: reason instanceof Error ? reason.message : String(reason) }));
+/** One server process: the whole service (WORKERS=1), or a worker of the cluster. */
+async function runServer(config: Config): Promise<void> {
+  let db: OpenDatabase;
+  try {
+    db = await openDatabase(config, logger);
+  } catch (err) {
+    logger.error("cannot start", { problem: err instanceof Error ? err.message : String(err) });
+    process.exit(1);
+  }
+  const server = createApp(config, db.sequelize, logger);
+  let port: number;
+  try {
+    port = await server.listen(config.port, config.host);
+  } catch (err) {
+    logger.error("cannot listen", { variable: "PORT", problem: err instanceof Error ? err.message : String(err), host: config.host, port: config.port });
+    await db.close();
+    process.exit(1);
+  }
+  logger.info("billing listening", {
+    host: config.host,
+    port,
+    database: config.databaseUrl ? "DATABASE_URL" : `embedded (${db.embedded?.dataDir})`,
+    ...(cluster.isWorker ? { worker: cluster.worker?.id } : {}),
+  });
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info("draining", { signal });
+    await server.close(); // answers in-flight calls first
+    await db.close(); // the pool closes last
+    logger.info("stopped");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+  // A worker whose primary is gone drains too.
+  if (cluster.isWorker) process.on("disconnect", () => void stop("primary gone"));
+  process.on("unhandledRejection", (reason) => logger.error("unhandled rejection", { error: reason instanceof Error ? reason.message : String(reason) }));
+}
+
+/**
+ * WORKERS > 1: this process starts (and migrates) the database, then runs
+ * `workers` server processes that share the port (node:cluster hands out the
+ * connections), replaces a worker that dies, answers their requests for the
+ * cluster's summed metrics, and on SIGTERM/SIGINT drains every worker before
+ * it stops the database.
+ */
+async function runPrimary(config: Config, workers: number): Promise<void> {
+  let db: OpenDatabase;
+  try {
+    db = await openDatabase(config, logger);
+  } catch (err) {
+    logger.error("cannot start", { problem: err instanceof Error ? err.message : String(err) });
+    process.exit(1);
+  }
+  const databaseUrl = config.databaseUrl ?? db.embedded!.url();
+  await db.sequelize.close(); // the workers have their own pools; the embedded database keeps running
+  serveClusterMetrics();
+  let stopping = false;
+  // Workers connect to the database this process opened, whose schema it has just checked.
+  const fork = () => cluster.fork({ DATABASE_URL: databaseUrl, MIGRATE: "off", WORKERS: "1" });
+  for (let i = 0; i < workers; i++) fork();
+  cluster.on("exit", (worker, code, signal) => {
+    if (stopping) return;
+    logger.warn("worker exited; starting another", { worker: worker.id, code, signal });
+    setTimeout(fork, 500);
+  });
+  logger.info("billing cluster started", { workers, database: config.databaseUrl ? "DATABASE_URL" : `embedded (${db.embedded?.dataDir})` });
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info("draining", { signal, workers: Object.keys(cluster.workers ?? {}).length });
+    const running = Object.values(cluster.workers ?? {}).filter((w): w is NonNullable<typeof w> => !!w);
+    await Promise.all(
+      running.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            if (w.isDead()) return resolve();
+            const kill = setTimeout(() => w.process.kill("SIGKILL"), 20_000);
+            w.once("exit", () => (clearTimeout(kill), resolve()));
+            w.process.kill("SIGTERM");
+          }),
+      ),
+    );
+    await db.close(); // the database stops after every worker
+    logger.info("stopped");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}

@@ -3,7 +3,9 @@
  * servers in one process (tests) keep their own counts. Served as text at
  * GET /metrics (README, "Operating").
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import cluster from "node:cluster";
+import { randomUUID } from "node:crypto";
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { LedgerMeter } from "./domain/credits/meter.js";
 
 /** What the database pool looks like right now. */
@@ -79,8 +81,54 @@ export class Metrics implements LedgerMeter {
     this.webhooks.inc({ provider, outcome });
   }
 
-  /** The Prometheus text exposition. */
+  /**
+   * The Prometheus text exposition. In a cluster (WORKERS > 1) every worker's
+   * counts are summed by the primary, whichever worker the scrape reached.
+   */
   async text(): Promise<{ contentType: string; body: string }> {
+    if (cluster.isWorker && process.send) return { contentType: this.registry.contentType, body: await askPrimary() };
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
+
+  /** In a worker: lets the primary collect this registry (AggregatorRegistry). */
+  shareWithPrimary(): void {
+    if (!cluster.isWorker) return;
+    new AggregatorRegistry(); // installs prom-client's worker-side listener
+    AggregatorRegistry.setRegistries([this.registry]);
+  }
+}
+
+/** IPC between a worker that was scraped and the primary that sums every worker's metrics. */
+export const METRICS_REQUEST = "billing:metrics-request";
+export const METRICS_RESPONSE = "billing:metrics-response";
+
+function askPrimary(): Promise<string> {
+  const id = randomUUID();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      process.off("message", onMessage);
+      reject(new Error("the primary did not answer with the cluster's metrics"));
+    }, 5_000);
+    const onMessage = (m: { type?: string; id?: string; body?: string; error?: string }) => {
+      if (m?.type !== METRICS_RESPONSE || m.id !== id) return;
+      clearTimeout(timer);
+      process.off("message", onMessage);
+      if (m.error) reject(new Error(m.error));
+      else resolve(m.body ?? "");
+    };
+    process.on("message", onMessage);
+    process.send!({ type: METRICS_REQUEST, id });
+  });
+}
+
+/** In the primary: answers workers' requests for the cluster's metrics. */
+export function serveClusterMetrics(): void {
+  const aggregator = new AggregatorRegistry();
+  cluster.on("message", (worker, m: { type?: string; id?: string }) => {
+    if (m?.type !== METRICS_REQUEST) return;
+    aggregator.clusterMetrics().then(
+      (body) => worker.send({ type: METRICS_RESPONSE, id: m.id, body }),
+      (err: unknown) => worker.send({ type: METRICS_RESPONSE, id: m.id, error: err instanceof Error ? err.message : String(err) }),
+    );
+  });
 }
