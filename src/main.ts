@@ -30,15 +30,19 @@ if (!config.secretKey) {
 if ((config.workers ?? 1) > 1 && cluster.isPrimary) await runPrimary(config, config.workers!);
 else await runServer(config);
 
-/** One server process: the whole service (WORKERS=1), or a worker of the cluster. */
-async function runServer(config: Config): Promise<void> {
-  let db: OpenDatabase;
+/** The database (started, migrated or checked), or one "cannot start" line and exit code 1. */
+async function openDatabaseOrExit(config: Config): Promise<OpenDatabase> {
   try {
-    db = await openDatabase(config, logger);
+    return await openDatabase(config, logger);
   } catch (err) {
     logger.error("cannot start", { problem: err instanceof Error ? err.message : String(err) });
     process.exit(1);
   }
+}
+
+/** One server process: the whole service (WORKERS=1), or a worker of the cluster. */
+async function runServer(config: Config): Promise<void> {
+  const db = await openDatabaseOrExit(config);
   const server = createApp(config, db.sequelize, logger);
   let port: number;
   try {
@@ -80,13 +84,7 @@ async function runServer(config: Config): Promise<void> {
  * it stops the database.
  */
 async function runPrimary(config: Config, workers: number): Promise<void> {
-  let db: OpenDatabase;
-  try {
-    db = await openDatabase(config, logger);
-  } catch (err) {
-    logger.error("cannot start", { problem: err instanceof Error ? err.message : String(err) });
-    process.exit(1);
-  }
+  const db = await openDatabaseOrExit(config);
   const databaseUrl = config.databaseUrl ?? db.embedded!.url();
   await db.sequelize.close(); // the workers have their own pools; the embedded database keeps running
   serveClusterMetrics();
