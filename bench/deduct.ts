@@ -23,6 +23,7 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { CreditService } from "../gen/billing/v1/credit_service_pb.js";
@@ -260,6 +261,46 @@ function postgresCpuSince(before: Map<number, number>): number {
   return total;
 }
 
+/**
+ * The baseline transaction (guarded UPDATE, then the ledger INSERT with the
+ * balance it returned, in one transaction) driven by pgbench against the
+ * same database; undefined when pgbench is not installed (Debian:
+ * `apt-get install postgresql-client`). Only throughput is read from
+ * pgbench (latencies and CPU columns are left empty: its backends come and
+ * go with the run).
+ */
+function runPgbench(url: string, scenario: string, connections: number, seconds: number): Result | undefined {
+  const u = new URL(url);
+  const script = path.join(os.tmpdir(), `billing-pgbench-${process.pid}.sql`);
+  const account = scenario === "hot" ? "'base_0'" : "'base_' || :aid";
+  writeFileSync(
+    script,
+    [
+      `\\set aid random(0, ${ACCOUNTS - 1})`,
+      "BEGIN;",
+      `UPDATE billing_accounts SET balance = balance - 1, updated_at = now() WHERE account_id = ${account} AND balance >= 1 RETURNING balance AS bal \\gset`,
+      `INSERT INTO credit_transactions (account_id, type, amount, balance_after, description) VALUES (${account}, 'deduction', -1, :bal, 'bench');`,
+      "END;",
+      "",
+    ].join("\n"),
+  );
+  const host = u.searchParams.get("host") ?? u.hostname;
+  const args = ["-n", "-f", script, "-c", String(connections), "-j", String(Math.min(connections, 8)), "-T", String(seconds), "-h", host, "-U", decodeURIComponent(u.username || "postgres")];
+  if (u.port) args.push("-p", u.port);
+  args.push(decodeURIComponent(u.pathname.slice(1)));
+  const run = spawnSync("pgbench", args, { encoding: "utf8", env: { ...process.env, PGPASSWORD: decodeURIComponent(u.password) }, timeout: (seconds + 30) * 1000 });
+  if (run.error && (run.error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+  const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(run.stdout ?? "")?.[1]);
+  const calls = Number(/number of transactions actually processed: (\d+)/.exec(run.stdout ?? "")?.[1] ?? 0);
+  const failed = Number(/number of failed transactions: (\d+)/.exec(run.stdout ?? "")?.[1] ?? 0);
+  if (!Number.isFinite(tps)) {
+    process.stderr.write(`pgbench failed: ${run.stderr || run.stdout}\n`);
+    return undefined;
+  }
+  process.stderr.write(`  baseline pgbench ${scenario} x${connections}: ${Math.round(tps)}/s\n`);
+  return { name: `baseline pgbench ${scenario} x${connections}`, calls, errors: failed, seconds, rate: tps, p50: NaN, p99: NaN, serverCores: 0, clientCores: NaN, dbCores: NaN };
+}
+
 /** The process and its children (the workers of WORKERS > 1), Linux only. */
 function processTree(pid: number): number[] {
   const pids = [pid];
@@ -357,7 +398,7 @@ async function main(): Promise<void> {
                   ('paid', $1::bigint / 2, 40, NULL::timestamptz)) AS l(category, amount, priority, expires_at)`,
     [big.toString(), ACCOUNTS],
   );
-  const results: (Result & { kind: string; scenario: string; protocol?: string; connections?: number })[] = [];
+  const results: (Result & { kind: string; scenario: string; protocol?: string; connections?: number; client?: string })[] = [];
 
   // Baseline: the same transaction shape straight through pg.
   const baselineTx = async (pool: pg.Pool, account: string) => {
@@ -381,6 +422,13 @@ async function main(): Promise<void> {
       const r = await drive(`baseline ${scenario} x${connections}`, opt.duration, connections, (i) => baselineTx(pool, baselineAccount(scenario, i)));
       results.push({ ...r, kind: "baseline", scenario, connections });
       await pool.end();
+    }
+    // The same transaction driven by pgbench, a C client whose own CPU barely
+    // counts: the strongest honest baseline, when pgbench is installed.
+    for (const connections of [1, 8, 64]) {
+      const r = runPgbench(url, scenario, connections, opt.duration);
+      if (!r) break;
+      results.push({ ...r, kind: "baseline", client: "pgbench", scenario, connections });
     }
   }
 
@@ -434,12 +482,12 @@ async function main(): Promise<void> {
   }
 }
 
-function printAndSave(results: (Result & { kind: string; scenario: string; protocol?: string; connections?: number })[], peakRss: number, opt: Options): void {
+function printAndSave(results: (Result & { kind: string; scenario: string; protocol?: string; connections?: number; client?: string })[], peakRss: number, opt: Options): void {
   const best = (scenario: string) => Math.max(0, ...results.filter((r) => r.kind === "baseline" && r.scenario === scenario).map((r) => r.rate));
   const rows = results.map((r) => ({
     run:
       r.kind === "baseline"
-        ? `baseline pg x${r.connections}`
+        ? `baseline ${r.client ?? "pg"} x${r.connections}`
         : r.kind === "half-peak"
           ? `  ${r.protocol} at half peak (paced)`
           : r.kind === "baseline-paced"
@@ -447,12 +495,12 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
             : `DeductCredits ${r.protocol}`,
     scenario: r.scenario,
     "calls/s": Math.round(r.rate),
-    "p50 ms": r.p50.toFixed(2),
-    "p99 ms": r.p99.toFixed(2),
+    "p50 ms": Number.isNaN(r.p50) ? "" : r.p50.toFixed(2),
+    "p99 ms": Number.isNaN(r.p99) ? "" : r.p99.toFixed(2),
     errors: r.errors,
     "server cores": r.kind.startsWith("baseline") ? "" : r.serverCores.toFixed(2),
-    "client cores": r.clientCores.toFixed(2),
-    "db cores": r.dbCores.toFixed(2),
+    "client cores": Number.isNaN(r.clientCores) ? "" : r.clientCores.toFixed(2),
+    "db cores": Number.isNaN(r.dbCores) ? "" : r.dbCores.toFixed(2),
     "vs best baseline": r.kind === "service" ? (r.rate / best(r.scenario)).toFixed(2) + "x" : "",
   }));
   console.log("");
