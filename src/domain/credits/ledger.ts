@@ -158,9 +158,18 @@ export class CreditLedger {
     };
   }
 
-  /** Brings accounts up to date, each in a statement of its own: their due lots expire. */
+  /**
+   * Brings accounts up to date, each in a statement of its own: their due
+   * lots expire. Accounts with nothing due are not locked (a cheap index check first).
+   */
   async expire(accountIds: string[]): Promise<void> {
-    for (const accountId of accountIds) await expireDueLots(this.sequelize, [accountId], undefined, this.expired());
+    for (const accountId of accountIds) {
+      const [due] = await this.sequelize.query<{ due: boolean }>(
+        `SELECT EXISTS (SELECT 1 FROM credit_lots WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND expires_at <= now()) AS due`,
+        { bind: [accountId], type: QueryTypes.SELECT },
+      );
+      if (due?.due) await expireDueLots(this.sequelize, [accountId], undefined, this.expired());
+    }
   }
 
   /** The account's balance; zeros for an account never credited. */
