@@ -445,6 +445,13 @@ async function main(): Promise<void> {
     };
     const headers = { authorization: `Bearer ${TOKEN}` };
     await connectClients.grpc!.getBalance({ accountId: accounts[0]! }, { headers }); // warm up
+    // The echo row: what a call costs the transport and interceptors alone, per protocol.
+    for (const protocol of opt.protocols) {
+      const lean = protocol === "grpc" ? leanGrpcClient(baseUrl, TOKEN) : leanConnectClient(baseUrl, TOKEN, opt.concurrency);
+      const r = await drive(`echo ${protocol}`, opt.duration, opt.concurrency, () => lean.echo("ping"), service.pid);
+      results.push({ ...r, kind: "echo", scenario: "-", protocol });
+      lean.close();
+    }
     for (const scenario of opt.scenarios) {
       for (const protocol of opt.protocols) {
         const account = (i: number) => (scenario === "hot" ? accounts[0]! : accounts[i % ACCOUNTS]!);
@@ -492,13 +499,17 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
           ? `  ${r.protocol} at half peak (paced)`
           : r.kind === "baseline-paced"
             ? `  baseline pg at that rate (paced)`
-            : `DeductCredits ${r.protocol}`,
+            : r.kind === "echo"
+              ? `Echo ${r.protocol} (no work)`
+              : `DeductCredits ${r.protocol}`,
     scenario: r.scenario,
     "calls/s": Math.round(r.rate),
     "p50 ms": Number.isNaN(r.p50) ? "" : r.p50.toFixed(2),
     "p99 ms": Number.isNaN(r.p99) ? "" : r.p99.toFixed(2),
     errors: r.errors,
     "server cores": r.kind.startsWith("baseline") ? "" : r.serverCores.toFixed(2),
+    // Service CPU per call: Echo's is the transport's share, DeductCredits' what a deduction adds to it.
+    "server µs/call": (r.kind === "service" || r.kind === "echo") && r.rate > 0 ? Math.round((r.serverCores / r.rate) * 1e6) : "",
     "client cores": Number.isNaN(r.clientCores) ? "" : r.clientCores.toFixed(2),
     "db cores": Number.isNaN(r.dbCores) ? "" : r.dbCores.toFixed(2),
     "vs best baseline": r.kind === "service" ? (r.rate / best(r.scenario)).toFixed(2) + "x" : "",

@@ -21,6 +21,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import { DeductCreditsRequestSchema } from "../gen/billing/v1/credit_service_pb.js";
+import { EchoRequestSchema } from "../gen/billing/v1/diagnostics_service_pb.js";
 
 /** What each call deducts. */
 export interface DeductCall {
@@ -30,10 +31,13 @@ export interface DeductCall {
 
 export interface LeanClient {
   deduct(call: DeductCall): Promise<void>;
+  /** DiagnosticsService.Echo: what a call costs without any work behind it. */
+  echo(payload: string): Promise<void>;
   close(): void;
 }
 
 const PATH = "/billing.v1.CreditService/DeductCredits";
+const ECHO_PATH = "/billing.v1.DiagnosticsService/Echo";
 const OPERATION = "content_generation";
 
 /** gRPC (binary protobuf) over one HTTP/2 connection. */
@@ -41,19 +45,14 @@ export function leanGrpcClient(baseUrl: string, token: string): LeanClient {
   // TCP_NODELAY, as grpc-js and the other gRPC clients set it.
   const session = http2.connect(baseUrl, { createConnection: (url: URL) => net.connect({ host: url.hostname, port: Number(url.port), noDelay: true }) });
   session.on("error", () => undefined); // each stream reports its own failure
-  const headers = {
-    ":method": "POST",
-    ":path": PATH,
-    "content-type": "application/grpc+proto",
-    te: "trailers",
-    authorization: `Bearer ${token}`,
-  };
-  return {
-    deduct(call) {
-      const message = toBinary(
-        DeductCreditsRequestSchema,
-        create(DeductCreditsRequestSchema, { accountId: call.accountId, operationType: OPERATION, usage: { credits: 1n }, idempotencyKey: call.idempotencyKey }),
-      );
+  const send = (path: string, message: Uint8Array): Promise<void> => {
+      const headers = {
+        ":method": "POST",
+        ":path": path,
+        "content-type": "application/grpc+proto",
+        te: "trailers",
+        authorization: `Bearer ${token}`,
+      };
       const frame = Buffer.allocUnsafe(5 + message.length);
       frame[0] = 0;
       frame.writeUInt32BE(message.length, 1);
@@ -77,6 +76,17 @@ export function leanGrpcClient(baseUrl: string, token: string): LeanClient {
         stream.on("close", () => reject(new Error(`stream closed without trailers (HTTP ${status})`))); // no-op once settled
         stream.end(frame);
       });
+  };
+  return {
+    deduct(call) {
+      const message = toBinary(
+        DeductCreditsRequestSchema,
+        create(DeductCreditsRequestSchema, { accountId: call.accountId, operationType: OPERATION, usage: { credits: 1n }, idempotencyKey: call.idempotencyKey }),
+      );
+      return send(PATH, message);
+    },
+    echo(payload) {
+      return send(ECHO_PATH, toBinary(EchoRequestSchema, create(EchoRequestSchema, { payload })));
     },
     close() {
       session.close();
@@ -86,12 +96,10 @@ export function leanGrpcClient(baseUrl: string, token: string): LeanClient {
 
 /** Connect protocol, JSON, over keep-alive HTTP/1.1 connections. */
 export function leanConnectClient(baseUrl: string, token: string, connections: number): LeanClient {
-  const url = new URL(PATH, baseUrl);
   const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
-  return {
-    deduct(call) {
-      const body = JSON.stringify({ accountId: call.accountId, operationType: OPERATION, usage: { credits: "1" }, idempotencyKey: call.idempotencyKey });
-      return new Promise<void>((resolve, reject) => {
+  const send = (path: string, body: string, expect: string): Promise<void> => {
+    const url = new URL(path, baseUrl);
+    return new Promise<void>((resolve, reject) => {
         const req = http.request(
           url,
           {
@@ -104,7 +112,7 @@ export function leanConnectClient(baseUrl: string, token: string, connections: n
             res.on("data", (c: Buffer) => chunks.push(c));
             res.on("end", () => {
               const text = Buffer.concat(chunks).toString("utf8");
-              if (res.statusCode === 200 && text.includes('"transaction"')) resolve();
+              if (res.statusCode === 200 && text.includes(expect)) resolve();
               else reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 200)}`));
             });
             res.on("error", reject);
@@ -113,6 +121,13 @@ export function leanConnectClient(baseUrl: string, token: string, connections: n
         req.on("error", reject);
         req.end(body);
       });
+  };
+  return {
+    deduct(call) {
+      return send(PATH, JSON.stringify({ accountId: call.accountId, operationType: OPERATION, usage: { credits: "1" }, idempotencyKey: call.idempotencyKey }), '"transaction"');
+    },
+    echo(payload) {
+      return send(ECHO_PATH, JSON.stringify({ payload }), '"payload"');
     },
     close() {
       agent.destroy();

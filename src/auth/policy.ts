@@ -20,6 +20,9 @@ export type Access = "admin" | "internal" | "account" | "owner" | "public" | "op
 const OPEN_SERVICES = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
 
 const POLICY: Record<string, Record<string, Access>> = {
+  "billing.v1.DiagnosticsService": {
+    Echo: "internal",
+  },
   "billing.v1.CreditService": {
     GetBalance: "account",
     GrantCredits: "internal",
