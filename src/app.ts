@@ -27,6 +27,9 @@ import { createAuthInterceptor } from "./interceptors/auth.js";
 import { createLoggingInterceptor } from "./interceptors/logging.js";
 import type { Logger } from "./logger.js";
 import { createRoutes } from "./routes.js";
+import { Events } from "./domain/events/events.js";
+import { EventFeed } from "./domain/events/feed.js";
+import { BalanceAlerts } from "./domain/automation/balance-alerts.js";
 import { createBillingServer, type BillingServer, type Lifecycle } from "./server.js";
 import { Metrics, type PoolStats } from "./metrics.js";
 import { createMetricsRoute, createProbeRoutes } from "./handlers/probes.js";
@@ -44,8 +47,8 @@ function poolStats(sequelize: Sequelize): PoolStats | undefined {
   return pool ? { size: pool.size, using: pool.using, waiting: pool.waiting } : undefined;
 }
 
-/** How often lots past their expiry are swept. */
-const LOT_SWEEP_MS = 30_000;
+/** How often lots and reservations past their expiry are swept, unless configured. */
+const SWEEP_MS = 30_000;
 
 /** Builds the server for `config` over `sequelize`. */
 export function createApp(config: Config, sequelize: Sequelize, logger: Logger): BillingServer {
@@ -72,11 +75,14 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   const payments = new Payments(sequelize, invoices, ledger);
   const paymentMethods = new PaymentMethods(sequelize, new SecretBox(config.secretKey));
   const webhooks = new Webhooks(sequelize, payments, paymentMethods);
+  const events = new Events(sequelize);
+  const eventDeps = { events, feed: new EventFeed(events) };
+  const automationDeps = { alerts: new BalanceAlerts(sequelize) };
   const serving = async () => !lifecycle.draining && (await databaseIsUp(sequelize));
   const probes = createProbeRoutes({ lifecycle, databaseIsUp: () => databaseIsUp(sequelize), pendingMigrations: () => pendingMigrations(sequelize) });
   const metricsRoute = metrics ? createMetricsRoute(metrics) : undefined;
   const server = createBillingServer({
-    routes: createRoutes({ credit, catalogue, invoices, payments, paymentMethods, databaseIsUp: serving }),
+    routes: createRoutes({ credit, catalogue, invoices, payments, paymentMethods, events: eventDeps, automation: automationDeps, databaseIsUp: serving }),
     interceptors: [createLoggingInterceptor(logger, metrics, lifecycle), createAuthInterceptor(config.apiKeys)],
     corsOrigins: config.corsOrigins,
     httpRoutes: { ...createWebhookRoutes(webhooks, logger, metrics), ...probes, ...(metricsRoute && config.metrics === "main" ? { "/metrics": metricsRoute } : {}) },
@@ -93,10 +99,11 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   // the sweeper writes their EXPIRATION entries for accounts nobody touches.
   let sweepTimer: NodeJS.Timeout | undefined;
   const sweep = () =>
-    credit.lots.expireDue().then(
-      (accounts) => accounts.forEach((a) => notifications.announce(a)),
-      (err: unknown) => logger.warn("lot expiry sweep failed", { error: err instanceof Error ? err.message : String(err) }),
-    );
+    credit.lots
+      .expireDue()
+      .then((accounts) => accounts.forEach((a) => notifications.announce(a)))
+      .then(() => credit.lots.warnExpiring(config.lotExpiryWarningMs ?? 72 * 3_600_000))
+      .catch((err: unknown) => logger.warn("lot expiry sweep failed", { error: err instanceof Error ? err.message : String(err) }));
   const purge = () =>
     purgeIdempotencyKeys(sequelize).then(
       (n) => n > 0 && logger.info("purged idempotency keys", { count: n }),
@@ -107,7 +114,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
       const bound = await server.listen(port, host);
       if (metricsServer) await new Promise<void>((resolve, reject) => metricsServer.once("error", reject).listen(config.metrics as number, host, () => resolve()));
       purgeTimer = setInterval(purge, 60 * 60 * 1000).unref();
-      sweepTimer = setInterval(sweep, LOT_SWEEP_MS).unref();
+      sweepTimer = setInterval(sweep, config.sweepIntervalMs ?? SWEEP_MS).unref();
       return bound;
     },
     async close(graceMs) {

@@ -31,6 +31,10 @@ export interface Config {
   databaseConnectTimeoutMs?: number;
   /** WORKERS: how many server processes share the port (node:cluster); 1 serves from this process. */
   workers?: number;
+  /** LOT_EXPIRY_WARNING_HOURS: lead time of credit_lot.expiring_soon events (default 72). */
+  lotExpiryWarningMs?: number;
+  /** SWEEP_INTERVAL_MS: how often due lots and reservations are expired and expiry warnings written (default 30000). */
+  sweepIntervalMs?: number;
 }
 
 /** Every problem found in the configuration, each naming its variable. */
@@ -77,6 +81,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     metrics: read("METRICS_PORT", () => metricsPort(env.METRICS_PORT), "off"),
     migrate: read("MIGRATE", () => oneOf(env, "MIGRATE", ["auto", "off"] as const, "auto"), "auto"),
     databaseConnectTimeoutMs: read("DATABASE_CONNECT_TIMEOUT_MS", () => positiveInteger(env, "DATABASE_CONNECT_TIMEOUT_MS", 30_000), 0),
+    lotExpiryWarningMs: read("LOT_EXPIRY_WARNING_HOURS", () => positiveInteger(env, "LOT_EXPIRY_WARNING_HOURS", 72) * 3_600_000, 72 * 3_600_000),
+    sweepIntervalMs: read("SWEEP_INTERVAL_MS", () => positiveInteger(env, "SWEEP_INTERVAL_MS", 30_000), 30_000),
     workers: read("WORKERS", () => (env.WORKERS === "auto" ? availableParallelism() : Math.min(positiveInteger(env, "WORKERS", 1), 256)), 1),
   };
   if (env.DATABASE_URL) read("DATABASE_URL", () => (config.databaseUrl = checkDatabaseUrl(env.DATABASE_URL!)), "");

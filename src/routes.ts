@@ -1,11 +1,13 @@
 /**
- * Mounts the four billing services, diagnostics, health and reflection. A pure
+ * Mounts the billing services, diagnostics, health and reflection. A pure
  * function of its dependencies: the server only mounts what this returns.
  */
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
+import { AutomationService, file_billing_v1_automation_service } from "../gen/billing/v1/automation_service_pb.js";
 import { CreditService, file_billing_v1_credit_service } from "../gen/billing/v1/credit_service_pb.js";
 import { DiagnosticsService, file_billing_v1_diagnostics_service } from "../gen/billing/v1/diagnostics_service_pb.js";
+import { EventService, file_billing_v1_event_service } from "../gen/billing/v1/event_service_pb.js";
 import { InvoiceService, file_billing_v1_invoice_service } from "../gen/billing/v1/invoice_service_pb.js";
 import { ModelConfigService, file_billing_v1_model_config_service } from "../gen/billing/v1/model_config_service_pb.js";
 import { PaymentService, file_billing_v1_payment_service } from "../gen/billing/v1/payment_service_pb.js";
@@ -23,6 +25,8 @@ import { createPaymentServiceHandler } from "./handlers/payment-service.js";
 import { createModelConfigServiceHandler } from "./handlers/model-config-service.js";
 import { createReflectionHandlers } from "./handlers/reflection.js";
 import { createDiagnosticsServiceHandler } from "./handlers/diagnostics-service.js";
+import { createEventServiceHandler, type EventServiceDeps } from "./handlers/event-service.js";
+import { createAutomationServiceHandler, type AutomationServiceDeps } from "./handlers/automation-service.js";
 
 export interface RouteDependencies {
   credit: CreditServiceDeps;
@@ -30,6 +34,8 @@ export interface RouteDependencies {
   invoices: Invoices;
   payments: Payments;
   paymentMethods: PaymentMethods;
+  events: EventServiceDeps;
+  automation: AutomationServiceDeps;
   databaseIsUp: () => Promise<boolean>;
 }
 
@@ -39,12 +45,14 @@ const SERVED_FILES: DescFile[] = [
   file_billing_v1_payment_service,
   file_billing_v1_model_config_service,
   file_billing_v1_diagnostics_service,
+  file_billing_v1_event_service,
+  file_billing_v1_automation_service,
   file_health_v1_health,
   reflection1.file_grpc_reflection_v1_reflection,
   reflectionAlpha.file_grpc_reflection_v1alpha_reflection,
 ];
 
-const SERVED_SERVICES = [CreditService, InvoiceService, PaymentService, ModelConfigService, DiagnosticsService, Health, reflection1.ServerReflection, reflectionAlpha.ServerReflection].map(
+const SERVED_SERVICES = [CreditService, InvoiceService, PaymentService, ModelConfigService, DiagnosticsService, EventService, AutomationService, Health, reflection1.ServerReflection, reflectionAlpha.ServerReflection].map(
   (s) => s.typeName,
 );
 
@@ -57,6 +65,8 @@ export function createRoutes(deps: RouteDependencies) {
     router.service(PaymentService, createPaymentServiceHandler(deps.payments, deps.paymentMethods));
     router.service(ModelConfigService, createModelConfigServiceHandler(deps.catalogue));
     router.service(DiagnosticsService, createDiagnosticsServiceHandler());
+    router.service(EventService, createEventServiceHandler(deps.events));
+    router.service(AutomationService, createAutomationServiceHandler(deps.automation));
     router.service(Health, createHealthHandler(deps.databaseIsUp));
     router.service(reflection1.ServerReflection, reflection.v1);
     router.service(reflectionAlpha.ServerReflection, reflection.v1alpha);

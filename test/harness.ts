@@ -100,6 +100,9 @@ export async function startHarness(): Promise<Harness> {
     corsOrigins: [CORS_ORIGIN],
     secretKey: TEST_SECRET_KEY,
     logLevel: "silent",
+    // Sweeps (lot and reservation expiry, expiry warnings) every half second, warning an hour ahead.
+    sweepIntervalMs: 500,
+    lotExpiryWarningMs: 3_600_000,
   };
   const logger = createLogger(process.env.TEST_LOG_LEVEL === "debug" ? "debug" : "silent");
   const server = createApp(config, sequelize, logger);

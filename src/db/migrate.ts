@@ -13,6 +13,8 @@ import * as currencyAmounts from "./migrations/0004-currency-amounts.js";
 import * as paymentProviders from "./migrations/0005-payment-providers.js";
 import * as openCatalogues from "./migrations/0006-open-catalogues.js";
 import * as globalClaims from "./migrations/0007-global-claims.js";
+import * as events from "./migrations/0008-events.js";
+import * as priceVersions from "./migrations/0009-price-versions.js";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { PROJECT_ROOT } from "./connect.js";
@@ -27,13 +29,15 @@ const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
   { name: "0005-payment-providers", ...paymentProviders },
   { name: "0006-open-catalogues", ...openCatalogues },
   { name: "0007-global-claims", ...globalClaims },
+  { name: "0008-events", ...events },
+  { name: "0009-price-versions", ...priceVersions },
 ];
 
 /**
  * SQL functions kept as files (one home per rule, reviewed as a diff of the
  * file): applied with CREATE OR REPLACE after the migrations, on every run.
  */
-const FUNCTION_FILES = ["billing_debit.sql"];
+const FUNCTION_FILES = ["billing_debit.sql", "billing_events.sql"];
 
 const MIGRATION_LOCK = 0x62696c6c; // "bill"
 

@@ -242,4 +242,24 @@ export class CreditLots {
     await this.ledger.expire(due.map((d) => d.account_id));
     return due.map((d) => d.account_id);
   }
+
+  /**
+   * Writes one credit_lot.expiring_soon event for each active lot with
+   * credits left that expires within `leadMs` (once per lot: the event is
+   * deduplicated by lot id); returns how many were written.
+   */
+  async warnExpiring(leadMs: number, limit = 500): Promise<number> {
+    const rows = await this.sequelize.query(
+      `WITH due AS (
+         SELECT account_id, id, remaining, expires_at FROM credit_lots
+         WHERE state = 'active' AND remaining > 0 AND expires_at > now() AND expires_at <= now() + make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM billing_events e WHERE e.account_id = credit_lots.account_id
+                             AND e.type = 'credit_lot.expiring_soon' AND e.dedupe_key = credit_lots.id::text)
+         ORDER BY expires_at LIMIT $2)
+       SELECT billing_emit(account_id, 'credit_lot.expiring_soon',
+                jsonb_build_object('lot_id', id, 'remaining', remaining, 'expires_at', expires_at), id::text) FROM due`,
+      { bind: [leadMs / 1000, limit], type: QueryTypes.SELECT },
+    );
+    return rows.length;
+  }
 }

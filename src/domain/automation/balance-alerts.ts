@@ -1,0 +1,58 @@
+/**
+ * Low-balance thresholds. The rule itself (balance.low once per downward
+ * crossing, balance.depleted at zero) lives in the balance trigger of
+ * src/db/functions/billing_events.sql, so single and coalesced deductions,
+ * expiries and refunds all detect crossings in their own transaction, with
+ * no extra round trip. This module keeps the thresholds, and with them the
+ * account's watch bounds (billing_rewatch), in one transaction.
+ */
+import { QueryTypes, type Sequelize } from "sequelize";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { Violations } from "../errors.js";
+import { requireId } from "../validation.js";
+
+export const MAX_THRESHOLDS = 10;
+
+export class BalanceAlerts {
+  constructor(private readonly sequelize: Sequelize) {}
+
+  /** The account's thresholds, ascending. */
+  async get(accountId: string): Promise<bigint[]> {
+    requireId(accountId, "account_id");
+    const rows = await this.sequelize.query<{ threshold: string }>(`SELECT threshold FROM balance_thresholds WHERE account_id = $1 ORDER BY threshold`, {
+      bind: [accountId],
+      type: QueryTypes.SELECT,
+    });
+    return rows.map((r) => BigInt(r.threshold));
+  }
+
+  /** Replaces the account's thresholds; returns them ascending. */
+  async set(accountId: string, thresholds: bigint[], options: TransactionOptions = {}): Promise<bigint[]> {
+    const v = new Violations();
+    v.collect(() => requireId(accountId, "account_id"));
+    if (thresholds.length > MAX_THRESHOLDS) v.add("thresholds", `must hold at most ${MAX_THRESHOLDS} thresholds`);
+    const seen = new Set<bigint>();
+    thresholds.forEach((t, i) => {
+      if (t <= 0n) v.add(`thresholds[${i}]`, "must be greater than zero");
+      else if (seen.has(t)) v.add(`thresholds[${i}]`, "is repeated");
+      seen.add(t);
+    });
+    v.throwIfAny();
+    const sorted = [...seen].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    await inTransaction(
+      this.sequelize,
+      async (t) => {
+        await this.sequelize.query(`DELETE FROM balance_thresholds WHERE account_id = $1`, { bind: [accountId], transaction: t });
+        if (sorted.length) {
+          await this.sequelize.query(`INSERT INTO balance_thresholds (account_id, threshold) SELECT $1, unnest($2::bigint[])`, {
+            bind: [accountId, sorted.map(String)],
+            transaction: t,
+          });
+        }
+        await this.sequelize.query(`SELECT billing_rewatch($1)`, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
+      },
+      options,
+    );
+    return sorted;
+  }
+}
