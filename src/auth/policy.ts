@@ -52,6 +52,9 @@ const POLICY: Record<string, Record<string, Access>> = {
     GetCreditPackage: "public",
     CreateCreditPackage: "admin",
     UpdateCreditPackage: "admin",
+    ScheduleCostConfigVersion: "admin",
+    CancelCostConfigVersion: "admin",
+    ListCostConfigVersions: "public",
   },
   "billing.v1.InvoiceService": {
     CreateInvoice: "internal",
@@ -107,6 +110,9 @@ const POLICY: Record<string, Record<string, Access>> = {
     GetDefaultModel: "public",
     CalculateCost: "public",
     ListModelConfigHistory: "public",
+    ScheduleModelPriceVersion: "admin",
+    CancelModelPriceVersion: "admin",
+    ListModelPriceVersions: "public",
   },
 };
 

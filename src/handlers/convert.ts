@@ -23,7 +23,9 @@ import {
   type CreditTransaction,
   type CreditUsageLog,
 } from "../../gen/billing/v1/credit_service_pb.js";
+import { PriceVersionState } from "../../gen/billing/v1/model_config_service_pb.js";
 import type { TransactionOptions } from "../db/transaction.js";
+import type { VersionState, VersionTimes } from "../domain/models/versions.js";
 import type { BalanceView, CreditLotView, LedgerEntry, LotCategory, LotState, TransactionType, UsageLogEntry } from "../domain/credits/types.js";
 import { invalidField } from "../domain/errors.js";
 
@@ -205,5 +207,29 @@ export function usageLogToProto(u: UsageLogEntry): CreditUsageLog {
     relatedObjectId: u.relatedObjectId,
     metadata: u.metadata as never,
     createdAt: ts(u.createdAt),
+    costConfigVersionId: u.costConfigVersionId ?? "",
+    modelPriceVersionId: u.modelPriceVersionId ?? "",
   });
+}
+
+const VERSION_STATES: [PriceVersionState, VersionState][] = [
+  [PriceVersionState.SCHEDULED, "scheduled"],
+  [PriceVersionState.IN_FORCE, "in_force"],
+  [PriceVersionState.SUPERSEDED, "superseded"],
+  [PriceVersionState.CANCELLED, "cancelled"],
+];
+
+/** The fields every price version message shares. */
+export function versionTimesToProto(v: VersionTimes) {
+  return {
+    id: v.id,
+    effectiveFrom: ts(v.effectiveFrom),
+    effectiveUntil: ts(v.effectiveUntil),
+    state: enumToProto(VERSION_STATES, v.state),
+    backdated: v.backdated,
+    createdBy: v.createdBy,
+    createdAt: ts(v.createdAt),
+    cancelledBy: v.cancelledBy,
+    cancelledAt: ts(v.cancelledAt),
+  };
 }

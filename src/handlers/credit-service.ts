@@ -43,6 +43,10 @@ import {
   UsageSummaryGroupSchema,
   WatchBalanceResponseSchema,
   CreateCostConfigResponseSchema,
+  CancelCostConfigVersionResponseSchema,
+  CostConfigVersionSchema,
+  ListCostConfigVersionsResponseSchema,
+  ScheduleCostConfigVersionResponseSchema,
   type CostConfig,
   ListCreditLotsResponseSchema,
   VoidCreditLotResponseSchema,
@@ -54,7 +58,7 @@ import type { CreditLedger } from "../domain/credits/ledger.js";
 import type { CreditLots } from "../domain/credits/lots.js";
 import type { CreditPackages, PackageInput, PackageView } from "../domain/credits/packages.js";
 import type { LimitType, PlanLimits, PlanLimitView } from "../domain/credits/plan-limits.js";
-import { Pricing, type BillingConfigView, type CostConfigView, type RoundingMode } from "../domain/credits/pricing.js";
+import { Pricing, type BillingConfigView, type CostConfigVersionView, type CostConfigView, type RoundingMode } from "../domain/credits/pricing.js";
 import type { ReservationStatus as DomainReservationStatus, ReservationView, Reservations } from "../domain/credits/reservations.js";
 import type { UsageInput } from "../domain/credits/types.js";
 import type { GroupBy, SummaryGroup, UsageReports } from "../domain/credits/usage.js";
@@ -78,6 +82,7 @@ import {
   txTypeFromProto,
   txTypesFromProto,
   usageLogToProto,
+  versionTimesToProto,
 } from "./convert.js";
 
 export interface CreditServiceDeps {
@@ -130,6 +135,8 @@ function reservationToProto(r: ReservationView) {
     expiresAt: ts(r.expiresAt),
     createdAt: ts(r.createdAt),
     settledAt: ts(r.settledAt),
+    costConfigVersionId: r.costConfigVersionId,
+    pricedAt: ts(r.pricedAt),
   });
 }
 
@@ -146,6 +153,20 @@ function costConfigToProto(c: CostConfigView) {
     updatedBy: c.updatedBy,
     createdAt: ts(c.createdAt),
     updatedAt: ts(c.updatedAt),
+    creditRoundingMode: c.creditRoundingMode ? enumToProto(roundingModes, c.creditRoundingMode) : CreditRoundingMode.UNSPECIFIED,
+    versionId: c.versionId,
+    effectiveFrom: ts(c.effectiveFrom),
+  });
+}
+
+function costVersionToProto(v: CostConfigVersionView) {
+  return create(CostConfigVersionSchema, {
+    ...versionTimesToProto(v),
+    operationType: v.operationType,
+    tokensPerCredit: BigInt(v.tokensPerCredit),
+    minCredits: BigInt(v.minCredits),
+    pricePerCreditUsd: v.pricePerCreditUsd,
+    creditRoundingMode: v.creditRoundingMode ? enumToProto(roundingModes, v.creditRoundingMode) : CreditRoundingMode.UNSPECIFIED,
   });
 }
 
@@ -197,7 +218,7 @@ function packageInput(p: CreditPackage | undefined): PackageInput {
 }
 
 function groupToProto(g: SummaryGroup) {
-  return create(UsageSummaryGroupSchema, g);
+  return create(UsageSummaryGroupSchema, { ...g, repricedCostUsd: g.repricedCostUsd ?? "" });
 }
 
 function costConfigInput(config: CostConfig | undefined) {
@@ -209,6 +230,7 @@ function costConfigInput(config: CostConfig | undefined) {
     tokensPerCredit: c.tokensPerCredit,
     minCredits: c.minCredits,
     pricePerCreditUsd: c.pricePerCreditUsd,
+    creditRoundingMode: enumFromProto(roundingModes, c.creditRoundingMode, "cost_config.credit_rounding_mode"),
     isActive: c.isActive,
   };
 }
@@ -285,10 +307,17 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
       const op = v.collect(() => normalizeOperationType(req.operationType));
       const usage = usageOf(req.usage);
       Pricing.checkUsage(v, usage);
+      const at = v.collect(() => dateOf(req.at, "at"));
       await d.pricing.checkOperation(v, op);
       v.throwIfAny();
-      const price = await d.pricing.price(op!, usage!);
-      return create(EstimateCreditsResponseSchema, { credits: price.credits, costUsd: price.costUsd, operationType: price.operationType });
+      const price = await d.pricing.price(op!, usage!, "usage", { at });
+      return create(EstimateCreditsResponseSchema, {
+        credits: price.credits,
+        costUsd: price.costUsd,
+        operationType: price.operationType,
+        costConfigVersionId: price.costConfigVersionId,
+        modelPriceVersionId: price.modelPriceVersionId,
+      });
     },
 
     async reserveCredits(req, ctx: HandlerContext) {
@@ -309,6 +338,7 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
           relatedObjectType: req.relatedObjectType,
           relatedObjectId: req.relatedObjectId,
           metadata: req.metadata ?? {},
+          priceAtCommit: req.priceAtCommit,
         },
         txOptions(ctx),
       );
@@ -355,6 +385,7 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
         startTime: dateOf(req.startTime, "start_time"),
         endTime: dateOf(req.endTime, "end_time"),
         groupBy: enumFromProto(groupBys, req.groupBy, "group_by"),
+        repriceAt: dateOf(req.repriceAt, "reprice_at"),
       });
       return create(GetUsageSummaryResponseSchema, { groups: r.groups.map(groupToProto), total: groupToProto(r.total) });
     },
@@ -388,7 +419,7 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
     },
 
     async getCostConfig(req) {
-      return create(GetCostConfigResponseSchema, { costConfig: costConfigToProto(await d.pricing.getCostConfig(req.operationType)) });
+      return create(GetCostConfigResponseSchema, { costConfig: costConfigToProto(await d.pricing.getCostConfig(req.operationType, dateOf(req.at, "at"))) });
     },
 
     async listCostConfigs(req) {
@@ -404,6 +435,33 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
     async updateCostConfig(req, ctx: HandlerContext) {
       const r = await d.pricing.updateCostConfig(costConfigInput(req.costConfig), req.updateMask?.paths ?? [], principalOf(ctx).name, txOptions(ctx));
       return create(UpdateCostConfigResponseSchema, { costConfig: costConfigToProto(r) });
+    },
+
+    async scheduleCostConfigVersion(req, ctx: HandlerContext) {
+      const r = await d.pricing.scheduleCostConfigVersion(
+        {
+          operationType: req.operationType,
+          tokensPerCredit: req.tokensPerCredit,
+          minCredits: req.minCredits,
+          pricePerCreditUsd: req.pricePerCreditUsd,
+          creditRoundingMode: enumFromProto(roundingModes, req.creditRoundingMode, "credit_rounding_mode"),
+          effectiveFrom: dateOf(req.effectiveFrom, "effective_from"),
+          backdate: req.backdate,
+        },
+        principalOf(ctx).name,
+        txOptions(ctx),
+      );
+      return create(ScheduleCostConfigVersionResponseSchema, { version: costVersionToProto(r) });
+    },
+
+    async cancelCostConfigVersion(req, ctx: HandlerContext) {
+      const r = await d.pricing.cancelCostConfigVersion(req.versionId, principalOf(ctx).name, txOptions(ctx));
+      return create(CancelCostConfigVersionResponseSchema, { version: costVersionToProto(r) });
+    },
+
+    async listCostConfigVersions(req) {
+      const r = await d.pricing.listCostConfigVersions(req.operationType, req.pageSize, req.pageToken);
+      return create(ListCostConfigVersionsResponseSchema, { versions: r.versions.map(costVersionToProto), nextPageToken: r.nextPageToken });
     },
 
     async listCostConfigHistory(req) {

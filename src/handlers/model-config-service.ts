@@ -16,12 +16,16 @@ import {
   Provider as ProtoProvider,
   SetDefaultModelResponseSchema,
   UpdateModelConfigResponseSchema,
+  CancelModelPriceVersionResponseSchema,
+  ListModelPriceVersionsResponseSchema,
+  ModelPriceVersionSchema,
+  ScheduleModelPriceVersionResponseSchema,
   type ModelConfig,
 } from "../../gen/billing/v1/model_config_service_pb.js";
-import { PROVIDER_NAME_RE, type ModelCatalogue, type ModelInput, type ModelRecord, type ModelType, type Provider } from "../domain/models/catalogue.js";
+import { PROVIDER_NAME_RE, type ModelCatalogue, type ModelInput, type ModelPriceVersionView, type ModelRecord, type ModelType, type Provider } from "../domain/models/catalogue.js";
 import { invalidField } from "../domain/errors.js";
 import { principalOf } from "../interceptors/auth.js";
-import { auditToProto, calendarDateToProto, enumFromProto, enumToProto, ts, txOptions } from "./convert.js";
+import { auditToProto, calendarDateToProto, dateOf, enumFromProto, enumToProto, ts, txOptions, versionTimesToProto } from "./convert.js";
 
 const modelTypes: [ProtoModelType, ModelType][] = [
   [ProtoModelType.TEXT, "text"],
@@ -105,6 +109,18 @@ function modelToProto(r: ModelRecord): ModelConfig {
     updatedBy: r.updatedBy,
     createdAt: ts(r.createdAt),
     updatedAt: ts(r.updatedAt),
+    priceVersionId: r.priceVersionId,
+    priceEffectiveFrom: ts(r.priceEffectiveFrom),
+  });
+}
+
+function versionToProto(v: ModelPriceVersionView) {
+  return create(ModelPriceVersionSchema, {
+    ...versionTimesToProto(v),
+    modelName: v.modelName,
+    inputCostPer1m: v.inputCostPer1m,
+    outputCostPer1m: v.outputCostPer1m,
+    costPerImage: v.costPerImage,
   });
 }
 
@@ -116,7 +132,8 @@ export function createModelConfigServiceHandler(catalogue: ModelCatalogue): Serv
       return create(CreateModelConfigResponseSchema, { modelConfig: modelToProto(r) });
     },
     async getModelConfig(req) {
-      return create(GetModelConfigResponseSchema, { modelConfig: modelToProto(await catalogue.get(req.modelName)) });
+      const at = dateOf(req.at, "at");
+      return create(GetModelConfigResponseSchema, { modelConfig: modelToProto(await catalogue.get(req.modelName, at)) });
     },
     async listModelConfigs(req) {
       const r = await catalogue.list({
@@ -148,8 +165,31 @@ export function createModelConfigServiceHandler(catalogue: ModelCatalogue): Serv
         tokensOutput: req.tokensOutput,
         imageCount: req.imageCount,
         size: req.size,
+        at: dateOf(req.at, "at"),
       });
-      return create(CalculateCostResponseSchema, { costUsd: cost });
+      return create(CalculateCostResponseSchema, cost);
+    },
+    async scheduleModelPriceVersion(req, ctx: HandlerContext) {
+      const r = await catalogue.schedulePriceVersion(
+        {
+          modelName: req.modelName,
+          inputCostPer1m: req.inputCostPer1m,
+          outputCostPer1m: req.outputCostPer1m,
+          costPerImage: req.costPerImage,
+          effectiveFrom: dateOf(req.effectiveFrom, "effective_from"),
+          backdate: req.backdate,
+        },
+        principalOf(ctx).name,
+        txOptions(ctx),
+      );
+      return create(ScheduleModelPriceVersionResponseSchema, { version: versionToProto(r) });
+    },
+    async cancelModelPriceVersion(req, ctx: HandlerContext) {
+      return create(CancelModelPriceVersionResponseSchema, { version: versionToProto(await catalogue.cancelPriceVersion(req.versionId, principalOf(ctx).name, txOptions(ctx))) });
+    },
+    async listModelPriceVersions(req) {
+      const r = await catalogue.listPriceVersions(req.modelName, req.pageSize, req.pageToken);
+      return create(ListModelPriceVersionsResponseSchema, { versions: r.versions.map(versionToProto), nextPageToken: r.nextPageToken });
     },
     async listModelConfigHistory(req) {
       const r = await catalogue.listHistory(req.modelName, req.pageSize, req.pageToken);

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file billing/v1/model_config_service.proto.
  */
 export const file_billing_v1_model_config_service: GenFile = /*@__PURE__*/
-  fileDesc("CiViaWxsaW5nL3YxL21vZGVsX2NvbmZpZ19zZXJ2aWNlLnByb3RvEgpiaWxsaW5nLnYxIqoFCgtNb2RlbENvbmZpZxISCgptb2RlbF9uYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRIpCgptb2RlbF90eXBlGAMgASgOMhUuYmlsbGluZy52MS5Nb2RlbFR5cGUSJgoIcHJvdmlkZXIYBCABKA4yFC5iaWxsaW5nLnYxLlByb3ZpZGVyEhkKEWlucHV0X2Nvc3RfcGVyXzFtGAUgASgJEhoKEm91dHB1dF9jb3N0X3Blcl8xbRgGIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgHIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgIIAEoAxIWCg5jb3N0X3Blcl9pbWFnZRgJIAEoCRITCgt2YWxpZF9zaXplcxgKIAMoCRIaChJzdXBwb3J0c19qc29uX21vZGUYCyABKAgSFwoPc3VwcG9ydHNfdmlzaW9uGAwgASgIEiEKGXN1cHBvcnRzX2Z1bmN0aW9uX2NhbGxpbmcYDSABKAgSEQoJaXNfYWN0aXZlGA4gASgIEhIKCmlzX2RlZmF1bHQYDyABKAgSEgoKc29ydF9vcmRlchgQIAEoBRITCgtkZXNjcmlwdGlvbhgRIAEoCRInCgxyZWxlYXNlX2RhdGUYEiABKAsyES5nb29nbGUudHlwZS5EYXRlEisKEGRlcHJlY2F0aW9uX2RhdGUYEyABKAsyES5nb29nbGUudHlwZS5EYXRlEhIKCnVwZGF0ZWRfYnkYFCABKAkSLgoKY3JlYXRlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgWIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcHJvdmlkZXJfbmFtZRgXIAEoCSJJChhDcmVhdGVNb2RlbENvbmZpZ1JlcXVlc3QSLQoMbW9kZWxfY29uZmlnGAEgASgLMhcuYmlsbGluZy52MS5Nb2RlbENvbmZpZyJKChlDcmVhdGVNb2RlbENvbmZpZ1Jlc3BvbnNlEi0KDG1vZGVsX2NvbmZpZxgBIAEoCzIXLmJpbGxpbmcudjEuTW9kZWxDb25maWciKwoVR2V0TW9kZWxDb25maWdSZXF1ZXN0EhIKCm1vZGVsX25hbWUYASABKAkiRwoWR2V0TW9kZWxDb25maWdSZXNwb25zZRItCgxtb2RlbF9jb25maWcYASABKAsyFy5iaWxsaW5nLnYxLk1vZGVsQ29uZmlnIr8BChdMaXN0TW9kZWxDb25maWdzUmVxdWVzdBIpCgptb2RlbF90eXBlGAEgASgOMhUuYmlsbGluZy52MS5Nb2RlbFR5cGUSJgoIcHJvdmlkZXIYAiABKA4yFC5iaWxsaW5nLnYxLlByb3ZpZGVyEhMKC2FjdGl2ZV9vbmx5GAMgASgIEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJEhUKDXByb3ZpZGVyX25hbWUYBiABKAkiYwoYTGlzdE1vZGVsQ29uZmlnc1Jlc3BvbnNlEi4KDW1vZGVsX2NvbmZpZ3MYASADKAsyFy5iaWxsaW5nLnYxLk1vZGVsQ29uZmlnEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ6ChhVcGRhdGVNb2RlbENvbmZpZ1JlcXVlc3QSLQoMbW9kZWxfY29uZmlnGAEgASgLMhcuYmlsbGluZy52MS5Nb2RlbENvbmZpZxIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siSgoZVXBkYXRlTW9kZWxDb25maWdSZXNwb25zZRItCgxtb2RlbF9jb25maWcYASABKAsyFy5iaWxsaW5nLnYxLk1vZGVsQ29uZmlnIiwKFlNldERlZmF1bHRNb2RlbFJlcXVlc3QSEgoKbW9kZWxfbmFtZRgBIAEoCSJIChdTZXREZWZhdWx0TW9kZWxSZXNwb25zZRItCgxtb2RlbF9jb25maWcYASABKAsyFy5iaWxsaW5nLnYxLk1vZGVsQ29uZmlnIkMKFkdldERlZmF1bHRNb2RlbFJlcXVlc3QSKQoKbW9kZWxfdHlwZRgBIAEoDjIVLmJpbGxpbmcudjEuTW9kZWxUeXBlIkgKF0dldERlZmF1bHRNb2RlbFJlc3BvbnNlEi0KDG1vZGVsX2NvbmZpZxgBIAEoCzIXLmJpbGxpbmcudjEuTW9kZWxDb25maWciegoUQ2FsY3VsYXRlQ29zdFJlcXVlc3QSEgoKbW9kZWxfbmFtZRgBIAEoCRIUCgx0b2tlbnNfaW5wdXQYAiABKAMSFQoNdG9rZW5zX291dHB1dBgDIAEoAxITCgtpbWFnZV9jb3VudBgEIAEoAxIMCgRzaXplGAUgASgJIikKFUNhbGN1bGF0ZUNvc3RSZXNwb25zZRIQCghjb3N0X3VzZBgBIAEoCSJaCh1MaXN0TW9kZWxDb25maWdIaXN0b3J5UmVxdWVzdBISCgptb2RlbF9uYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImIKHkxpc3RNb2RlbENvbmZpZ0hpc3RvcnlSZXNwb25zZRInCgdlbnRyaWVzGAEgAygLMhYuYmlsbGluZy52MS5BdWRpdEVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpsCglNb2RlbFR5cGUSGgoWTU9ERUxfVFlQRV9VTlNQRUNJRklFRBAAEhMKD01PREVMX1RZUEVfVEVYVBABEhQKEE1PREVMX1RZUEVfSU1BR0UQAhIYChRNT0RFTF9UWVBFX0VNQkVERElORxADKpABCghQcm92aWRlchIYChRQUk9WSURFUl9VTlNQRUNJRklFRBAAEhMKD1BST1ZJREVSX09QRU5BSRABEhYKElBST1ZJREVSX0FOVEhST1BJQxACEhQKEFBST1ZJREVSX1JVTldBUkUQAxITCg9QUk9WSURFUl9HT09HTEUQBBISCg5QUk9WSURFUl9PVEhFUhAFMqgGChJNb2RlbENvbmZpZ1NlcnZpY2USYAoRQ3JlYXRlTW9kZWxDb25maWcSJC5iaWxsaW5nLnYxLkNyZWF0ZU1vZGVsQ29uZmlnUmVxdWVzdBolLmJpbGxpbmcudjEuQ3JlYXRlTW9kZWxDb25maWdSZXNwb25zZRJcCg5HZXRNb2RlbENvbmZpZxIhLmJpbGxpbmcudjEuR2V0TW9kZWxDb25maWdSZXF1ZXN0GiIuYmlsbGluZy52MS5HZXRNb2RlbENvbmZpZ1Jlc3BvbnNlIgOQAgESYgoQTGlzdE1vZGVsQ29uZmlncxIjLmJpbGxpbmcudjEuTGlzdE1vZGVsQ29uZmlnc1JlcXVlc3QaJC5iaWxsaW5nLnYxLkxpc3RNb2RlbENvbmZpZ3NSZXNwb25zZSIDkAIBEmAKEVVwZGF0ZU1vZGVsQ29uZmlnEiQuYmlsbGluZy52MS5VcGRhdGVNb2RlbENvbmZpZ1JlcXVlc3QaJS5iaWxsaW5nLnYxLlVwZGF0ZU1vZGVsQ29uZmlnUmVzcG9uc2USWgoPU2V0RGVmYXVsdE1vZGVsEiIuYmlsbGluZy52MS5TZXREZWZhdWx0TW9kZWxSZXF1ZXN0GiMuYmlsbGluZy52MS5TZXREZWZhdWx0TW9kZWxSZXNwb25zZRJfCg9HZXREZWZhdWx0TW9kZWwSIi5iaWxsaW5nLnYxLkdldERlZmF1bHRNb2RlbFJlcXVlc3QaIy5iaWxsaW5nLnYxLkdldERlZmF1bHRNb2RlbFJlc3BvbnNlIgOQAgESWQoNQ2FsY3VsYXRlQ29zdBIgLmJpbGxpbmcudjEuQ2FsY3VsYXRlQ29zdFJlcXVlc3QaIS5iaWxsaW5nLnYxLkNhbGN1bGF0ZUNvc3RSZXNwb25zZSIDkAIBEnQKFkxpc3RNb2RlbENvbmZpZ0hpc3RvcnkSKS5iaWxsaW5nLnYxLkxpc3RNb2RlbENvbmZpZ0hpc3RvcnlSZXF1ZXN0GiouYmlsbGluZy52MS5MaXN0TW9kZWxDb25maWdIaXN0b3J5UmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_billing_v1_common, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_google_type_date]);
+  fileDesc("CiViaWxsaW5nL3YxL21vZGVsX2NvbmZpZ19zZXJ2aWNlLnByb3RvEgpiaWxsaW5nLnYxIv4FCgtNb2RlbENvbmZpZxISCgptb2RlbF9uYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRIpCgptb2RlbF90eXBlGAMgASgOMhUuYmlsbGluZy52MS5Nb2RlbFR5cGUSJgoIcHJvdmlkZXIYBCABKA4yFC5iaWxsaW5nLnYxLlByb3ZpZGVyEhkKEWlucHV0X2Nvc3RfcGVyXzFtGAUgASgJEhoKEm91dHB1dF9jb3N0X3Blcl8xbRgGIAEoCRIWCg5jb250ZXh0X3dpbmRvdxgHIAEoAxIZChFtYXhfb3V0cHV0X3Rva2VucxgIIAEoAxIWCg5jb3N0X3Blcl9pbWFnZRgJIAEoCRITCgt2YWxpZF9zaXplcxgKIAMoCRIaChJzdXBwb3J0c19qc29uX21vZGUYCyABKAgSFwoPc3VwcG9ydHNfdmlzaW9uGAwgASgIEiEKGXN1cHBvcnRzX2Z1bmN0aW9uX2NhbGxpbmcYDSABKAgSEQoJaXNfYWN0aXZlGA4gASgIEhIKCmlzX2RlZmF1bHQYDyABKAgSEgoKc29ydF9vcmRlchgQIAEoBRITCgtkZXNjcmlwdGlvbhgRIAEoCRInCgxyZWxlYXNlX2RhdGUYEiABKAsyES5nb29nbGUudHlwZS5EYXRlEisKEGRlcHJlY2F0aW9uX2RhdGUYEyABKAsyES5nb29nbGUudHlwZS5EYXRlEhIKCnVwZGF0ZWRfYnkYFCABKAkSLgoKY3JlYXRlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgWIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcHJvdmlkZXJfbmFtZRgXIAEoCRIYChBwcmljZV92ZXJzaW9uX2lkGBggASgJEjgKFHByaWNlX2VmZmVjdGl2ZV9mcm9tGBkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJChhDcmVhdGVNb2RlbENvbmZpZ1JlcXVlc3QSLQoMbW9kZWxfY29uZmlnGAEgASgLMhcuYmlsbGluZy52MS5Nb2RlbENvbmZpZyJKChlDcmVhdGVNb2RlbENvbmZpZ1Jlc3BvbnNlEi0KDG1vZGVsX2NvbmZpZxgBIAEoCzIXLmJpbGxpbmcudjEuTW9kZWxDb25maWciUwoVR2V0TW9kZWxDb25maWdSZXF1ZXN0EhIKCm1vZGVsX25hbWUYASABKAkSJgoCYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkcKFkdldE1vZGVsQ29uZmlnUmVzcG9uc2USLQoMbW9kZWxfY29uZmlnGAEgASgLMhcuYmlsbGluZy52MS5Nb2RlbENvbmZpZyK/AQoXTGlzdE1vZGVsQ29uZmlnc1JlcXVlc3QSKQoKbW9kZWxfdHlwZRgBIAEoDjIVLmJpbGxpbmcudjEuTW9kZWxUeXBlEiYKCHByb3ZpZGVyGAIgASgOMhQuYmlsbGluZy52MS5Qcm92aWRlchITCgthY3RpdmVfb25seRgDIAEoCBIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCRIVCg1wcm92aWRlcl9uYW1lGAYgASgJImMKGExpc3RNb2RlbENvbmZpZ3NSZXNwb25zZRIuCg1tb2RlbF9jb25maWdzGAEgAygLMhcuYmlsbGluZy52MS5Nb2RlbENvbmZpZxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiegoYVXBkYXRlTW9kZWxDb25maWdSZXF1ZXN0Ei0KDG1vZGVsX2NvbmZpZxgBIAEoCzIXLmJpbGxpbmcudjEuTW9kZWxDb25maWcSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkoKGVVwZGF0ZU1vZGVsQ29uZmlnUmVzcG9uc2USLQoMbW9kZWxfY29uZmlnGAEgASgLMhcuYmlsbGluZy52MS5Nb2RlbENvbmZpZyIsChZTZXREZWZhdWx0TW9kZWxSZXF1ZXN0EhIKCm1vZGVsX25hbWUYASABKAkiSAoXU2V0RGVmYXVsdE1vZGVsUmVzcG9uc2USLQoMbW9kZWxfY29uZmlnGAEgASgLMhcuYmlsbGluZy52MS5Nb2RlbENvbmZpZyJDChZHZXREZWZhdWx0TW9kZWxSZXF1ZXN0EikKCm1vZGVsX3R5cGUYASABKA4yFS5iaWxsaW5nLnYxLk1vZGVsVHlwZSJIChdHZXREZWZhdWx0TW9kZWxSZXNwb25zZRItCgxtb2RlbF9jb25maWcYASABKAsyFy5iaWxsaW5nLnYxLk1vZGVsQ29uZmlnIqIBChRDYWxjdWxhdGVDb3N0UmVxdWVzdBISCgptb2RlbF9uYW1lGAEgASgJEhQKDHRva2Vuc19pbnB1dBgCIAEoAxIVCg10b2tlbnNfb3V0cHV0GAMgASgDEhMKC2ltYWdlX2NvdW50GAQgASgDEgwKBHNpemUYBSABKAkSJgoCYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkMKFUNhbGN1bGF0ZUNvc3RSZXNwb25zZRIQCghjb3N0X3VzZBgBIAEoCRIYChBwcmljZV92ZXJzaW9uX2lkGAIgASgJIloKHUxpc3RNb2RlbENvbmZpZ0hpc3RvcnlSZXF1ZXN0EhIKCm1vZGVsX25hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiYgoeTGlzdE1vZGVsQ29uZmlnSGlzdG9yeVJlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5iaWxsaW5nLnYxLkF1ZGl0RW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrgDChFNb2RlbFByaWNlVmVyc2lvbhIKCgJpZBgBIAEoCRISCgptb2RlbF9uYW1lGAIgASgJEhkKEWlucHV0X2Nvc3RfcGVyXzFtGAMgASgJEhoKEm91dHB1dF9jb3N0X3Blcl8xbRgEIAEoCRIWCg5jb3N0X3Blcl9pbWFnZRgFIAEoCRIyCg5lZmZlY3RpdmVfZnJvbRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPZWZmZWN0aXZlX3VudGlsGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgVzdGF0ZRgIIAEoDjIdLmJpbGxpbmcudjEuUHJpY2VWZXJzaW9uU3RhdGUSEQoJYmFja2RhdGVkGAkgASgIEhIKCmNyZWF0ZWRfYnkYCiABKAkSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMY2FuY2VsbGVkX2J5GAwgASgJEjAKDGNhbmNlbGxlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiywEKIFNjaGVkdWxlTW9kZWxQcmljZVZlcnNpb25SZXF1ZXN0EhIKCm1vZGVsX25hbWUYASABKAkSGQoRaW5wdXRfY29zdF9wZXJfMW0YAiABKAkSGgoSb3V0cHV0X2Nvc3RfcGVyXzFtGAMgASgJEhYKDmNvc3RfcGVyX2ltYWdlGAQgASgJEjIKDmVmZmVjdGl2ZV9mcm9tGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghiYWNrZGF0ZRgGIAEoCCJTCiFTY2hlZHVsZU1vZGVsUHJpY2VWZXJzaW9uUmVzcG9uc2USLgoHdmVyc2lvbhgBIAEoCzIdLmJpbGxpbmcudjEuTW9kZWxQcmljZVZlcnNpb24iNAoeQ2FuY2VsTW9kZWxQcmljZVZlcnNpb25SZXF1ZXN0EhIKCnZlcnNpb25faWQYASABKAkiUQofQ2FuY2VsTW9kZWxQcmljZVZlcnNpb25SZXNwb25zZRIuCgd2ZXJzaW9uGAEgASgLMh0uYmlsbGluZy52MS5Nb2RlbFByaWNlVmVyc2lvbiJaCh1MaXN0TW9kZWxQcmljZVZlcnNpb25zUmVxdWVzdBISCgptb2RlbF9uYW1lGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImoKHkxpc3RNb2RlbFByaWNlVmVyc2lvbnNSZXNwb25zZRIvCgh2ZXJzaW9ucxgBIAMoCzIdLmJpbGxpbmcudjEuTW9kZWxQcmljZVZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKmwKCU1vZGVsVHlwZRIaChZNT0RFTF9UWVBFX1VOU1BFQ0lGSUVEEAASEwoPTU9ERUxfVFlQRV9URVhUEAESFAoQTU9ERUxfVFlQRV9JTUFHRRACEhgKFE1PREVMX1RZUEVfRU1CRURESU5HEAMqkAEKCFByb3ZpZGVyEhgKFFBST1ZJREVSX1VOU1BFQ0lGSUVEEAASEwoPUFJPVklERVJfT1BFTkFJEAESFgoSUFJPVklERVJfQU5USFJPUElDEAISFAoQUFJPVklERVJfUlVOV0FSRRADEhMKD1BST1ZJREVSX0dPT0dMRRAEEhIKDlBST1ZJREVSX09USEVSEAUqxAEKEVByaWNlVmVyc2lvblN0YXRlEiMKH1BSSUNFX1ZFUlNJT05fU1RBVEVfVU5TUEVDSUZJRUQQABIhCh1QUklDRV9WRVJTSU9OX1NUQVRFX1NDSEVEVUxFRBABEiAKHFBSSUNFX1ZFUlNJT05fU1RBVEVfSU5fRk9SQ0UQAhIiCh5QUklDRV9WRVJTSU9OX1NUQVRFX1NVUEVSU0VERUQQAxIhCh1QUklDRV9WRVJTSU9OX1NUQVRFX0NBTkNFTExFRBAEMowJChJNb2RlbENvbmZpZ1NlcnZpY2USYAoRQ3JlYXRlTW9kZWxDb25maWcSJC5iaWxsaW5nLnYxLkNyZWF0ZU1vZGVsQ29uZmlnUmVxdWVzdBolLmJpbGxpbmcudjEuQ3JlYXRlTW9kZWxDb25maWdSZXNwb25zZRJcCg5HZXRNb2RlbENvbmZpZxIhLmJpbGxpbmcudjEuR2V0TW9kZWxDb25maWdSZXF1ZXN0GiIuYmlsbGluZy52MS5HZXRNb2RlbENvbmZpZ1Jlc3BvbnNlIgOQAgESYgoQTGlzdE1vZGVsQ29uZmlncxIjLmJpbGxpbmcudjEuTGlzdE1vZGVsQ29uZmlnc1JlcXVlc3QaJC5iaWxsaW5nLnYxLkxpc3RNb2RlbENvbmZpZ3NSZXNwb25zZSIDkAIBEmAKEVVwZGF0ZU1vZGVsQ29uZmlnEiQuYmlsbGluZy52MS5VcGRhdGVNb2RlbENvbmZpZ1JlcXVlc3QaJS5iaWxsaW5nLnYxLlVwZGF0ZU1vZGVsQ29uZmlnUmVzcG9uc2USWgoPU2V0RGVmYXVsdE1vZGVsEiIuYmlsbGluZy52MS5TZXREZWZhdWx0TW9kZWxSZXF1ZXN0GiMuYmlsbGluZy52MS5TZXREZWZhdWx0TW9kZWxSZXNwb25zZRJfCg9HZXREZWZhdWx0TW9kZWwSIi5iaWxsaW5nLnYxLkdldERlZmF1bHRNb2RlbFJlcXVlc3QaIy5iaWxsaW5nLnYxLkdldERlZmF1bHRNb2RlbFJlc3BvbnNlIgOQAgESWQoNQ2FsY3VsYXRlQ29zdBIgLmJpbGxpbmcudjEuQ2FsY3VsYXRlQ29zdFJlcXVlc3QaIS5iaWxsaW5nLnYxLkNhbGN1bGF0ZUNvc3RSZXNwb25zZSIDkAIBEnQKFkxpc3RNb2RlbENvbmZpZ0hpc3RvcnkSKS5iaWxsaW5nLnYxLkxpc3RNb2RlbENvbmZpZ0hpc3RvcnlSZXF1ZXN0GiouYmlsbGluZy52MS5MaXN0TW9kZWxDb25maWdIaXN0b3J5UmVzcG9uc2UiA5ACARJ4ChlTY2hlZHVsZU1vZGVsUHJpY2VWZXJzaW9uEiwuYmlsbGluZy52MS5TY2hlZHVsZU1vZGVsUHJpY2VWZXJzaW9uUmVxdWVzdBotLmJpbGxpbmcudjEuU2NoZWR1bGVNb2RlbFByaWNlVmVyc2lvblJlc3BvbnNlEnIKF0NhbmNlbE1vZGVsUHJpY2VWZXJzaW9uEiouYmlsbGluZy52MS5DYW5jZWxNb2RlbFByaWNlVmVyc2lvblJlcXVlc3QaKy5iaWxsaW5nLnYxLkNhbmNlbE1vZGVsUHJpY2VWZXJzaW9uUmVzcG9uc2USdAoWTGlzdE1vZGVsUHJpY2VWZXJzaW9ucxIpLmJpbGxpbmcudjEuTGlzdE1vZGVsUHJpY2VWZXJzaW9uc1JlcXVlc3QaKi5iaWxsaW5nLnYxLkxpc3RNb2RlbFByaWNlVmVyc2lvbnNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_billing_v1_common, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_google_type_date]);
 
 /**
  * One model of the catalogue.
@@ -188,6 +188,21 @@ export type ModelConfig = Message<"billing.v1.ModelConfig"> & {
    * @generated from field: string provider_name = 23;
    */
   providerName: string;
+
+  /**
+   * Output only: the price version whose prices this answer carries (the one
+   * in force at the instant asked, default now); empty when none was.
+   *
+   * @generated from field: string price_version_id = 24;
+   */
+  priceVersionId: string;
+
+  /**
+   * Output only: from when that price version is in force.
+   *
+   * @generated from field: google.protobuf.Timestamp price_effective_from = 25;
+   */
+  priceEffectiveFrom?: Timestamp | undefined;
 };
 
 /**
@@ -251,6 +266,14 @@ export type GetModelConfigRequest = Message<"billing.v1.GetModelConfigRequest"> 
    * @generated from field: string model_name = 1;
    */
   modelName: string;
+
+  /**
+   * The instant whose prices to answer; unset for now (a future instant
+   * shows a scheduled price version).
+   *
+   * @generated from field: google.protobuf.Timestamp at = 2;
+   */
+  at?: Timestamp | undefined;
 };
 
 /**
@@ -539,6 +562,13 @@ export type CalculateCostRequest = Message<"billing.v1.CalculateCostRequest"> & 
    * @generated from field: string size = 5;
    */
   size: string;
+
+  /**
+   * Price with the version in force at this instant; unset for now.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 6;
+   */
+  at?: Timestamp | undefined;
 };
 
 /**
@@ -560,6 +590,13 @@ export type CalculateCostResponse = Message<"billing.v1.CalculateCostResponse"> 
    * @generated from field: string cost_usd = 1;
    */
   costUsd: string;
+
+  /**
+   * The price version used.
+   *
+   * @generated from field: string price_version_id = 2;
+   */
+  priceVersionId: string;
 };
 
 /**
@@ -631,6 +668,294 @@ export type ListModelConfigHistoryResponse = Message<"billing.v1.ListModelConfig
  */
 export const ListModelConfigHistoryResponseSchema: GenMessage<ListModelConfigHistoryResponse> = /*@__PURE__*/
   messageDesc(file_billing_v1_model_config_service, 16);
+
+/**
+ * One version of a model's prices. At any instant the version in force is the
+ * one not cancelled with the latest effective_from at or before it.
+ *
+ * @generated from message billing.v1.ModelPriceVersion
+ */
+export type ModelPriceVersion = Message<"billing.v1.ModelPriceVersion"> & {
+  /**
+   * Opaque id of the version.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The model.
+   *
+   * @generated from field: string model_name = 2;
+   */
+  modelName: string;
+
+  /**
+   * USD per 1M input tokens, scale 4 (text and embedding models); empty when unset.
+   *
+   * @generated from field: string input_cost_per_1m = 3;
+   */
+  inputCostPer1m: string;
+
+  /**
+   * USD per 1M output tokens, scale 4 (text models); empty when unset.
+   *
+   * @generated from field: string output_cost_per_1m = 4;
+   */
+  outputCostPer1m: string;
+
+  /**
+   * USD per image, scale 4 (image models); empty when unset.
+   *
+   * @generated from field: string cost_per_image = 5;
+   */
+  costPerImage: string;
+
+  /**
+   * From when it is in force.
+   *
+   * @generated from field: google.protobuf.Timestamp effective_from = 6;
+   */
+  effectiveFrom?: Timestamp | undefined;
+
+  /**
+   * When the next version takes over; unset while none is scheduled after it.
+   *
+   * @generated from field: google.protobuf.Timestamp effective_until = 7;
+   */
+  effectiveUntil?: Timestamp | undefined;
+
+  /**
+   * Where it is in its life, now.
+   *
+   * @generated from field: billing.v1.PriceVersionState state = 8;
+   */
+  state: PriceVersionState;
+
+  /**
+   * Whether it was added with an effective_from in the past (backdate).
+   *
+   * @generated from field: bool backdated = 9;
+   */
+  backdated: boolean;
+
+  /**
+   * Who added it: the API key's NAME, or its role.
+   *
+   * @generated from field: string created_by = 10;
+   */
+  createdBy: string;
+
+  /**
+   * When it was added.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 11;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * Who cancelled it; empty unless CANCELLED.
+   *
+   * @generated from field: string cancelled_by = 12;
+   */
+  cancelledBy: string;
+
+  /**
+   * When it was cancelled.
+   *
+   * @generated from field: google.protobuf.Timestamp cancelled_at = 13;
+   */
+  cancelledAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message billing.v1.ModelPriceVersion.
+ * Use `create(ModelPriceVersionSchema)` to create a new message.
+ */
+export const ModelPriceVersionSchema: GenMessage<ModelPriceVersion> = /*@__PURE__*/
+  messageDesc(file_billing_v1_model_config_service, 17);
+
+/**
+ * Request for ModelConfigService.ScheduleModelPriceVersion.
+ *
+ * @generated from message billing.v1.ScheduleModelPriceVersionRequest
+ */
+export type ScheduleModelPriceVersionRequest = Message<"billing.v1.ScheduleModelPriceVersionRequest"> & {
+  /**
+   * The model.
+   *
+   * @generated from field: string model_name = 1;
+   */
+  modelName: string;
+
+  /**
+   * USD per 1M input tokens, scale 4 (text and embedding models).
+   *
+   * @generated from field: string input_cost_per_1m = 2;
+   */
+  inputCostPer1m: string;
+
+  /**
+   * USD per 1M output tokens, scale 4 (text models; optional for embedding models).
+   *
+   * @generated from field: string output_cost_per_1m = 3;
+   */
+  outputCostPer1m: string;
+
+  /**
+   * USD per image, scale 4 (image models).
+   *
+   * @generated from field: string cost_per_image = 4;
+   */
+  costPerImage: string;
+
+  /**
+   * From when it is in force; unset for now.
+   *
+   * @generated from field: google.protobuf.Timestamp effective_from = 5;
+   */
+  effectiveFrom?: Timestamp | undefined;
+
+  /**
+   * Allows an effective_from in the past (admin only; kept in history).
+   *
+   * @generated from field: bool backdate = 6;
+   */
+  backdate: boolean;
+};
+
+/**
+ * Describes the message billing.v1.ScheduleModelPriceVersionRequest.
+ * Use `create(ScheduleModelPriceVersionRequestSchema)` to create a new message.
+ */
+export const ScheduleModelPriceVersionRequestSchema: GenMessage<ScheduleModelPriceVersionRequest> = /*@__PURE__*/
+  messageDesc(file_billing_v1_model_config_service, 18);
+
+/**
+ * Response of ModelConfigService.ScheduleModelPriceVersion.
+ *
+ * @generated from message billing.v1.ScheduleModelPriceVersionResponse
+ */
+export type ScheduleModelPriceVersionResponse = Message<"billing.v1.ScheduleModelPriceVersionResponse"> & {
+  /**
+   * The version added.
+   *
+   * @generated from field: billing.v1.ModelPriceVersion version = 1;
+   */
+  version?: ModelPriceVersion | undefined;
+};
+
+/**
+ * Describes the message billing.v1.ScheduleModelPriceVersionResponse.
+ * Use `create(ScheduleModelPriceVersionResponseSchema)` to create a new message.
+ */
+export const ScheduleModelPriceVersionResponseSchema: GenMessage<ScheduleModelPriceVersionResponse> = /*@__PURE__*/
+  messageDesc(file_billing_v1_model_config_service, 19);
+
+/**
+ * Request for ModelConfigService.CancelModelPriceVersion.
+ *
+ * @generated from message billing.v1.CancelModelPriceVersionRequest
+ */
+export type CancelModelPriceVersionRequest = Message<"billing.v1.CancelModelPriceVersionRequest"> & {
+  /**
+   * The version to cancel.
+   *
+   * @generated from field: string version_id = 1;
+   */
+  versionId: string;
+};
+
+/**
+ * Describes the message billing.v1.CancelModelPriceVersionRequest.
+ * Use `create(CancelModelPriceVersionRequestSchema)` to create a new message.
+ */
+export const CancelModelPriceVersionRequestSchema: GenMessage<CancelModelPriceVersionRequest> = /*@__PURE__*/
+  messageDesc(file_billing_v1_model_config_service, 20);
+
+/**
+ * Response of ModelConfigService.CancelModelPriceVersion.
+ *
+ * @generated from message billing.v1.CancelModelPriceVersionResponse
+ */
+export type CancelModelPriceVersionResponse = Message<"billing.v1.CancelModelPriceVersionResponse"> & {
+  /**
+   * The cancelled version.
+   *
+   * @generated from field: billing.v1.ModelPriceVersion version = 1;
+   */
+  version?: ModelPriceVersion | undefined;
+};
+
+/**
+ * Describes the message billing.v1.CancelModelPriceVersionResponse.
+ * Use `create(CancelModelPriceVersionResponseSchema)` to create a new message.
+ */
+export const CancelModelPriceVersionResponseSchema: GenMessage<CancelModelPriceVersionResponse> = /*@__PURE__*/
+  messageDesc(file_billing_v1_model_config_service, 21);
+
+/**
+ * Request for ModelConfigService.ListModelPriceVersions.
+ *
+ * @generated from message billing.v1.ListModelPriceVersionsRequest
+ */
+export type ListModelPriceVersionsRequest = Message<"billing.v1.ListModelPriceVersionsRequest"> & {
+  /**
+   * The model.
+   *
+   * @generated from field: string model_name = 1;
+   */
+  modelName: string;
+
+  /**
+   * Page size: 0 means 50, at most 500.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message billing.v1.ListModelPriceVersionsRequest.
+ * Use `create(ListModelPriceVersionsRequestSchema)` to create a new message.
+ */
+export const ListModelPriceVersionsRequestSchema: GenMessage<ListModelPriceVersionsRequest> = /*@__PURE__*/
+  messageDesc(file_billing_v1_model_config_service, 22);
+
+/**
+ * Response of ModelConfigService.ListModelPriceVersions.
+ *
+ * @generated from message billing.v1.ListModelPriceVersionsResponse
+ */
+export type ListModelPriceVersionsResponse = Message<"billing.v1.ListModelPriceVersionsResponse"> & {
+  /**
+   * Versions, latest effective_from first.
+   *
+   * @generated from field: repeated billing.v1.ModelPriceVersion versions = 1;
+   */
+  versions: ModelPriceVersion[];
+
+  /**
+   * Token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message billing.v1.ListModelPriceVersionsResponse.
+ * Use `create(ListModelPriceVersionsResponseSchema)` to create a new message.
+ */
+export const ListModelPriceVersionsResponseSchema: GenMessage<ListModelPriceVersionsResponse> = /*@__PURE__*/
+  messageDesc(file_billing_v1_model_config_service, 23);
 
 /**
  * The kind of a model; it decides which prices apply.
@@ -729,6 +1054,54 @@ export const ProviderSchema: GenEnum<Provider> = /*@__PURE__*/
   enumDesc(file_billing_v1_model_config_service, 1);
 
 /**
+ * Where a price version is in its life.
+ *
+ * @generated from enum billing.v1.PriceVersionState
+ */
+export enum PriceVersionState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: PRICE_VERSION_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * effective_from is still ahead; it can be cancelled.
+   *
+   * @generated from enum value: PRICE_VERSION_STATE_SCHEDULED = 1;
+   */
+  SCHEDULED = 1,
+
+  /**
+   * The version in force now.
+   *
+   * @generated from enum value: PRICE_VERSION_STATE_IN_FORCE = 2;
+   */
+  IN_FORCE = 2,
+
+  /**
+   * Was in force; a later version took over.
+   *
+   * @generated from enum value: PRICE_VERSION_STATE_SUPERSEDED = 3;
+   */
+  SUPERSEDED = 3,
+
+  /**
+   * Cancelled before it took effect; never in force.
+   *
+   * @generated from enum value: PRICE_VERSION_STATE_CANCELLED = 4;
+   */
+  CANCELLED = 4,
+}
+
+/**
+ * Describes the enum billing.v1.PriceVersionState.
+ */
+export const PriceVersionStateSchema: GenEnum<PriceVersionState> = /*@__PURE__*/
+  enumDesc(file_billing_v1_model_config_service, 2);
+
+/**
  * The AI model catalogue: prices and capabilities of text, image and
  * embedding models, one default per model type, and a history of changes.
  *
@@ -752,8 +1125,9 @@ export const ModelConfigService: GenService<{
     output: typeof CreateModelConfigResponseSchema;
   },
   /**
-   * Returns one model by name.
-   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_name, named in BadRequest); NOT_FOUND
+   * Returns one model by name, with the prices in force at `at` (default now; none before its
+   * first price version).
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_name or `at`, named in BadRequest); NOT_FOUND
    * (NOT_FOUND: model_name).
    *
    * @generated from rpc billing.v1.ModelConfigService.GetModelConfig
@@ -813,7 +1187,8 @@ export const ModelConfigService: GenService<{
     output: typeof GetDefaultModelResponseSchema;
   },
   /**
-   * Prices token or image usage of a model in USD.
+   * Prices token or image usage of a model in USD, with the price version in force at `at`
+   * (default now).
    * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. a size the
    * model does not offer); NOT_FOUND (NOT_FOUND: model_name); FAILED_PRECONDITION
    * (WRONG_MODEL_TYPE: tokens for an image model or images for a token model; PRICE_MISSING).
@@ -836,6 +1211,47 @@ export const ModelConfigService: GenService<{
     methodKind: "unary";
     input: typeof ListModelConfigHistoryRequestSchema;
     output: typeof ListModelConfigHistoryResponseSchema;
+  },
+  /**
+   * Admin only: adds a version of a model's prices, in force from effective_from (default now;
+   * a future instant schedules an announced price change). An instant in the past needs
+   * backdate; it is kept in history as "backdate_price". Kept in history as "schedule_price".
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. prices the
+   * model's type does not take, effective_from in the past without backdate, or a version already
+   * starting at that instant); NOT_FOUND (NOT_FOUND: model_name).
+   *
+   * @generated from rpc billing.v1.ModelConfigService.ScheduleModelPriceVersion
+   */
+  scheduleModelPriceVersion: {
+    methodKind: "unary";
+    input: typeof ScheduleModelPriceVersionRequestSchema;
+    output: typeof ScheduleModelPriceVersionResponseSchema;
+  },
+  /**
+   * Admin only: cancels a price version that is not in force yet; cancelling it again answers it
+   * as it is.
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: version_id, named in BadRequest); NOT_FOUND
+   * (NOT_FOUND: version_id); FAILED_PRECONDITION (INVALID_STATE_TRANSITION: the version is in
+   * force or was).
+   *
+   * @generated from rpc billing.v1.ModelConfigService.CancelModelPriceVersion
+   */
+  cancelModelPriceVersion: {
+    methodKind: "unary";
+    input: typeof CancelModelPriceVersionRequestSchema;
+    output: typeof CancelModelPriceVersionResponseSchema;
+  },
+  /**
+   * Pages through a model's price versions, latest effective_from first (cancelled ones too).
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: model_name, page_size or page_token, named in
+   * BadRequest); NOT_FOUND (NOT_FOUND: model_name).
+   *
+   * @generated from rpc billing.v1.ModelConfigService.ListModelPriceVersions
+   */
+  listModelPriceVersions: {
+    methodKind: "unary";
+    input: typeof ListModelPriceVersionsRequestSchema;
+    output: typeof ListModelPriceVersionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_billing_v1_model_config_service, 0);

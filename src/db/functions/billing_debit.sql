@@ -17,7 +17,8 @@
 --                what it stored ('replay'), 'reused' for another request, or
 --                'taken' while its owner is this very statement
 --   usage        {operation, cost, model, tokens_in, tokens_out, related_type,
---                related_id}: also write a credit_usage_logs row
+--                related_id, cost_version, model_version}: also write a
+--                credit_usage_logs row (with the price version ids it was priced with)
 -- p_accounts: more accounts to bring up to date (expire their due lots)
 -- without debiting them.
 --
@@ -227,10 +228,12 @@ BEGIN
     log_id := NULL;
     IF u IS NOT NULL AND jsonb_typeof(u) = 'object' THEN
       INSERT INTO credit_usage_logs (account_id, transaction_id, operation_type, credits_used, cost_usd, model_used,
-                                     tokens_input, tokens_output, related_object_type, related_object_id, metadata)
+                                     tokens_input, tokens_output, related_object_type, related_object_id, metadata,
+                                     cost_config_version_id, model_price_version_id)
       VALUES (r_account[i], tx_id, u->>'operation', take, nullif(u->>'cost', '')::numeric, coalesce(u->>'model', ''),
               coalesce((u->>'tokens_in')::bigint, 0), coalesce((u->>'tokens_out')::bigint, 0),
-              coalesce(u->>'related_type', ''), coalesce(u->>'related_id', ''), r_meta[i])
+              coalesce(u->>'related_type', ''), coalesce(u->>'related_id', ''), r_meta[i],
+              nullif(u->>'cost_version', '')::bigint, nullif(u->>'model_version', '')::bigint)
       RETURNING id INTO log_id;
     END IF;
 
@@ -243,7 +246,8 @@ BEGIN
       rec := rec || jsonb_build_object(
         'operation_type', u->>'operation', 'cost_usd', coalesce(u->>'cost', ''), 'model', coalesce(u->>'model', ''),
         'tokens_input', coalesce(u->>'tokens_in', '0'), 'tokens_output', coalesce(u->>'tokens_out', '0'),
-        'related_object_type', coalesce(u->>'related_type', ''), 'related_object_id', coalesce(u->>'related_id', ''));
+        'related_object_type', coalesce(u->>'related_type', ''), 'related_object_id', coalesce(u->>'related_id', ''),
+        'cost_config_version_id', coalesce(u->>'cost_version', ''), 'model_price_version_id', coalesce(u->>'model_version', ''));
     END IF;
     IF r_key[i] IS NOT NULL THEN
       UPDATE idempotency_keys d SET response = rec WHERE d.account_id = r_account[i] AND d.key = r_key[i];

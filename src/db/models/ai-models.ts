@@ -3,17 +3,18 @@
  */
 import { DataTypes, Model, type CreationOptional, type InferAttributes, type InferCreationAttributes, type Sequelize } from "sequelize";
 
-/** One model with its prices and capabilities; at most one default per model_type (unique partial index). */
+/**
+ * One model with its capabilities; at most one default per model_type (unique
+ * partial index). Its prices are versions (model_price_versions, see
+ * src/domain/models/versions.ts).
+ */
 export class AIModelConfig extends Model<InferAttributes<AIModelConfig>, InferCreationAttributes<AIModelConfig>> {
   declare model_name: string;
   declare display_name: string;
   declare model_type: string;
   declare provider: string;
-  declare input_cost_per_1m: string | null;
-  declare output_cost_per_1m: string | null;
   declare context_window: number | null;
   declare max_output_tokens: number | null;
-  declare cost_per_image: string | null;
   declare valid_sizes: string[] | null;
   declare supports_json_mode: boolean;
   declare supports_vision: boolean;
@@ -42,7 +43,6 @@ export class AIModelConfigHistory extends Model<InferAttributes<AIModelConfigHis
 
 export function initAIModelModels(sequelize: Sequelize) {
   const now = () => ({ type: DataTypes.DATE, allowNull: false, defaultValue: DataTypes.NOW });
-  const price = () => ({ type: DataTypes.DECIMAL(10, 4), allowNull: true });
   const flag = (def: boolean) => ({ type: DataTypes.BOOLEAN, allowNull: false, defaultValue: def });
   const AIModelConfigBound = class extends AIModelConfig {};
   AIModelConfigBound.init(
@@ -51,11 +51,8 @@ export function initAIModelModels(sequelize: Sequelize) {
       display_name: { type: DataTypes.STRING(255), allowNull: false },
       model_type: { type: DataTypes.STRING(20), allowNull: false },
       provider: { type: DataTypes.STRING(50), allowNull: false },
-      input_cost_per_1m: price(),
-      output_cost_per_1m: price(),
       context_window: { type: DataTypes.INTEGER, allowNull: true },
       max_output_tokens: { type: DataTypes.INTEGER, allowNull: true },
-      cost_per_image: price(),
       valid_sizes: { type: DataTypes.JSONB, allowNull: true },
       supports_json_mode: flag(false),
       supports_vision: flag(false),

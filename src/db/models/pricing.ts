@@ -4,16 +4,16 @@
  */
 import { DataTypes, Model, type CreationOptional, type InferAttributes, type InferCreationAttributes, type Sequelize } from "sequelize";
 
-/** Token pricing of one operation type (seed: CreditCostConfig). */
+/**
+ * One operation type (seed: CreditCostConfig): its name and switch. Its
+ * pricing (tokens_per_credit, min_credits, price_per_credit_usd, rounding)
+ * is versioned in cost_config_versions (src/domain/credits/pricing.ts).
+ */
 export class CreditCostConfig extends Model<InferAttributes<CreditCostConfig>, InferCreationAttributes<CreditCostConfig>> {
   declare operation_type: string;
-  declare tokens_per_credit: number;
-  declare min_credits: number;
-  declare price_per_credit_usd: string;
   declare display_name: string;
   declare description: string;
   declare is_active: boolean;
-  declare previous_tokens_per_credit: number | null;
   declare updated_by: string | null;
   declare created_at: CreationOptional<Date>;
   declare updated_at: CreationOptional<Date>;
@@ -90,13 +90,9 @@ export function initPricingModels(sequelize: Sequelize) {
   CreditCostConfigBound.init(
     {
       operation_type: { type: DataTypes.STRING(50), primaryKey: true },
-      tokens_per_credit: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 100 },
-      min_credits: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 1 },
-      price_per_credit_usd: { type: DataTypes.DECIMAL(10, 4), allowNull: false, defaultValue: "0.0100" },
       display_name: { type: DataTypes.STRING(100), allowNull: false },
       description: { type: DataTypes.TEXT, allowNull: false, defaultValue: "" },
       is_active: { type: DataTypes.BOOLEAN, allowNull: false, defaultValue: true },
-      previous_tokens_per_credit: { type: DataTypes.INTEGER, allowNull: true },
       updated_by: { type: DataTypes.STRING(255), allowNull: true },
       created_at: createdAt(),
       updated_at: createdAt(),

@@ -90,6 +90,8 @@ function debitPayload(requests: DebitRequest[]): string {
             tokens_out: r.usage.tokensOutput.toString(),
             related_type: r.usage.relatedObjectType,
             related_id: r.usage.relatedObjectId,
+            cost_version: r.usage.costConfigVersionId,
+            model_version: r.usage.modelPriceVersionId,
           }
         : null,
     })),
@@ -150,6 +152,8 @@ export function debitResultOf(d: Record<string, unknown>): DebitResult {
       relatedObjectId: String(d.related_object_id ?? ""),
       metadata,
       createdAt,
+      costConfigVersionId: String(d.cost_config_version_id ?? ""),
+      modelPriceVersionId: String(d.model_price_version_id ?? ""),
     };
   }
   return result;

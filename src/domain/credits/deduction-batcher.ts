@@ -41,7 +41,11 @@ import { runDebits, type DebitRequest } from "./debit.js";
 import { NO_METER, type LedgerMeter } from "./meter.js";
 import type { DeductResult, JsonObject, UsageRecord } from "./types.js";
 
-/** One priced, validated deduction waiting for its batch. */
+/**
+ * One priced, validated deduction waiting for its batch: priced at the
+ * request's arrival (its price version ids are part of it), never at batch
+ * time, so a coalesced deduction charges what a single one would.
+ */
 export interface DeductionJob extends UsageRecord {
   accountId: string;
   credits: bigint;

@@ -299,8 +299,14 @@ export class CreditLedger {
     };
   }
 
-  /** Charges an AI operation: a DEDUCTION and its usage log, together; idempotent by key. */
+  /**
+   * Charges an AI operation: a DEDUCTION and its usage log, together;
+   * idempotent by key. Priced with the versions in force at the request's
+   * arrival, before it is queued: a batch that runs after a new version took
+   * effect charges what the request was priced at.
+   */
   async deduct(input: DeductInput, options: TransactionOptions = {}): Promise<DeductResult> {
+    const arrival = new Date();
     const v = new Violations();
     v.collect(() => requireId(input.accountId, "account_id"));
     const operationType = v.collect(() => normalizeOperationType(input.operationType));
@@ -312,7 +318,7 @@ export class CreditLedger {
     await this.pricing.checkOperation(v, operationType);
     v.throwIfAny();
     const usage = input.usage!;
-    const price = await this.pricing.price(operationType!, usage);
+    const price = await this.pricing.price(operationType!, usage, "usage", { at: arrival });
     const job: DeductionJob = {
       accountId: input.accountId,
       credits: price.credits,
@@ -503,6 +509,8 @@ export function usageRecordOf(price: Price, usage: UsageInput, relatedObjectType
     tokensOutput: usage.tokensOutput,
     relatedObjectType,
     relatedObjectId,
+    costConfigVersionId: price.costConfigVersionId,
+    modelPriceVersionId: price.modelPriceVersionId,
   };
 }
 

@@ -15,9 +15,22 @@
  *   given; it is empty when no model is named.
  * - An inactive operation is FAILED_PRECONDITION (OPERATION_INACTIVE); an
  *   unknown model is INVALID_ARGUMENT on usage.model.
- * - Pricing reads the cost configs and billing configuration from a cache of
- *   at most CONFIG_CACHE_MS: an update through this process applies at once,
- *   an update through another process within that time.
+ * - tokens_per_credit, min_credits, price_per_credit_usd and the rounding
+ *   mode of an operation (UNSPECIFIED: the billing configuration's) are
+ *   versions (../models/versions.ts, README.md "Price versions"): usage is
+ *   priced with the version in force at its instant (a request's arrival,
+ *   or a reservation's; see reservations.ts), and the charge records the
+ *   cost config and model price version ids.
+ * - Pricing reads the cost configs, *every* live version (past, in force
+ *   and scheduled) and the billing configuration from a cache of at most
+ *   CONFIG_CACHE_MS, and picks the version in force by comparing the
+ *   instant with effective_from in memory: every replica switches to a
+ *   scheduled version exactly at its effective_from (by its clock),
+ *   whatever its cache's age. Only what is *written* travels with the cache
+ *   age: a change through this process applies at once, through another
+ *   process within CONFIG_CACHE_MS — so a version scheduled (or cancelled)
+ *   less than CONFIG_CACHE_MS before its effective_from may start up to that
+ *   late (or still apply up to that long) on other replicas.
  */
 import { QueryTypes, type Sequelize } from "sequelize";
 import { modelsOf, type BillingConfiguration, type CreditCostConfig } from "../../db/models/index.js";
@@ -27,10 +40,12 @@ import { AuditTrail, type AuditRecord, type JsonObject } from "../audit.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { maskField } from "../field-mask.js";
 import { costOf, type ModelCatalogue } from "../models/catalogue.js";
+import { effectiveFromOf, inForceAt, notCancellable, requireVersionId, uniqueInstant, versionAuditTimes, versionTimes, type VersionRow, type VersionTimes } from "../models/versions.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkText } from "../validation.js";
 import { LEGACY_OPERATION_TYPES, OPERATION_TYPE_RE, normalizeOperationType, type OperationType } from "./operations.js";
 import type { UsageInput } from "./types.js";
+import type { Transaction } from "sequelize";
 
 export type RoundingMode = "up" | "down" | "nearest";
 
@@ -44,9 +59,44 @@ export interface CostConfigView {
   pricePerCreditUsd: string;
   isActive: boolean;
   previousTokensPerCredit: number;
+  /** The operation's own rounding; undefined: the billing configuration's. */
+  creditRoundingMode: RoundingMode | undefined;
+  /** The version in force at the instant asked ("" when none was). */
+  versionId: string;
+  effectiveFrom?: Date;
   updatedBy: string;
   createdAt: Date;
   updatedAt: Date;
+}
+
+/** One version of an operation's pricing. */
+export interface CostConfigVersionView extends VersionTimes {
+  operationType: string;
+  tokensPerCredit: number;
+  minCredits: number;
+  pricePerCreditUsd: string;
+  creditRoundingMode: RoundingMode | undefined;
+}
+
+/** A pricing version to add. */
+export interface ScheduleCostInput {
+  operationType: string;
+  tokensPerCredit: bigint;
+  minCredits: bigint;
+  pricePerCreditUsd: string;
+  creditRoundingMode: RoundingMode | undefined;
+  /** Undefined for now. */
+  effectiveFrom: Date | undefined;
+  backdate: boolean;
+}
+
+/** Which prices apply to a usage: those in force at `at` (default now), or a locked cost config version. */
+export interface PriceWhen {
+  at?: Date;
+  /** Price credits with this cost config version (a reservation's lock). */
+  costConfigVersionId?: string | null;
+  /** Count only model price versions added by then (a reservation's lock). */
+  modelKnownAt?: Date;
 }
 
 /** The global billing configuration. */
@@ -65,9 +115,15 @@ export interface Price {
   credits: bigint;
   /** Scale-4 USD; "" when no model was named. */
   costUsd: string;
+  /** The cost config version used ("" when none was in force: explicit credits only). */
+  costConfigVersionId: string;
+  /** The model price version used; "" without a model. */
+  modelPriceVersionId: string;
 }
 
-export const COST_CONFIG_FIELDS = ["display_name", "description", "tokens_per_credit", "min_credits", "price_per_credit_usd", "is_active"] as const;
+export const COST_CONFIG_FIELDS = ["display_name", "description", "tokens_per_credit", "min_credits", "price_per_credit_usd", "credit_rounding_mode", "is_active"] as const;
+/** The versioned fields of a cost config. */
+const VERSIONED = ["tokens_per_credit", "min_credits", "price_per_credit_usd", "credit_rounding_mode"] as const;
 export const BILLING_CONFIG_FIELDS = ["default_tokens_per_credit", "default_credit_price_usd", "enable_token_based_reporting", "credit_rounding_mode"] as const;
 
 export interface CostConfigUpdate {
@@ -77,6 +133,8 @@ export interface CostConfigUpdate {
   tokensPerCredit: bigint;
   minCredits: bigint;
   pricePerCreditUsd: string;
+  /** Undefined: the billing configuration's mode (UNSPECIFIED). */
+  creditRoundingMode: RoundingMode | undefined;
   isActive: boolean;
 }
 
@@ -92,11 +150,32 @@ const INT32_MAX = 2_147_483_647n;
 /** How long pricing may use configuration read earlier. */
 export const CONFIG_CACHE_MS = 1_000;
 
+/** A cost config version as stored. */
+interface CostVersionRow extends VersionRow {
+  operation_type: string;
+  tokens_per_credit: number;
+  min_credits: number;
+  price_per_credit_usd: string;
+  credit_rounding_mode: RoundingMode | null;
+  next_from?: Date | null;
+}
+
 interface PricingConfig {
   at: number;
   costs: Map<string, CreditCostConfig>;
+  /** Every live version per operation type, by effective_from ascending. */
+  versions: Map<string, CostVersionRow[]>;
+  byId: Map<string, CostVersionRow>;
   billing: BillingConfiguration;
 }
+
+/** Cost config versions with the start of the next live one (their effective_until). */
+const COST_VERSIONS = `SELECT v.*, (SELECT min(n.effective_from) FROM cost_config_versions n
+    WHERE n.operation_type = v.operation_type AND n.cancelled_at IS NULL AND n.effective_from > v.effective_from) AS next_from
+  FROM cost_config_versions v`;
+
+/** The live versions of the operation types $1, by effective_from. */
+const LIVE_VERSIONS = `SELECT * FROM cost_config_versions WHERE operation_type = ANY ($1::text[]) AND cancelled_at IS NULL ORDER BY operation_type, effective_from`;
 
 /** Pricing and its configuration. */
 export class Pricing {
@@ -137,39 +216,69 @@ export class Pricing {
     if (usage.imageCount > 0n && usage.credits === 0n && usage.model === "") v.add(`${field}.model`, "is required to price images (the image model's per-image cost)");
   }
 
-  /** Prices `usage` for `operationType` (already validated with checkUsage). */
-  async price(operationType: OperationType, usage: UsageInput, field = "usage"): Promise<Price> {
-    const { costs, billing } = await this.cachedConfig();
+  /**
+   * Prices `usage` for `operationType` (already validated with checkUsage)
+   * with the versions in force at `when.at` (default now), or the locked
+   * ones of `when`.
+   */
+  async price(operationType: OperationType, usage: UsageInput, field = "usage", when: PriceWhen = {}): Promise<Price> {
+    const at = when.at ?? new Date();
+    const { costs, versions, billing } = await this.cachedConfig();
     const config = costs.get(operationType);
     if (!config) throw unknownOperation(operationType);
     if (!config.is_active) throw failedPrecondition(Reason.OperationInactive, `operation ${operationType} is not active`, { operation_type: operationType });
-    const model = usage.model ? await this.catalogue.get(usage.model).catch((e: unknown) => {
+    const version = when.costConfigVersionId ? await this.costVersionById(when.costConfigVersionId) : inForceAt(versions.get(operationType) ?? [], at);
+    const model = usage.model ? await this.catalogue.get(usage.model, at, when.modelKnownAt).catch((e: unknown) => {
       if (e instanceof BillingError && e.kind === "not_found") throw invalidField(`${field}.model`, `unknown model ${JSON.stringify(usage.model)}`);
       throw e;
     }) : undefined;
     const costUsd = model ? costOf(model, { tokensInput: usage.tokensInput, tokensOutput: usage.tokensOutput, imageCount: usage.imageCount, size: "" }) : "";
     if (costUsd && !fitsColumn(new Dec(costUsd), PRICE)) throw invalidField(field, `costs ${costUsd} USD, more than one usage log can record`);
-    if (usage.credits > 0n) return { operationType, credits: usage.credits, costUsd };
-    const mode = billing.credit_rounding_mode as RoundingMode;
+    const ids = { costConfigVersionId: version ? String(version.id) : "", modelPriceVersionId: model?.priceVersionId ?? "" };
+    if (usage.credits > 0n) return { operationType, credits: usage.credits, costUsd, ...ids };
+    if (!version) throw failedPrecondition(Reason.PriceMissing, `operation ${operationType} has no pricing in force at ${at.toISOString()}`, { operation_type: operationType });
+    const mode = version.credit_rounding_mode ?? (billing.credit_rounding_mode as RoundingMode);
     let raw: Dec;
     if (usage.imageCount > 0n && usage.tokensInput === 0n && usage.tokensOutput === 0n) {
-      raw = new Dec(costUsd).dividedBy(config.price_per_credit_usd);
+      raw = new Dec(costUsd).dividedBy(version.price_per_credit_usd);
     } else {
-      raw = new Dec((usage.tokensInput + usage.tokensOutput).toString()).dividedBy(config.tokens_per_credit);
+      raw = new Dec((usage.tokensInput + usage.tokensOutput).toString()).dividedBy(version.tokens_per_credit);
     }
     let credits = roundToInteger(raw, mode);
-    const min = BigInt(config.min_credits);
+    const min = BigInt(version.min_credits);
     if (credits < min) credits = min;
     if (credits === 0n) throw invalidField(field, "prices to 0 credits: nothing to charge");
-    return { operationType, credits, costUsd };
+    return { operationType, credits, costUsd, ...ids };
   }
 
-  /** The cost config of an operation (modern or legacy name). */
-  async getCostConfig(operationType: string): Promise<CostConfigView> {
-    return costConfigView(await this.costConfigRow(normalizeOperationType(operationType)));
+  /** The id of the cost config version of an operation in force at `at` ("" when none), from the cache. */
+  async costVersionAt(operationType: string, at: Date): Promise<string> {
+    const { versions } = await this.cachedConfig();
+    const version = inForceAt(versions.get(operationType) ?? [], at);
+    return version ? String(version.id) : "";
   }
 
-  /** Every operation's cost config, by operation type. */
+  /** A cost config version by id: from the cache, else (added through another process meanwhile) from the database. */
+  private async costVersionById(id: string): Promise<CostVersionRow> {
+    const cached = (await this.cachedConfig()).byId.get(id);
+    if (cached) return cached;
+    const [row] = await this.sequelize.query<CostVersionRow>(`SELECT * FROM cost_config_versions WHERE id = $1`, { bind: [id], type: QueryTypes.SELECT });
+    if (!row) throw new Error(`cost config version ${id} is missing`);
+    return row;
+  }
+
+  /** The cost config of an operation (modern or legacy name), with the pricing in force at `at` (default now). */
+  async getCostConfig(operationType: string, at?: Date): Promise<CostConfigView> {
+    const op = normalizeOperationType(operationType);
+    const row = await this.costConfigRow(op);
+    const live = await this.liveVersions(undefined, [op]);
+    const when = at ?? new Date();
+    const view = costConfigView(row, live.get(op) ?? [], when);
+    if (!view.versionId) throw notFound("cost config version", `${op} at ${when.toISOString()}`);
+    return view;
+  }
+
+  /** Every operation's cost config, by operation type, with the pricing in force now. */
   async listCostConfigs(activeOnly: boolean, requestedPageSize: number, pageToken: string): Promise<{ configs: CostConfigView[]; nextPageToken: string }> {
     const size = pageSize(requestedPageSize);
     const after = decodePageToken(pageToken, "cost_configs", activeOnly);
@@ -179,36 +288,72 @@ export class Pricing {
        ORDER BY operation_type LIMIT $3`,
       { bind: [activeOnly, after ? after[0] : null, size + 1], type: QueryTypes.SELECT },
     );
-    const views = rows.map((r) => costConfigView(this.models.CreditCostConfig.build(r as never, { raw: true, isNewRecord: false })));
+    const configs = rows.map((r) => this.models.CreditCostConfig.build(r as never, { raw: true, isNewRecord: false }));
+    const live = await this.liveVersions(undefined, configs.map((c) => c.operation_type));
+    const now = new Date();
+    const views = configs.map((c) => costConfigView(c, live.get(c.operation_type) ?? [], now));
     const page = pageOf(views, size, (c) => [c.operationType], "cost_configs", activeOnly);
     return { configs: page.items, nextPageToken: page.nextPageToken };
   }
 
-  /** Admin: changes the masked fields of an operation's pricing, keeping history. */
+  /**
+   * Admin: changes the masked fields of an operation's pricing, keeping
+   * history; changed pricing fields are a new version in force now.
+   */
   async updateCostConfig(input: CostConfigUpdate, paths: string[], actor: string, options: TransactionOptions = {}): Promise<CostConfigView> {
     const operationType = normalizeOperationType(input.operationType, "cost_config.operation_type");
     const fields = paths.length
       ? paths.map((p) => maskField(p, "cost_config", COST_CONFIG_FIELDS))
       : COST_CONFIG_FIELDS.filter((f) => {
-          const value = { display_name: input.displayName, description: input.description, tokens_per_credit: input.tokensPerCredit, min_credits: input.minCredits, price_per_credit_usd: input.pricePerCreditUsd, is_active: input.isActive }[f];
-          return !(value === "" || value === 0n || value === false);
+          const value = {
+            display_name: input.displayName,
+            description: input.description,
+            tokens_per_credit: input.tokensPerCredit,
+            min_credits: input.minCredits,
+            price_per_credit_usd: input.pricePerCreditUsd,
+            credit_rounding_mode: input.creditRoundingMode,
+            is_active: input.isActive,
+          }[f];
+          return !(value === "" || value === 0n || value === false || value === undefined);
         });
     if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
     const v = new Violations();
     const changes = costConfigChanges(input, fields, v);
     await this.checkOperation(v, operationType, "cost_config.operation_type");
     v.throwIfAny();
+    const now = new Date();
     return inTransaction(
       this.sequelize,
       async (t) => {
         const row = await this.models.CreditCostConfig.findByPk(operationType, { transaction: t, lock: t.LOCK.UPDATE });
         if (!row) throw notFound("cost config", operationType);
-        const before = costConfigView(row);
-        if (changes.tokens_per_credit !== undefined && changes.tokens_per_credit !== row.tokens_per_credit) {
-          changes.previous_tokens_per_credit = row.tokens_per_credit;
+        const live = (await this.liveVersions(t, [operationType])).get(operationType) ?? [];
+        const before = costConfigView(row, live, now);
+        const current = inForceAt(live, now);
+        const own: Record<string, unknown> = {};
+        for (const f of ["display_name", "description", "is_active"] as const) if (f in changes) own[f] = changes[f];
+        await row.update({ ...own, updated_by: actor, updated_at: new Date() }, { transaction: t });
+        const next = {
+          tokens_per_credit: current?.tokens_per_credit,
+          min_credits: current?.min_credits,
+          price_per_credit_usd: current ? new Dec(current.price_per_credit_usd).toFixed(4) : undefined,
+          credit_rounding_mode: current?.credit_rounding_mode ?? null,
+        } as Record<string, unknown>;
+        let pricingChanged = false;
+        for (const f of VERSIONED) {
+          if (!(f in changes)) continue;
+          if (changes[f] !== next[f]) pricingChanged = true;
+          next[f] = changes[f];
         }
-        await row.update({ ...changes, updated_by: actor, updated_at: new Date() }, { transaction: t });
-        const after = costConfigView(row);
+        if (pricingChanged) {
+          if (next.tokens_per_credit === undefined || next.min_credits === undefined || next.price_per_credit_usd === undefined) {
+            throw invalidField("update_mask", "the operation has no pricing in force: give tokens_per_credit, min_credits and price_per_credit_usd together");
+          }
+          const added = await uniqueInstant("update_mask", () => this.insertVersion(t, operationType, next, now, false, actor));
+          live.push(added);
+          live.sort((x, y) => x.effective_from.getTime() - y.effective_from.getTime());
+        }
+        const after = costConfigView(row, live, now);
         await this.history.record(t, operationType, "update", actor, costConfigAudit(before), costConfigAudit(after));
         t.afterCommit(() => this.invalidate());
         return after;
@@ -218,10 +363,11 @@ export class Pricing {
   }
 
   /**
-   * Admin: adds an operation type with its pricing (kept in history as
-   * "create"). Fields left at zero take the billing configuration's defaults
-   * (tokens per credit, price per credit) and 1 minimum credit; a new
-   * operation is active (UpdateCostConfig deactivates it).
+   * Admin: adds an operation type with its pricing, a first version in
+   * force now (kept in history as "create"). Fields left at zero take the
+   * billing configuration's defaults (tokens per credit, price per credit)
+   * and 1 minimum credit; a new operation is active (UpdateCostConfig
+   * deactivates it).
    */
   async createCostConfig(input: CostConfigUpdate, actor: string, options: TransactionOptions = {}): Promise<CostConfigView> {
     const v = new Violations();
@@ -241,26 +387,131 @@ export class Pricing {
     };
     const columns = costConfigChanges(withDefaults, COST_CONFIG_FIELDS, v);
     v.throwIfAny();
+    const now = new Date();
     return inTransaction(
       this.sequelize,
       async (t) => {
         const [created] = await this.sequelize.query<{ operation_type: string }>(
-          `INSERT INTO credit_cost_configs (operation_type, display_name, description, tokens_per_credit, min_credits, price_per_credit_usd, is_active, updated_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (operation_type) DO NOTHING RETURNING operation_type`,
+          `INSERT INTO credit_cost_configs (operation_type, display_name, description, is_active, updated_by)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (operation_type) DO NOTHING RETURNING operation_type`,
           {
-            bind: [operationType, columns.display_name, columns.description ?? "", columns.tokens_per_credit, columns.min_credits, columns.price_per_credit_usd, columns.is_active, actor],
+            bind: [operationType, columns.display_name, columns.description ?? "", columns.is_active, actor],
             transaction: t,
             type: QueryTypes.SELECT,
           },
         );
         if (!created) throw new BillingError("already_exists", Reason.AlreadyExists, `operation type ${JSON.stringify(operationType)} already exists`, [], { operation_type: operationType! });
-        const after = costConfigView((await this.models.CreditCostConfig.findByPk(operationType!, { transaction: t }))!);
+        const version = await this.insertVersion(t, operationType!, columns, now, false, actor);
+        const after = costConfigView((await this.models.CreditCostConfig.findByPk(operationType!, { transaction: t }))!, [version], now);
         await this.history.record(t, operationType!, "create", actor, null, costConfigAudit(after));
         t.afterCommit(() => this.invalidate());
         return after;
       },
       options,
     );
+  }
+
+  /**
+   * Admin: adds a version of an operation's pricing in force from
+   * `effectiveFrom` (default now; the past only with backdate), kept in
+   * history as "schedule_version" or "backdate_version" with the version it
+   * takes over from.
+   */
+  async scheduleCostConfigVersion(input: ScheduleCostInput, actor: string, options: TransactionOptions = {}): Promise<CostConfigVersionView> {
+    const now = new Date();
+    const v = new Violations();
+    const operationType = v.collect(() => normalizeOperationType(input.operationType));
+    await this.checkOperation(v, operationType);
+    const columns = costConfigChanges({ ...input, displayName: "", description: "", isActive: true }, VERSIONED, v, "");
+    const { effectiveFrom, backdated } = effectiveFromOf(v, input.effectiveFrom, input.backdate, now);
+    v.throwIfAny();
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const row = await this.models.CreditCostConfig.findByPk(operationType!, { transaction: t, lock: t.LOCK.UPDATE });
+        if (!row) throw unknownOperation(operationType!);
+        const replaced = inForceAt((await this.liveVersions(t, [operationType!])).get(operationType!) ?? [], effectiveFrom);
+        const added = await uniqueInstant("effective_from", () => this.insertVersion(t, operationType!, columns, effectiveFrom, backdated, actor));
+        await this.history.record(t, operationType!, backdated ? "backdate_version" : "schedule_version", actor, replaced ? costVersionAudit(replaced) : null, costVersionAudit(added));
+        t.afterCommit(() => this.invalidate());
+        return (await this.versionViews(t, `WHERE v.id = $1`, [added.id], now))[0]!;
+      },
+      options,
+    );
+  }
+
+  /** Admin: cancels a pricing version not yet in force (kept in history as "cancel_version"); a cancelled one is answered as it is. */
+  async cancelCostConfigVersion(versionId: string, actor: string, options: TransactionOptions = {}): Promise<CostConfigVersionView> {
+    const id = requireVersionId(versionId);
+    const now = new Date();
+    return inTransaction(
+      this.sequelize,
+      async (t) => {
+        const [row] = await this.sequelize.query<CostVersionRow>(`SELECT * FROM cost_config_versions WHERE id = $1 FOR UPDATE`, { bind: [id], transaction: t, type: QueryTypes.SELECT });
+        if (!row) throw notFound("cost config version", id);
+        if (!row.cancelled_at) {
+          if (row.effective_from.getTime() <= now.getTime()) throw notCancellable(id);
+          const [cancelled] = await this.sequelize.query<CostVersionRow>(`UPDATE cost_config_versions SET cancelled_by = $2, cancelled_at = now() WHERE id = $1 RETURNING *`, {
+            bind: [id, actor],
+            transaction: t,
+            type: QueryTypes.SELECT,
+          });
+          await this.history.record(t, row.operation_type, "cancel_version", actor, costVersionAudit(row), costVersionAudit(cancelled!));
+          t.afterCommit(() => this.invalidate());
+        }
+        return (await this.versionViews(t, `WHERE v.id = $1`, [id], now))[0]!;
+      },
+      options,
+    );
+  }
+
+  /** Pages through an operation's pricing versions, latest effective_from first (cancelled ones too). */
+  async listCostConfigVersions(operationType: string, requestedPageSize: number, pageToken: string): Promise<{ versions: CostConfigVersionView[]; nextPageToken: string }> {
+    const v = new Violations();
+    const op = v.collect(() => normalizeOperationType(operationType));
+    await this.checkOperation(v, op);
+    const size = v.collect(() => pageSize(requestedPageSize));
+    v.throwIfAny();
+    const after = decodePageToken(pageToken, "cost_config_versions", op);
+    if (after && (typeof after[0] !== "string" || typeof after[1] !== "string" || !/^\d+$/.test(after[1]) || Number.isNaN(Date.parse(after[0])))) {
+      throw invalidField("page_token", "is not a valid page token for this request");
+    }
+    const bind: unknown[] = [op];
+    const keyset = after ? `AND (v.effective_from, v.id) < ($${bind.push(after[0])}::timestamptz, $${bind.push(after[1])}::bigint)` : "";
+    const rows = await this.versionViews(undefined, `WHERE v.operation_type = $1 ${keyset} ORDER BY v.effective_from DESC, v.id DESC LIMIT $${bind.push(size! + 1)}`, bind, new Date());
+    const page = pageOf(rows, size!, (r) => [r.effectiveFrom.toISOString(), r.id], "cost_config_versions", op);
+    return { versions: page.items, nextPageToken: page.nextPageToken };
+  }
+
+  private async versionViews(t: Transaction | undefined, where: string, bind: unknown[], now: Date): Promise<CostConfigVersionView[]> {
+    const rows = await this.sequelize.query<CostVersionRow>(`${COST_VERSIONS} ${where}`, { bind, transaction: t, type: QueryTypes.SELECT });
+    return rows.map((r) => ({
+      ...versionTimes(r, r.next_from ?? undefined, now),
+      operationType: r.operation_type,
+      tokensPerCredit: r.tokens_per_credit,
+      minCredits: r.min_credits,
+      pricePerCreditUsd: formatMoney(r.price_per_credit_usd, PRICE),
+      creditRoundingMode: r.credit_rounding_mode ?? undefined,
+    }));
+  }
+
+  /** The live versions of `operationTypes`, per operation type, by effective_from. */
+  private async liveVersions(t: Transaction | undefined, operationTypes: string[]): Promise<Map<string, CostVersionRow[]>> {
+    const rows = await this.sequelize.query<CostVersionRow>(LIVE_VERSIONS, { bind: [operationTypes], transaction: t, type: QueryTypes.SELECT });
+    return groupVersions(rows);
+  }
+
+  private async insertVersion(t: Transaction, operationType: string, c: Partial<Record<string, unknown>>, effectiveFrom: Date, backdated: boolean, actor: string): Promise<CostVersionRow> {
+    const [row] = await this.sequelize.query<CostVersionRow>(
+      `INSERT INTO cost_config_versions (operation_type, tokens_per_credit, min_credits, price_per_credit_usd, credit_rounding_mode, effective_from, backdated, created_by)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *`,
+      {
+        bind: [operationType, c.tokens_per_credit, c.min_credits, c.price_per_credit_usd, c.credit_rounding_mode ?? null, effectiveFrom.toISOString(), backdated, actor],
+        transaction: t,
+        type: QueryTypes.SELECT,
+      },
+    );
+    return row!;
   }
 
   /** That an operation type exists (from the cached configuration), or INVALID_ARGUMENT naming `field`. */
@@ -364,8 +615,12 @@ export class Pricing {
   private async readConfig(): Promise<PricingConfig> {
     const generation = this.generation;
     const at = Date.now();
-    const [rows, billing] = await Promise.all([this.models.CreditCostConfig.findAll(), this.billingRow()]);
-    const config = { at, costs: new Map(rows.map((r) => [r.operation_type, r])), billing };
+    const [rows, versionRows, billing] = await Promise.all([
+      this.models.CreditCostConfig.findAll(),
+      this.sequelize.query<CostVersionRow>(`SELECT * FROM cost_config_versions WHERE cancelled_at IS NULL ORDER BY operation_type, effective_from`, { type: QueryTypes.SELECT }),
+      this.billingRow(),
+    ]);
+    const config = { at, costs: new Map(rows.map((r) => [r.operation_type, r])), versions: groupVersions(versionRows), byId: new Map(versionRows.map((r) => [String(r.id), r])), billing };
     // An update committed during the read invalidated it: keep what the next read sees.
     if (generation === this.generation) this.cache = config;
     return config;
@@ -391,19 +646,58 @@ export class Pricing {
   }
 }
 
-function costConfigView(r: CreditCostConfig): CostConfigView {
-  return {
+function groupVersions(rows: CostVersionRow[]): Map<string, CostVersionRow[]> {
+  const out = new Map<string, CostVersionRow[]>();
+  for (const r of rows) {
+    let list = out.get(r.operation_type);
+    if (!list) out.set(r.operation_type, (list = []));
+    list.push(r);
+  }
+  return out;
+}
+
+/**
+ * An operation's cost config with the pricing in force at `at` among its
+ * `live` versions (by effective_from); previous_tokens_per_credit is
+ * tokens_per_credit before the last version that changed it.
+ */
+function costConfigView(r: CreditCostConfig, live: CostVersionRow[], at: Date): CostConfigView {
+  const version = inForceAt(live, at);
+  let previous = 0;
+  for (let k = version ? live.indexOf(version) : 0; k > 0; k--) {
+    if (live[k - 1]!.tokens_per_credit !== live[k]!.tokens_per_credit) {
+      previous = live[k - 1]!.tokens_per_credit;
+      break;
+    }
+  }
+  const view: CostConfigView = {
     operationType: r.operation_type as OperationType,
     displayName: r.display_name,
     description: r.description,
-    tokensPerCredit: r.tokens_per_credit,
-    minCredits: r.min_credits,
-    pricePerCreditUsd: formatMoney(r.price_per_credit_usd, PRICE),
+    tokensPerCredit: version?.tokens_per_credit ?? 0,
+    minCredits: version?.min_credits ?? 0,
+    pricePerCreditUsd: version ? formatMoney(version.price_per_credit_usd, PRICE) : "",
     isActive: r.is_active,
-    previousTokensPerCredit: r.previous_tokens_per_credit ?? 0,
+    previousTokensPerCredit: previous,
+    creditRoundingMode: version?.credit_rounding_mode ?? undefined,
+    versionId: version ? String(version.id) : "",
     updatedBy: r.updated_by ?? "",
     createdAt: r.created_at,
     updatedAt: r.updated_at,
+  };
+  if (version) view.effectiveFrom = version.effective_from;
+  return view;
+}
+
+/** A pricing version as history keeps it. */
+function costVersionAudit(r: CostVersionRow): JsonObject {
+  return {
+    ...versionAuditTimes(r),
+    operation_type: r.operation_type,
+    tokens_per_credit: r.tokens_per_credit,
+    min_credits: r.min_credits,
+    price_per_credit_usd: formatMoney(r.price_per_credit_usd, PRICE),
+    credit_rounding_mode: r.credit_rounding_mode ?? "",
   };
 }
 
@@ -417,6 +711,9 @@ function costConfigAudit(c: CostConfigView): JsonObject {
     price_per_credit_usd: c.pricePerCreditUsd,
     is_active: c.isActive,
     previous_tokens_per_credit: c.previousTokensPerCredit,
+    credit_rounding_mode: c.creditRoundingMode ?? "",
+    version_id: c.versionId,
+    effective_from: c.effectiveFrom?.toISOString() ?? "",
   };
 }
 
@@ -438,10 +735,10 @@ function unknownOperation(operationType: string, field = "operation_type"): Bill
 }
 
 /** The columns of the cost-config `fields` of `input`, each checked; bad fields go to `v`. */
-function costConfigChanges(input: CostConfigUpdate, fields: readonly string[], v: Violations): Partial<Record<string, unknown>> {
+function costConfigChanges(input: CostConfigUpdate, fields: readonly string[], v: Violations, prefix = "cost_config."): Partial<Record<string, unknown>> {
   const changes: Partial<Record<string, unknown>> = {};
   for (const f of fields) {
-    const name = `cost_config.${f}`;
+    const name = `${prefix}${f}`;
     switch (f) {
       case "display_name":
         if (input.displayName === "") v.add(name, "is required");
@@ -463,6 +760,9 @@ function costConfigChanges(input: CostConfigUpdate, fields: readonly string[], v
         if (price) changes.price_per_credit_usd = price.toFixed(4);
         break;
       }
+      case "credit_rounding_mode":
+        changes.credit_rounding_mode = input.creditRoundingMode ?? null;
+        break;
       case "is_active":
         changes.is_active = input.isActive;
         break;

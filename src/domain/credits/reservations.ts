@@ -19,6 +19,14 @@
  *   commit fails with INSUFFICIENT_CREDITS and the hold stays open.
  * - Release frees the hold; releasing twice answers the released hold.
  *   Committed, released and expired holds cannot be committed.
+ * - Price lock: a reservation records the operation's cost config version
+ *   in force at its arrival (priced_at), and its commit prices the actual
+ *   usage with that version and with the model prices in force at priced_at
+ *   (among the model price versions added by the reservation's creation, so
+ *   a later backdated version does not reach it), even if a new version
+ *   took effect in between. With price_at_commit the commit prices with the
+ *   versions in force at its own arrival instead. Reservations made before
+ *   price versions existed price at the commit.
  */
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
@@ -42,6 +50,10 @@ export interface ReservationView {
   expiresAt: Date;
   createdAt: Date;
   settledAt?: Date;
+  /** The cost config version its commit prices with ("" for reservations older than price versions). */
+  costConfigVersionId: string;
+  /** The instant whose model prices its commit uses. */
+  pricedAt?: Date;
 }
 
 export const DEFAULT_TTL_SECONDS = 15 * 60;
@@ -63,6 +75,8 @@ export interface CommitInput {
   relatedObjectType: string;
   relatedObjectId: string;
   metadata: JsonObject;
+  /** Price with the versions in force at the commit instead of the reservation's. */
+  priceAtCommit?: boolean;
 }
 
 interface Row {
@@ -76,6 +90,8 @@ interface Row {
   created_at: Date;
   settled_at: Date | null;
   expired: boolean;
+  cost_config_version_id: string | null;
+  priced_at: Date | null;
 }
 
 /** The reservation service. */
@@ -88,6 +104,7 @@ export class Reservations {
 
   /** Holds credits; idempotent by key. */
   async reserve(input: ReserveInput, options: TransactionOptions = {}): Promise<{ reservation: ReservationView; balance: BalanceView }> {
+    const arrival = new Date();
     const v = new Violations();
     v.collect(() => requireId(input.accountId, "account_id"));
     const operationType = v.collect(() => normalizeOperationType(input.operationType));
@@ -97,6 +114,7 @@ export class Reservations {
     await this.pricing.checkOperation(v, operationType);
     v.throwIfAny();
     await this.pricing.requireActiveOperation(operationType!);
+    const costVersionId = await this.pricing.costVersionAt(operationType!, arrival);
     const ttl = input.ttlSeconds ?? DEFAULT_TTL_SECONDS;
     return inTransaction(
       this.sequelize,
@@ -107,9 +125,9 @@ export class Reservations {
             throw insufficientCredits(input.accountId, input.credits, state.available);
           }
           const [row] = await this.sequelize.query<Row>(
-            `INSERT INTO credit_reservations (account_id, operation_type, credits, expires_at)
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING *, false AS expired`,
-            { bind: [input.accountId, operationType, input.credits.toString(), ttl], transaction: t, type: QueryTypes.SELECT },
+            `INSERT INTO credit_reservations (account_id, operation_type, credits, expires_at, cost_config_version_id, priced_at)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6) RETURNING *, false AS expired`,
+            { bind: [input.accountId, operationType, input.credits.toString(), ttl, costVersionId || null, arrival.toISOString()], transaction: t, type: QueryTypes.SELECT },
           );
           await this.notify(t, input.accountId);
           const held = state.reserved + input.credits;
@@ -135,11 +153,19 @@ export class Reservations {
     v.collect(() => requireIdempotencyKey(input.idempotencyKey));
     v.throwIfAny();
     const found = await this.find(id!);
-    const price = await this.pricing.price(normalizeOperationType(found.operation_type), input.usage!);
+    const locked = !input.priceAtCommit && found.priced_at !== null;
+    const price = await this.pricing.price(
+      normalizeOperationType(found.operation_type),
+      input.usage!,
+      "usage",
+      locked ? { at: found.priced_at!, costConfigVersionId: found.cost_config_version_id, modelKnownAt: found.created_at } : {},
+    );
+    // price_at_commit joins the hashed request only when set, so keys stored before it existed still replay.
+    const { priceAtCommit, ...hashed } = input;
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "CommitReservation", request: input }, async () => {
+        const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "CommitReservation", request: priceAtCommit ? input : hashed }, async () => {
           // Account lock first (the ledger's order), then the reservation.
           await this.sequelize.query(`SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, { bind: [found.account_id], transaction: t });
           const r = await this.lock(t, found.account_id, id!);
@@ -229,8 +255,10 @@ function view(r: Row): ReservationView {
     creditsCommitted: BigInt(r.credits_committed),
     expiresAt: r.expires_at,
     createdAt: r.created_at,
+    costConfigVersionId: r.cost_config_version_id ?? "",
   };
   if (r.settled_at) out.settledAt = r.settled_at;
+  if (r.priced_at) out.pricedAt = r.priced_at;
   return out;
 }
 

@@ -80,6 +80,9 @@ export interface UsageLogEntry {
   relatedObjectId: string;
   metadata: JsonObject;
   createdAt: Date;
+  /** The price versions it was priced with ("" when unknown). */
+  costConfigVersionId?: string;
+  modelPriceVersionId?: string;
 }
 
 /** What an operation used; credits > 0 charges exactly that. */
@@ -114,4 +117,7 @@ export interface UsageRecord {
   tokensOutput: bigint;
   relatedObjectType: string;
   relatedObjectId: string;
+  /** The price versions it was priced with ("" when none). */
+  costConfigVersionId: string;
+  modelPriceVersionId: string;
 }

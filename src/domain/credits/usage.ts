@@ -1,6 +1,16 @@
 /**
  * Reading usage: per-operation usage logs (keyset-paginated) and summaries
  * grouped by operation, model or UTC day, aggregated in SQL.
+ *
+ * cost_usd is always the cost at the prices of the time (each log keeps what
+ * it was priced at, and the price version ids). With reprice_at a summary
+ * also answers what the same usage costs at the model prices in force then:
+ * token usage from its token counts; image usage from its cost and the
+ * per-image price of the version it was priced with (usage logs keep no
+ * image count); each log rounded to scale 4 half-up like cost_usd. A log
+ * that cannot be repriced (no model, no version in force then, a price the
+ * version lacks, or an image log older than price versions) counts at its
+ * cost_usd.
  */
 import { QueryTypes, type Sequelize } from "sequelize";
 import { PRICE, formatMoney } from "../../money.js";
@@ -19,6 +29,8 @@ export interface SummaryGroup {
   costUsd: string;
   tokensInput: bigint;
   tokensOutput: bigint;
+  /** With reprice_at only. */
+  repricedCostUsd?: string;
 }
 
 interface LogRow {
@@ -34,7 +46,26 @@ interface LogRow {
   related_object_id: string;
   metadata: JsonObject;
   created_at: Date;
+  cost_config_version_id: string | null;
+  model_price_version_id: string | null;
 }
+
+/**
+ * What log `l` costs at the model prices in force at bind parameter `at`:
+ * the version then (nv) and the one the log was priced with (ov); NULL when
+ * it cannot say.
+ */
+const repriced = (at: number) => `LEFT JOIN LATERAL (
+    SELECT CASE
+      WHEN coalesce(l.tokens_input, 0) = 0 AND coalesce(l.tokens_output, 0) = 0 THEN
+        CASE WHEN nv.cost_per_image IS NOT NULL AND ov.cost_per_image IS NOT NULL AND l.cost_usd IS NOT NULL
+             THEN round(l.cost_usd / ov.cost_per_image * nv.cost_per_image, 4) END
+      WHEN nv.input_cost_per_1m IS NOT NULL AND (coalesce(l.tokens_output, 0) = 0 OR nv.output_cost_per_1m IS NOT NULL)
+        THEN round((coalesce(l.tokens_input, 0) * nv.input_cost_per_1m + coalesce(l.tokens_output, 0) * coalesce(nv.output_cost_per_1m, 0)) / 1000000, 4)
+    END AS cost
+    FROM (SELECT * FROM model_price_versions v WHERE v.model_name = l.model_used AND l.model_used <> '' AND v.cancelled_at IS NULL AND v.effective_from <= $${at}
+          ORDER BY v.effective_from DESC LIMIT 1) nv
+    LEFT JOIN model_price_versions ov ON ov.id = l.model_price_version_id) r ON true`;
 
 /** The usage reading service. */
 export class UsageReports {
@@ -68,22 +99,24 @@ export class UsageReports {
   }
 
   /** Usage summed per group over [start, end), computed by PostgreSQL. */
-  async summary(input: { accountId: string; startTime?: Date; endTime?: Date; groupBy: GroupBy | undefined }): Promise<{ groups: SummaryGroup[]; total: SummaryGroup }> {
+  async summary(input: { accountId: string; startTime?: Date; endTime?: Date; groupBy: GroupBy | undefined; repriceAt?: Date }): Promise<{ groups: SummaryGroup[]; total: SummaryGroup }> {
     const v = new Violations();
     if (input.accountId !== "") v.collect(() => requireId(input.accountId, "account_id"));
     if (!input.groupBy) v.add("group_by", "must be OPERATION, MODEL or DAY");
     if (input.startTime && input.endTime && input.startTime > input.endTime) v.add("end_time", "must not be before start_time");
     v.throwIfAny();
-    const key = { operation: "operation_type", model: "model_used", day: `to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')` }[input.groupBy!];
+    const key = { operation: "l.operation_type", model: "l.model_used", day: `to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')` }[input.groupBy!];
     const where: string[] = [];
     const bind: unknown[] = [];
-    if (input.accountId) where.push(`account_id = $${bind.push(input.accountId)}`);
-    if (input.startTime) where.push(`created_at >= $${bind.push(input.startTime.toISOString())}`);
-    if (input.endTime) where.push(`created_at < $${bind.push(input.endTime.toISOString())}`);
-    const rows = await this.sequelize.query<{ key: string | null; operations: string; credits: string; cost_usd: string; tokens_input: string; tokens_output: string }>(
-      `SELECT ${key} AS key, count(*) AS operations, COALESCE(sum(credits_used), 0) AS credits, COALESCE(sum(cost_usd), 0) AS cost_usd,
-              COALESCE(sum(tokens_input), 0) AS tokens_input, COALESCE(sum(tokens_output), 0) AS tokens_output
-       FROM credit_usage_logs ${where.length ? "WHERE " + where.join(" AND ") : ""}
+    const join = input.repriceAt ? repriced(bind.push(input.repriceAt.toISOString())) : "";
+    if (input.accountId) where.push(`l.account_id = $${bind.push(input.accountId)}`);
+    if (input.startTime) where.push(`l.created_at >= $${bind.push(input.startTime.toISOString())}`);
+    if (input.endTime) where.push(`l.created_at < $${bind.push(input.endTime.toISOString())}`);
+    const repricedSum = input.repriceAt ? `COALESCE(sum(COALESCE(r.cost, l.cost_usd)), 0)` : `NULL::numeric`;
+    const rows = await this.sequelize.query<{ key: string | null; operations: string; credits: string; cost_usd: string; tokens_input: string; tokens_output: string; repriced: string | null }>(
+      `SELECT ${key} AS key, count(*) AS operations, COALESCE(sum(l.credits_used), 0) AS credits, COALESCE(sum(l.cost_usd), 0) AS cost_usd,
+              COALESCE(sum(l.tokens_input), 0) AS tokens_input, COALESCE(sum(l.tokens_output), 0) AS tokens_output, ${repricedSum} AS repriced
+       FROM credit_usage_logs l ${join} ${where.length ? "WHERE " + where.join(" AND ") : ""}
        GROUP BY ROLLUP (${key}) ORDER BY ${key} NULLS LAST`,
       { bind, type: QueryTypes.SELECT },
     );
@@ -95,8 +128,11 @@ export class UsageReports {
       costUsd: formatMoney(r.cost_usd, PRICE),
       tokensInput: BigInt(r.tokens_input),
       tokensOutput: BigInt(r.tokens_output),
+      ...(input.repriceAt ? { repricedCostUsd: formatMoney(r.repriced ?? 0, PRICE) } : {}),
     }));
-    const total = groups.length ? groups.pop()! : { key: "", operations: 0n, credits: 0n, costUsd: "0.0000", tokensInput: 0n, tokensOutput: 0n };
+    const total = groups.length
+      ? groups.pop()!
+      : { key: "", operations: 0n, credits: 0n, costUsd: "0.0000", tokensInput: 0n, tokensOutput: 0n, ...(input.repriceAt ? { repricedCostUsd: "0.0000" } : {}) };
     return { groups, total };
   }
 }
@@ -115,5 +151,7 @@ function logView(r: LogRow): UsageLogEntry {
     relatedObjectId: r.related_object_id,
     metadata: r.metadata,
     createdAt: r.created_at,
+    costConfigVersionId: r.cost_config_version_id ?? "",
+    modelPriceVersionId: r.model_price_version_id ?? "",
   };
 }
