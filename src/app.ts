@@ -29,7 +29,13 @@ import type { Logger } from "./logger.js";
 import { createRoutes } from "./routes.js";
 import { Events } from "./domain/events/events.js";
 import { EventFeed } from "./domain/events/feed.js";
+import { DEFAULT_WEBHOOK_SETTINGS, WebhookDelivery } from "./domain/events/webhook-delivery.js";
+import { WebhookEndpoints } from "./domain/events/webhook-endpoints.js";
+import { eventJson } from "./handlers/event-service.js";
+import { Counter } from "prom-client";
 import { BalanceAlerts } from "./domain/automation/balance-alerts.js";
+import { AutoTopUps } from "./domain/automation/auto-top-up.js";
+import { AutoTopUpWorker } from "./domain/automation/auto-top-up-worker.js";
 import { createBillingServer, type BillingServer, type Lifecycle } from "./server.js";
 import { Metrics, type PoolStats } from "./metrics.js";
 import { createMetricsRoute, createProbeRoutes } from "./handlers/probes.js";
@@ -76,8 +82,29 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   const paymentMethods = new PaymentMethods(sequelize, new SecretBox(config.secretKey));
   const webhooks = new Webhooks(sequelize, payments, paymentMethods);
   const events = new Events(sequelize);
-  const eventDeps = { events, feed: new EventFeed(events) };
-  const automationDeps = { alerts: new BalanceAlerts(sequelize) };
+  // Outbound webhooks: endpoints through the API, deliveries by a worker in every replica (README, "Webhooks out").
+  const webhookSettings = { ...DEFAULT_WEBHOOK_SETTINGS, ...config.webhooks };
+  const signingSecrets = new SecretBox(config.secretKey);
+  const webhookOutcomes = metrics && new Counter({ name: "billing_webhook_out_attempts_total", help: "Outbound webhook attempts, by outcome (delivered, retrying, failed, skipped)", labelNames: ["outcome"], registers: [metrics.registry] });
+  const webhookDelivery = new WebhookDelivery(sequelize, {
+    settings: webhookSettings,
+    events,
+    secrets: signingSecrets,
+    render: eventJson,
+    log: logger,
+    onOutcome: (outcome) => webhookOutcomes?.inc({ outcome }),
+    userAgent: `billing-webhooks/${VERSION}`,
+  });
+  const eventDeps = { events, feed: new EventFeed(events), webhookEndpoints: new WebhookEndpoints(sequelize, signingSecrets, events, webhookSettings.allowPrivateUrls) };
+  const automationDeps = { alerts: new BalanceAlerts(sequelize), autoTopUps: new AutoTopUps(sequelize) };
+  // Auto top-up: a worker in every replica charges the attempts the balance trigger starts (README, "Auto top-up").
+  const autoTopUpWorker = config.autoTopUp
+    ? new AutoTopUpWorker(sequelize, invoices, payments, paymentMethods, logger, {
+        pollMs: config.autoTopUp.pollMs,
+        chargeTimeoutMs: config.autoTopUp.chargeTimeoutMs,
+        apiBases: { stripe: config.autoTopUp.stripeApiBase },
+      })
+    : undefined;
   const serving = async () => !lifecycle.draining && (await databaseIsUp(sequelize));
   const probes = createProbeRoutes({ lifecycle, databaseIsUp: () => databaseIsUp(sequelize), pendingMigrations: () => pendingMigrations(sequelize) });
   const metricsRoute = metrics ? createMetricsRoute(metrics) : undefined;
@@ -103,7 +130,8 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
       .expireDue()
       .then((accounts) => accounts.forEach((a) => notifications.announce(a)))
       .then(() => credit.lots.warnExpiring(config.lotExpiryWarningMs ?? 72 * 3_600_000))
-      .catch((err: unknown) => logger.warn("lot expiry sweep failed", { error: err instanceof Error ? err.message : String(err) }));
+      .then(() => credit.reservations.expireDue())
+      .catch((err: unknown) => logger.warn("expiry sweep failed", { error: err instanceof Error ? err.message : String(err) }));
   const purge = () =>
     purgeIdempotencyKeys(sequelize).then(
       (n) => n > 0 && logger.info("purged idempotency keys", { count: n }),
@@ -115,12 +143,15 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
       if (metricsServer) await new Promise<void>((resolve, reject) => metricsServer.once("error", reject).listen(config.metrics as number, host, () => resolve()));
       purgeTimer = setInterval(purge, 60 * 60 * 1000).unref();
       sweepTimer = setInterval(sweep, config.sweepIntervalMs ?? SWEEP_MS).unref();
+      webhookDelivery.start();
+      autoTopUpWorker?.start();
       return bound;
     },
     async close(graceMs) {
       clearInterval(purgeTimer);
       clearInterval(sweepTimer);
-      await server.close(graceMs);
+      // Sends in flight get the same grace as calls in flight; the rest are retried later (by any replica).
+      await Promise.all([server.close(graceMs), webhookDelivery.stop(graceMs), autoTopUpWorker?.stop()]);
       metricsServer?.close();
       await notifications.close();
     },

@@ -5,6 +5,7 @@ import { ApiKeyRing } from "./auth/api-keys.js";
 import { type LogLevel, parseLogLevel } from "./logger.js";
 import { DEFAULT_SERVER_LIMITS, type ServerLimits } from "./server.js";
 import { availableParallelism } from "node:os";
+import { DEFAULT_WEBHOOK_SETTINGS, type WebhookSettings } from "./domain/events/webhook-delivery.js";
 
 export interface Config {
   port: number;
@@ -31,10 +32,28 @@ export interface Config {
   databaseConnectTimeoutMs?: number;
   /** WORKERS: how many server processes share the port (node:cluster); 1 serves from this process. */
   workers?: number;
+  /** WEBHOOK_*: outbound webhook delivery (README, "Webhooks out"); unset fields take DEFAULT_WEBHOOK_SETTINGS. */
+  webhooks?: Partial<WebhookSettings>;
   /** LOT_EXPIRY_WARNING_HOURS: lead time of credit_lot.expiring_soon events (default 72). */
   lotExpiryWarningMs?: number;
   /** SWEEP_INTERVAL_MS: how often due lots and reservations are expired and expiry warnings written (default 30000). */
   sweepIntervalMs?: number;
+  /**
+   * The auto top-up worker (README, "Auto top-up"). loadConfig always sets
+   * it; unset (a Config built by hand, as the test harness's) runs no
+   * worker in this process, so nothing is charged at the real provider.
+   */
+  autoTopUp?: AutoTopUpSettings;
+}
+
+/** AUTO_TOP_UP_* and STRIPE_API_BASE. */
+export interface AutoTopUpSettings {
+  /** AUTO_TOP_UP_POLL_MS: how often due top-ups are looked for (default 2000). */
+  pollMs: number;
+  /** AUTO_TOP_UP_CHARGE_TIMEOUT_MS: how long a charge may take before its outcome counts as unknown (default 30000). */
+  chargeTimeoutMs: number;
+  /** STRIPE_API_BASE: Stripe's API base URL, no trailing slash (default https://api.stripe.com). */
+  stripeApiBase: string;
 }
 
 /** Every problem found in the configuration, each naming its variable. */
@@ -84,6 +103,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     lotExpiryWarningMs: read("LOT_EXPIRY_WARNING_HOURS", () => positiveInteger(env, "LOT_EXPIRY_WARNING_HOURS", 72) * 3_600_000, 72 * 3_600_000),
     sweepIntervalMs: read("SWEEP_INTERVAL_MS", () => positiveInteger(env, "SWEEP_INTERVAL_MS", 30_000), 30_000),
     workers: read("WORKERS", () => (env.WORKERS === "auto" ? availableParallelism() : Math.min(positiveInteger(env, "WORKERS", 1), 256)), 1),
+    autoTopUp: {
+      pollMs: read("AUTO_TOP_UP_POLL_MS", () => positiveInteger(env, "AUTO_TOP_UP_POLL_MS", 2_000), 0),
+      chargeTimeoutMs: read("AUTO_TOP_UP_CHARGE_TIMEOUT_MS", () => positiveInteger(env, "AUTO_TOP_UP_CHARGE_TIMEOUT_MS", 30_000), 0),
+      stripeApiBase: read("STRIPE_API_BASE", () => apiBase(env, "STRIPE_API_BASE", "https://api.stripe.com"), ""),
+    },
+    webhooks: {
+      allowPrivateUrls: read("WEBHOOK_ALLOW_PRIVATE_URLS", () => onOff(env, "WEBHOOK_ALLOW_PRIVATE_URLS", false), false),
+      pollMs: read("WEBHOOK_POLL_MS", () => positiveInteger(env, "WEBHOOK_POLL_MS", DEFAULT_WEBHOOK_SETTINGS.pollMs), 0),
+      timeoutMs: read("WEBHOOK_TIMEOUT_MS", () => positiveInteger(env, "WEBHOOK_TIMEOUT_MS", DEFAULT_WEBHOOK_SETTINGS.timeoutMs), 0),
+      maxAttempts: read("WEBHOOK_MAX_ATTEMPTS", () => Math.min(positiveInteger(env, "WEBHOOK_MAX_ATTEMPTS", DEFAULT_WEBHOOK_SETTINGS.maxAttempts), 1000), 0),
+      retryBaseMs: read("WEBHOOK_RETRY_BASE_MS", () => positiveInteger(env, "WEBHOOK_RETRY_BASE_MS", DEFAULT_WEBHOOK_SETTINGS.retryBaseMs), 0),
+      retryMaxDelayMs: read("WEBHOOK_RETRY_MAX_DELAY_MS", () => positiveInteger(env, "WEBHOOK_RETRY_MAX_DELAY_MS", DEFAULT_WEBHOOK_SETTINGS.retryMaxDelayMs), 0),
+      concurrency: read("WEBHOOK_CONCURRENCY", () => Math.min(positiveInteger(env, "WEBHOOK_CONCURRENCY", DEFAULT_WEBHOOK_SETTINGS.concurrency), 1000), 0),
+    },
   };
   if (env.DATABASE_URL) read("DATABASE_URL", () => (config.databaseUrl = checkDatabaseUrl(env.DATABASE_URL!)), "");
   if (env.DATA_DIR) config.dataDir = env.DATA_DIR;
@@ -150,6 +183,21 @@ function oneOf<T extends string>(env: NodeJS.ProcessEnv, name: string, values: r
   if (raw === undefined || raw === "") return fallback;
   if (!(values as readonly string[]).includes(raw)) throw new Error(`${name} must be one of ${values.join(", ")} (got ${JSON.stringify(raw)})`);
   return raw as T;
+}
+
+/** A provider API base URL (http or https, no query or fragment), without a trailing slash; its default when unset. */
+function apiBase(env: NodeJS.ProcessEnv, name: string, fallback: string): string {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`${name} must be a URL like ${fallback} (got ${JSON.stringify(raw)})`);
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") throw new Error(`${name} must be an http(s) URL (got ${url.protocol}//…)`);
+  if (url.search || url.hash || url.username || url.password) throw new Error(`${name} must have no query, fragment or credentials`);
+  return raw.replace(/\/+$/, "");
 }
 
 /** METRICS_PORT: unset serves /metrics on the main port, "" nowhere, a port number on that port. */

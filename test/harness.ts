@@ -100,6 +100,8 @@ export async function startHarness(): Promise<Harness> {
     corsOrigins: [CORS_ORIGIN],
     secretKey: TEST_SECRET_KEY,
     logLevel: "silent",
+    // Webhook receivers in the tests listen on 127.0.0.1; retries come quickly.
+    webhooks: { allowPrivateUrls: true, pollMs: 100, retryBaseMs: 200, retryMaxDelayMs: 2_000, maxAttempts: 3, timeoutMs: 3_000 },
     // Sweeps (lot and reservation expiry, expiry warnings) every half second, warning an hour ahead.
     sweepIntervalMs: 500,
     lotExpiryWarningMs: 3_600_000,

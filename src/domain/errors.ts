@@ -50,6 +50,7 @@ export const Reason = {
   NotImplemented: "NOT_IMPLEMENTED",
   DeadlineExceeded: "DEADLINE_EXCEEDED",
   Draining: "DRAINING",
+  PaymentMethodRequired: "PAYMENT_METHOD_REQUIRED",
   /** Only src/errors.ts answers this, for unexpected failures. */
   Internal: "INTERNAL",
 } as const;

@@ -120,6 +120,8 @@ function accountMethodInput(m: AccountPaymentMethod | undefined): AccountMethodI
     countryCode: c.countryCode,
     instructions: c.instructions,
     metadata: (c.metadata ?? {}) as Record<string, unknown>,
+    providerCustomerId: c.providerCustomerId,
+    providerPaymentMethodId: c.providerPaymentMethodId,
   };
 }
 

@@ -145,6 +145,18 @@ describe("EventService events", () => {
     expect(await eventsOf(account, ["credit_lot.expiring_soon"])).to.have.length(1);
   });
 
+  it("writes reservation.expired once when a hold runs out uncommitted, and nothing for a released one", async () => {
+    const account = newAccount("evt-hold");
+    await grant(account, 100n);
+    const { reservation } = await credits().reserveCredits({ accountId: account, operationType: "linking", credits: 30n, ttl: { seconds: 1n, nanos: 0 }, idempotencyKey: key() });
+    const released = (await credits().reserveCredits({ accountId: account, operationType: "linking", credits: 5n, ttl: { seconds: 1n, nanos: 0 }, idempotencyKey: key() })).reservation!;
+    await credits().releaseReservation({ reservationId: released.id });
+    const expired = await waitForEvents(account, ["reservation.expired"], 1);
+    expect(expired.map((e) => e.data.value)).to.deep.equal([{ $typeName: "billing.v1.ReservationExpired", reservationId: reservation!.id, credits: 30n }]);
+    await sleep(1000);
+    expect(await eventsOf(account, ["reservation.expired"])).to.have.length(1);
+  });
+
   it("writes invoice.finalized, payment.succeeded, invoice.paid and payment.refunded (with the refunded amount) for a package purchase", async () => {
     const account = newAccount("evt-pay");
     const { invoice, payment } = await pendingPackagePayment(account, 300n);

@@ -1,5 +1,5 @@
 /**
- * A seeded, bounded fuzz of every unary RPC of the four billing services.
+ * A seeded, bounded fuzz of every unary RPC of the billing services.
  *
  * Requests are generated from the service descriptors (random values by field
  * type: odd strings, int64 extremes, negative numbers, unknown enum numbers,
@@ -24,7 +24,9 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { expect } from "chai";
 import http from "node:http";
 import http2 from "node:http2";
+import { AutomationService } from "../../gen/billing/v1/automation_service_pb.js";
 import { CreditService, CreditTransactionType, GetBillingConfigurationResponseSchema } from "../../gen/billing/v1/credit_service_pb.js";
+import { EventService } from "../../gen/billing/v1/event_service_pb.js";
 import { InvoiceService } from "../../gen/billing/v1/invoice_service_pb.js";
 import { ModelConfigService } from "../../gen/billing/v1/model_config_service_pb.js";
 import { PaymentService } from "../../gen/billing/v1/payment_service_pb.js";
@@ -39,7 +41,7 @@ const CONCURRENCY = 8;
 /** No new request starts after this long (the whole test stays under a minute). */
 const BUDGET_MS = 40_000;
 
-const SERVICES: DescService[] = [CreditService, InvoiceService, PaymentService, ModelConfigService];
+const SERVICES: DescService[] = [CreditService, InvoiceService, PaymentService, ModelConfigService, EventService, AutomationService];
 const MONEY = new Set(["GrantCredits", "DeductCredits", "AdjustCredits"]);
 /** A valid request of each money-moving RPC (account and key are filled in). */
 const VALID_MONEY: Record<string, Record<string, JsonValue>> = {
@@ -500,14 +502,18 @@ describe("hostile input: seeded fuzz of every unary RPC", function () {
   let sent = 0;
   let skipped = 0;
   let billingConfigBefore: string | undefined;
+  let startedAt = new Date();
 
   before(async () => {
+    startedAt = new Date((await harness().sequelize.query<{ now: Date }>(`SELECT now() AS now`, { type: "SELECT" as never }))[0]!.now);
     billingConfigBefore = toJsonString(GetBillingConfigurationResponseSchema, await client(CreditService, TOKENS.admin).getBillingConfiguration({}));
   });
 
-  after(() => {
+  after(async () => {
     h1Agent.destroy();
     session?.close();
+    // A fuzzed CreateWebhookEndpoint may have registered a random URL: later tests' events must not queue deliveries to it.
+    await harness().sequelize.query(`DELETE FROM webhook_endpoints WHERE created_at >= $1`, { bind: [startedAt.toISOString()] });
   });
 
   it("answers random, mutated and corrupt requests on every protocol without INTERNAL, UNKNOWN or HTTP 5xx", async () => {

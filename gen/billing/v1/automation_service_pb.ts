@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file billing/v1/automation_service.proto.
  */
 export const file_billing_v1_automation_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNiaWxsaW5nL3YxL2F1dG9tYXRpb25fc2VydmljZS5wcm90bxIKYmlsbGluZy52MSItChdHZXRCYWxhbmNlQWxlcnRzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIkIKGEdldEJhbGFuY2VBbGVydHNSZXNwb25zZRISCgphY2NvdW50X2lkGAEgASgJEhIKCnRocmVzaG9sZHMYAiADKAMiQQoXU2V0QmFsYW5jZUFsZXJ0c1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRISCgp0aHJlc2hvbGRzGAIgAygDIkIKGFNldEJhbGFuY2VBbGVydHNSZXNwb25zZRISCgphY2NvdW50X2lkGAEgASgJEhIKCnRocmVzaG9sZHMYAiADKAMi1QEKCUF1dG9Ub3BVcBISCgphY2NvdW50X2lkGAEgASgJEg8KB2VuYWJsZWQYAiABKAgSEQoJdGhyZXNob2xkGAMgASgDEhIKCnBhY2thZ2VfaWQYBCABKAkSFQoNbW9udGhseV9saW1pdBgFIAEoBRIcChRtb250aGx5X2Ftb3VudF9saW1pdBgGIAEoCRIXCg9kaXNhYmxlZF9yZWFzb24YByABKAkSLgoKdXBkYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKQoTR2V0QXV0b1RvcFVwUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIkIKFEdldEF1dG9Ub3BVcFJlc3BvbnNlEioKC2F1dG9fdG9wX3VwGAEgASgLMhUuYmlsbGluZy52MS5BdXRvVG9wVXAidQoWVXBkYXRlQXV0b1RvcFVwUmVxdWVzdBIqCgthdXRvX3RvcF91cBgBIAEoCzIVLmJpbGxpbmcudjEuQXV0b1RvcFVwEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJFChdVcGRhdGVBdXRvVG9wVXBSZXNwb25zZRIqCgthdXRvX3RvcF91cBgBIAEoCzIVLmJpbGxpbmcudjEuQXV0b1RvcFVwItMCChBBdXRvVG9wVXBBdHRlbXB0EgoKAmlkGAEgASgJEhIKCmFjY291bnRfaWQYAiABKAkSKQoFc3RhdGUYAyABKA4yGi5iaWxsaW5nLnYxLkF1dG9Ub3BVcFN0YXRlEhIKCnBhY2thZ2VfaWQYBCABKAkSDwoHY3JlZGl0cxgFIAEoAxIRCgl0aHJlc2hvbGQYBiABKAMSGgoSYmFsYW5jZV9hdF90cmlnZ2VyGAcgASgDEhIKCmludm9pY2VfaWQYCCABKAkSEgoKcGF5bWVudF9pZBgJIAEoCRIWCg5mYWlsdXJlX3JlYXNvbhgKIAEoCRIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlIKFUxpc3RBdXRvVG9wVXBzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImEKFkxpc3RBdXRvVG9wVXBzUmVzcG9uc2USLgoIYXR0ZW1wdHMYASADKAsyHC5iaWxsaW5nLnYxLkF1dG9Ub3BVcEF0dGVtcHQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKtIBCg5BdXRvVG9wVXBTdGF0ZRIhCh1BVVRPX1RPUF9VUF9TVEFURV9VTlNQRUNJRklFRBAAEh0KGUFVVE9fVE9QX1VQX1NUQVRFX1BFTkRJTkcQARIgChxBVVRPX1RPUF9VUF9TVEFURV9QUk9DRVNTSU5HEAISHwobQVVUT19UT1BfVVBfU1RBVEVfU1VDQ0VFREVEEAMSHAoYQVVUT19UT1BfVVBfU1RBVEVfRkFJTEVEEAQSHQoZQVVUT19UT1BfVVBfU1RBVEVfU0tJUFBFRBAFMu0DChFBdXRvbWF0aW9uU2VydmljZRJiChBHZXRCYWxhbmNlQWxlcnRzEiMuYmlsbGluZy52MS5HZXRCYWxhbmNlQWxlcnRzUmVxdWVzdBokLmJpbGxpbmcudjEuR2V0QmFsYW5jZUFsZXJ0c1Jlc3BvbnNlIgOQAgESYgoQU2V0QmFsYW5jZUFsZXJ0cxIjLmJpbGxpbmcudjEuU2V0QmFsYW5jZUFsZXJ0c1JlcXVlc3QaJC5iaWxsaW5nLnYxLlNldEJhbGFuY2VBbGVydHNSZXNwb25zZSIDkAICElYKDEdldEF1dG9Ub3BVcBIfLmJpbGxpbmcudjEuR2V0QXV0b1RvcFVwUmVxdWVzdBogLmJpbGxpbmcudjEuR2V0QXV0b1RvcFVwUmVzcG9uc2UiA5ACARJaCg9VcGRhdGVBdXRvVG9wVXASIi5iaWxsaW5nLnYxLlVwZGF0ZUF1dG9Ub3BVcFJlcXVlc3QaIy5iaWxsaW5nLnYxLlVwZGF0ZUF1dG9Ub3BVcFJlc3BvbnNlElwKDkxpc3RBdXRvVG9wVXBzEiEuYmlsbGluZy52MS5MaXN0QXV0b1RvcFVwc1JlcXVlc3QaIi5iaWxsaW5nLnYxLkxpc3RBdXRvVG9wVXBzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiNiaWxsaW5nL3YxL2F1dG9tYXRpb25fc2VydmljZS5wcm90bxIKYmlsbGluZy52MSItChdHZXRCYWxhbmNlQWxlcnRzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIkIKGEdldEJhbGFuY2VBbGVydHNSZXNwb25zZRISCgphY2NvdW50X2lkGAEgASgJEhIKCnRocmVzaG9sZHMYAiADKAMiQQoXU2V0QmFsYW5jZUFsZXJ0c1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRISCgp0aHJlc2hvbGRzGAIgAygDIkIKGFNldEJhbGFuY2VBbGVydHNSZXNwb25zZRISCgphY2NvdW50X2lkGAEgASgJEhIKCnRocmVzaG9sZHMYAiADKAMihgIKCUF1dG9Ub3BVcBISCgphY2NvdW50X2lkGAEgASgJEg8KB2VuYWJsZWQYAiABKAgSEQoJdGhyZXNob2xkGAMgASgDEhIKCnBhY2thZ2VfaWQYBCABKAkSFQoNbW9udGhseV9saW1pdBgFIAEoBRIcChRtb250aGx5X2Ftb3VudF9saW1pdBgGIAEoCRIXCg9kaXNhYmxlZF9yZWFzb24YByABKAkSLgoKdXBkYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGlzYWJsZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIikKE0dldEF1dG9Ub3BVcFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCSJCChRHZXRBdXRvVG9wVXBSZXNwb25zZRIqCgthdXRvX3RvcF91cBgBIAEoCzIVLmJpbGxpbmcudjEuQXV0b1RvcFVwInUKFlVwZGF0ZUF1dG9Ub3BVcFJlcXVlc3QSKgoLYXV0b190b3BfdXAYASABKAsyFS5iaWxsaW5nLnYxLkF1dG9Ub3BVcBIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siRQoXVXBkYXRlQXV0b1RvcFVwUmVzcG9uc2USKgoLYXV0b190b3BfdXAYASABKAsyFS5iaWxsaW5nLnYxLkF1dG9Ub3BVcCKZAwoQQXV0b1RvcFVwQXR0ZW1wdBIKCgJpZBgBIAEoCRISCgphY2NvdW50X2lkGAIgASgJEikKBXN0YXRlGAMgASgOMhouYmlsbGluZy52MS5BdXRvVG9wVXBTdGF0ZRISCgpwYWNrYWdlX2lkGAQgASgJEg8KB2NyZWRpdHMYBSABKAMSEQoJdGhyZXNob2xkGAYgASgDEhoKEmJhbGFuY2VfYXRfdHJpZ2dlchgHIAEoAxISCgppbnZvaWNlX2lkGAggASgJEhIKCnBheW1lbnRfaWQYCSABKAkSFgoOZmFpbHVyZV9yZWFzb24YCiABKAkSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMY29tcGxldGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIaChJwcm92aWRlcl9yZWZlcmVuY2UYDSABKAkSGQoRcGF5bWVudF9tZXRob2RfaWQYDiABKAkSDQoFdHJpZXMYDyABKAUiUgoVTGlzdEF1dG9Ub3BVcHNSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiYQoWTGlzdEF1dG9Ub3BVcHNSZXNwb25zZRIuCghhdHRlbXB0cxgBIAMoCzIcLmJpbGxpbmcudjEuQXV0b1RvcFVwQXR0ZW1wdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkq0gEKDkF1dG9Ub3BVcFN0YXRlEiEKHUFVVE9fVE9QX1VQX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZQVVUT19UT1BfVVBfU1RBVEVfUEVORElORxABEiAKHEFVVE9fVE9QX1VQX1NUQVRFX1BST0NFU1NJTkcQAhIfChtBVVRPX1RPUF9VUF9TVEFURV9TVUNDRUVERUQQAxIcChhBVVRPX1RPUF9VUF9TVEFURV9GQUlMRUQQBBIdChlBVVRPX1RPUF9VUF9TVEFURV9TS0lQUEVEEAUy7QMKEUF1dG9tYXRpb25TZXJ2aWNlEmIKEEdldEJhbGFuY2VBbGVydHMSIy5iaWxsaW5nLnYxLkdldEJhbGFuY2VBbGVydHNSZXF1ZXN0GiQuYmlsbGluZy52MS5HZXRCYWxhbmNlQWxlcnRzUmVzcG9uc2UiA5ACARJiChBTZXRCYWxhbmNlQWxlcnRzEiMuYmlsbGluZy52MS5TZXRCYWxhbmNlQWxlcnRzUmVxdWVzdBokLmJpbGxpbmcudjEuU2V0QmFsYW5jZUFsZXJ0c1Jlc3BvbnNlIgOQAgISVgoMR2V0QXV0b1RvcFVwEh8uYmlsbGluZy52MS5HZXRBdXRvVG9wVXBSZXF1ZXN0GiAuYmlsbGluZy52MS5HZXRBdXRvVG9wVXBSZXNwb25zZSIDkAIBEloKD1VwZGF0ZUF1dG9Ub3BVcBIiLmJpbGxpbmcudjEuVXBkYXRlQXV0b1RvcFVwUmVxdWVzdBojLmJpbGxpbmcudjEuVXBkYXRlQXV0b1RvcFVwUmVzcG9uc2USXAoOTGlzdEF1dG9Ub3BVcHMSIS5iaWxsaW5nLnYxLkxpc3RBdXRvVG9wVXBzUmVxdWVzdBoiLmJpbGxpbmcudjEuTGlzdEF1dG9Ub3BVcHNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * Request for AutomationService.GetBalanceAlerts.
@@ -169,7 +169,9 @@ export type AutoTopUp = Message<"billing.v1.AutoTopUp"> & {
   monthlyAmountLimit: string;
 
   /**
-   * Why it was switched off on its own (e.g. a declined card); cleared when enabled again.
+   * Why it was switched off on its own (e.g. a declined card); cleared when
+   * enabled again, when the account's default payment method is changed or
+   * updated, and at the start of the next calendar month (UTC).
    *
    * @generated from field: string disabled_reason = 7;
    */
@@ -181,6 +183,13 @@ export type AutoTopUp = Message<"billing.v1.AutoTopUp"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 8;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * When it was switched off on its own; unset otherwise.
+   *
+   * @generated from field: google.protobuf.Timestamp disabled_at = 9;
+   */
+  disabledAt?: Timestamp | undefined;
 };
 
 /**
@@ -247,6 +256,7 @@ export type UpdateAutoTopUpRequest = Message<"billing.v1.UpdateAutoTopUpRequest"
 
   /**
    * The fields to change: enabled, threshold, package_id, monthly_limit, monthly_amount_limit.
+   * Empty: the fields given with a non-default value.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -370,6 +380,28 @@ export type AutoTopUpAttempt = Message<"billing.v1.AutoTopUpAttempt"> & {
    * @generated from field: google.protobuf.Timestamp completed_at = 12;
    */
   completedAt?: Timestamp | undefined;
+
+  /**
+   * The provider's payment (Stripe: the PaymentIntent pi_…), once charged.
+   *
+   * @generated from field: string provider_reference = 13;
+   */
+  providerReference: string;
+
+  /**
+   * The account's saved payment method charged, once the charge is prepared.
+   *
+   * @generated from field: string payment_method_id = 14;
+   */
+  paymentMethodId: string;
+
+  /**
+   * How many times a worker took it up (a charge with no answer is retried
+   * under the same idempotency key).
+   *
+   * @generated from field: int32 tries = 15;
+   */
+  tries: number;
 };
 
 /**
@@ -551,9 +583,13 @@ export const AutomationService: GenService<{
   /**
    * Changes the fields named in update_mask of an account's auto top-up
    * settings (admin, or the account itself). Enabling clears a disabled_reason.
+   * Enabled settings need a threshold above zero, an active package_id and a
+   * default payment method that can be charged off-session (STRIPE, enabled,
+   * with provider_customer_id and provider_payment_method_id).
    * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); NOT_FOUND
-   * (NOT_FOUND: package_id); FAILED_PRECONDITION (FAILED_PRECONDITION: enabling with no default
-   * payment method that can be charged off-session).
+   * (NOT_FOUND: package_id); FAILED_PRECONDITION (PACKAGE_INACTIVE: the package is not for sale;
+   * PAYMENT_METHOD_REQUIRED: enabling with no default payment method that can be charged
+   * off-session).
    *
    * @generated from rpc billing.v1.AutomationService.UpdateAutoTopUp
    */

@@ -709,7 +709,7 @@ export type WebhookEndpoint = Message<"billing.v1.WebhookEndpoint"> & {
   id: string;
 
   /**
-   * Where events are POSTed (http or https).
+   * Where events are POSTed (http or https), normalised (e.g. a trailing "/" after a bare host).
    *
    * @generated from field: string url = 2;
    */
@@ -730,7 +730,7 @@ export type WebhookEndpoint = Message<"billing.v1.WebhookEndpoint"> & {
   eventTypes: string[];
 
   /**
-   * False: nothing is sent to it.
+   * False: nothing is sent to it (events while disabled get no delivery).
    *
    * @generated from field: bool enabled = 5;
    */
@@ -1067,7 +1067,7 @@ export type WebhookDelivery = Message<"billing.v1.WebhookDelivery"> & {
   state: WebhookDeliveryState;
 
   /**
-   * Attempts made.
+   * Attempts started (an attempt cut short by a crash counts).
    *
    * @generated from field: int32 attempts = 6;
    */
@@ -1271,7 +1271,8 @@ export enum WebhookEndpointState {
   HEALTHY = 1,
 
   /**
-   * A delivery ran out of retries; new events are still attempted.
+   * A delivery ran out of retries and none has succeeded since; new events
+   * are still attempted, and the next success (or enabling it) makes it HEALTHY.
    *
    * @generated from enum value: WEBHOOK_ENDPOINT_STATE_FAILING = 2;
    */
@@ -1298,7 +1299,7 @@ export enum WebhookDeliveryState {
   UNSPECIFIED = 0,
 
   /**
-   * Not yet delivered; retried at next_attempt_at.
+   * Not yet delivered; (re)tried at next_attempt_at, with exponential backoff and jitter.
    *
    * @generated from enum value: WEBHOOK_DELIVERY_STATE_PENDING = 1;
    */
@@ -1312,7 +1313,7 @@ export enum WebhookDeliveryState {
   DELIVERED = 2,
 
   /**
-   * Out of retries.
+   * Out of retries (WEBHOOK_MAX_ATTEMPTS), or its endpoint was disabled.
    *
    * @generated from enum value: WEBHOOK_DELIVERY_STATE_FAILED = 3;
    */
@@ -1371,10 +1372,11 @@ export const EventService: GenService<{
   },
   /**
    * Admin only: registers a webhook endpoint; its signing secret is in this
-   * response only.
+   * response only (stored encrypted with BILLING_SECRET_KEY).
    * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest: a URL that is not
-   * http(s), or that resolves to a private or loopback address unless allowed by configuration;
-   * an unknown event type).
+   * http(s), holds credentials or a fragment, or that is or resolves to a loopback, private,
+   * link-local or metadata address unless WEBHOOK_ALLOW_PRIVATE_URLS is on; an unknown event type);
+   * FAILED_PRECONDITION (SECRET_KEY_MISSING: BILLING_SECRET_KEY is not configured).
    *
    * @generated from rpc billing.v1.EventService.CreateWebhookEndpoint
    */
@@ -1407,7 +1409,10 @@ export const EventService: GenService<{
   },
   /**
    * Admin only: changes the fields named in update_mask (url, description,
-   * event_types, enabled). Enabling a FAILING endpoint makes it HEALTHY.
+   * event_types, enabled; an empty mask: the fields set to non-default values).
+   * Enabling a FAILING endpoint makes it HEALTHY; disabling it fails its
+   * PENDING deliveries (last_error "endpoint disabled"; RedeliverEvent sends
+   * them again).
    * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); NOT_FOUND
    * (NOT_FOUND).
    *
@@ -1444,8 +1449,8 @@ export const EventService: GenService<{
   /**
    * Admin only: sends an event again (same event id) to one endpoint, or to
    * every enabled endpoint subscribed to its type.
-   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest); NOT_FOUND
-   * (NOT_FOUND: the event or the endpoint).
+   * Errors: INVALID_ARGUMENT (INVALID_ARGUMENT: bad fields, named in BadRequest, incl. an
+   * endpoint_id naming a disabled endpoint); NOT_FOUND (NOT_FOUND: the event or the endpoint).
    *
    * @generated from rpc billing.v1.EventService.RedeliverEvent
    */

@@ -37,6 +37,8 @@ CREATE TABLE balance_thresholds (
   PRIMARY KEY (account_id, threshold)
 );
 ALTER TABLE billing_accounts ADD COLUMN watch_min bigint, ADD COLUMN watch_max bigint;
+-- The expiry sweep's way to holds that ran out (reservation.expired).
+CREATE INDEX credit_reservations_due ON credit_reservations (expires_at) WHERE status = 'active';
 
 -- Auto top-up settings and attempts. At most one attempt is in flight per
 -- account; the balance trigger inserts it once per crossing.
@@ -48,6 +50,7 @@ CREATE TABLE auto_top_up_settings (
   monthly_limit        integer NOT NULL DEFAULT 0 CHECK (monthly_limit >= 0),
   monthly_amount_limit numeric(12,4) CHECK (monthly_amount_limit >= 0),
   disabled_reason      varchar(255) NOT NULL DEFAULT '',
+  disabled_at          timestamptz,
   updated_by           varchar(255) NOT NULL DEFAULT '',
   created_at           timestamptz NOT NULL DEFAULT now(),
   updated_at           timestamptz NOT NULL DEFAULT now(),
@@ -63,6 +66,11 @@ CREATE TABLE auto_top_ups (
   invoice_id         uuid,
   payment_id         uuid,
   provider_reference varchar(255),
+  -- The saved method charged and its provider ids, fixed when the charge is
+  -- prepared: a retried charge must send the very same request.
+  payment_method_id          uuid,
+  provider_customer_id       varchar(255),
+  provider_payment_method_id varchar(255),
   failure_reason     varchar(1000) NOT NULL DEFAULT '',
   attempts           integer NOT NULL DEFAULT 0,
   lease_until        timestamptz,
@@ -74,6 +82,12 @@ CREATE TABLE auto_top_ups (
 CREATE UNIQUE INDEX auto_top_ups_one_in_flight ON auto_top_ups (account_id) WHERE state IN ('pending','processing');
 CREATE INDEX auto_top_ups_due ON auto_top_ups (created_at) WHERE state IN ('pending','processing');
 CREATE INDEX auto_top_ups_listing ON auto_top_ups (account_id, created_at, id);
+-- Settings a failure switched off, for the worker's month-start resume.
+CREATE INDEX auto_top_up_settings_paused ON auto_top_up_settings (disabled_at) WHERE disabled_reason <> '' AND NOT enabled;
+-- What an off-session charge needs of a saved method: the provider's customer and payment method ids.
+ALTER TABLE account_payment_methods
+  ADD COLUMN provider_customer_id varchar(255) NOT NULL DEFAULT '',
+  ADD COLUMN provider_payment_method_id varchar(255) NOT NULL DEFAULT '';
 
 -- Webhook endpoints (global: registered by admins) and deliveries (one per
 -- event and endpoint, owned by the event's account).
@@ -141,6 +155,7 @@ DROP TABLE webhook_deliveries;
 DROP TABLE webhook_endpoints;
 DROP TABLE auto_top_ups;
 DROP TABLE auto_top_up_settings;
+ALTER TABLE account_payment_methods DROP COLUMN provider_customer_id, DROP COLUMN provider_payment_method_id;
 ALTER TABLE billing_accounts DROP COLUMN watch_min, DROP COLUMN watch_max;
 DROP TABLE balance_thresholds;
 DROP TABLE billing_events;

@@ -39,6 +39,9 @@ export class AccountPaymentMethod extends Model<InferAttributes<AccountPaymentMe
   declare country_code: string;
   declare instructions: string;
   declare metadata: Record<string, unknown>;
+  /** Stripe: the customer and payment method charged off-session (auto top-up); "" when unknown. */
+  declare provider_customer_id: CreationOptional<string>;
+  declare provider_payment_method_id: CreationOptional<string>;
   declare created_at: CreationOptional<Date>;
   declare updated_at: CreationOptional<Date>;
 }
@@ -86,6 +89,8 @@ export function initPaymentMethodModels(sequelize: Sequelize) {
       country_code: text(DataTypes.STRING(2)),
       instructions: text(DataTypes.TEXT),
       metadata: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
+      provider_customer_id: text(),
+      provider_payment_method_id: text(),
       created_at: now(),
       updated_at: now(),
     },

@@ -223,6 +223,23 @@ export class Reservations {
     );
   }
 
+  /**
+   * Records holds that reached their expiry uncommitted as EXPIRED (each
+   * writes its reservation.expired event through the table's trigger);
+   * they stopped counting at expires_at already. Rows another transaction
+   * holds are left for the next sweep. Returns how many were marked.
+   */
+  async expireDue(limit = 500): Promise<number> {
+    const rows = await this.sequelize.query(
+      `UPDATE credit_reservations r SET status = 'expired', settled_at = now()
+       FROM (SELECT account_id, id FROM credit_reservations WHERE status = 'active' AND expires_at <= now()
+             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+       WHERE r.account_id = due.account_id AND r.id = due.id RETURNING r.id`,
+      { bind: [limit], type: QueryTypes.SELECT },
+    );
+    return rows.length;
+  }
+
   private async find(id: string): Promise<Row> {
     const [row] = await this.sequelize.query<Row>(`SELECT *, expires_at <= now() AS expired FROM credit_reservations WHERE id = $1`, { bind: [id], type: QueryTypes.SELECT });
     if (!row) throw notFound("reservation", id);

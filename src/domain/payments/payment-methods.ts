@@ -9,6 +9,9 @@
  * - At most one default per account (unique partial index; default changes
  *   serialise on a per-account advisory lock). Display names are unique per
  *   account.
+ * - Saving a new default, making a method the default, or updating the
+ *   default resumes an auto top-up that switched itself off (a declined
+ *   card), in the same transaction (src/domain/automation/auto-top-up.ts).
  */
 import { QueryTypes, UniqueConstraintError, type Sequelize, type Transaction } from "sequelize";
 import { modelsOf, type AccountPaymentMethod, type PaymentMethodConfig } from "../../db/models/index.js";
@@ -19,6 +22,7 @@ import { maskField } from "../field-mask.js";
 import type { PaymentMethodName } from "../invoices/invoices.js";
 import { decodePageToken, pageOf, pageSize } from "../pagination.js";
 import { checkMetadata, checkText, requireId, requireUuid } from "../validation.js";
+import { resumeAutoTopUpIn } from "../automation/auto-top-up.js";
 import type { SecretBox } from "./secrets.js";
 
 export interface MethodConfigView {
@@ -62,13 +66,16 @@ export interface AccountMethodView {
   countryCode: string;
   instructions: string;
   metadata: JsonObject;
+  /** Stripe: the customer and payment method an off-session charge (auto top-up) uses. */
+  providerCustomerId: string;
+  providerPaymentMethodId: string;
   createdAt: Date;
   updatedAt: Date;
 }
 
 export type AccountMethodInput = Omit<AccountMethodView, "type" | "createdAt" | "updatedAt"> & { type: PaymentMethodName | undefined };
 
-export const ACCOUNT_METHOD_FIELDS = ["type", "display_name", "is_enabled", "is_verified", "country_code", "instructions", "metadata"] as const;
+export const ACCOUNT_METHOD_FIELDS = ["type", "display_name", "is_enabled", "is_verified", "country_code", "instructions", "metadata", "provider_customer_id", "provider_payment_method_id"] as const;
 const COUNTRY_RE = /^[A-Z]{2}$/;
 const SECRET_NAMES = ["api_key", "api_secret", "webhook_secret"] as const;
 
@@ -172,6 +179,18 @@ export class PaymentMethods {
     return rows.map((r) => (r.webhook_secret_enc ? this.secrets.decrypt(r.webhook_secret_enc) : undefined)).filter((s): s is string => !!s);
   }
 
+  /**
+   * The decrypted api_secret of `method` for server-side provider calls
+   * (off-session charges): its config for `countryCode`, else the first
+   * config (by country) that has one; undefined when none has.
+   */
+  async apiSecret(method: string, countryCode: string): Promise<string | undefined> {
+    const rows = await this.models.PaymentMethodConfig.findAll({ where: { payment_method: method }, order: [["country_code", "ASC"]] });
+    const usable = rows.filter((r) => r.api_secret_enc);
+    const chosen = usable.find((r) => r.country_code === countryCode) ?? usable[0];
+    return chosen?.api_secret_enc ? this.secrets.decrypt(chosen.api_secret_enc) : undefined;
+  }
+
   /** Saves a payment method for an account. */
   async createAccountMethod(input: AccountMethodInput, options: TransactionOptions = {}): Promise<AccountMethodView> {
     const values = validateAccountMethod(input, [...ACCOUNT_METHOD_FIELDS]);
@@ -182,6 +201,7 @@ export class PaymentMethods {
         await this.lockAccount(t, input.accountId);
         if (input.isDefault) await this.clearDefault(t, input.accountId);
         const row = await this.uniqueName(() => this.models.AccountPaymentMethod.create({ ...(values as Record<string, unknown>), account_id: input.accountId, is_default: input.isDefault } as never, { transaction: t }));
+        if (row.is_default) await resumeAutoTopUpIn(this.sequelize, t, input.accountId);
         return accountMethodView(row);
       },
       options,
@@ -216,7 +236,17 @@ export class PaymentMethods {
     const fields = paths.length
       ? paths.map((p) => maskField(p, "account_payment_method", ACCOUNT_METHOD_FIELDS))
       : ACCOUNT_METHOD_FIELDS.filter((f) => {
-          const value = { type: input.type, display_name: input.displayName, is_enabled: input.isEnabled, is_verified: input.isVerified, country_code: input.countryCode, instructions: input.instructions, metadata: Object.keys(input.metadata).length ? input.metadata : undefined }[f];
+          const value = {
+            type: input.type,
+            display_name: input.displayName,
+            is_enabled: input.isEnabled,
+            is_verified: input.isVerified,
+            country_code: input.countryCode,
+            instructions: input.instructions,
+            metadata: Object.keys(input.metadata).length ? input.metadata : undefined,
+            provider_customer_id: input.providerCustomerId,
+            provider_payment_method_id: input.providerPaymentMethodId,
+          }[f];
           return !(value === "" || value === false || value === undefined);
         });
     if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
@@ -228,6 +258,7 @@ export class PaymentMethods {
         const row = await this.models.AccountPaymentMethod.findOne({ where: { account_id: found.account_id, id }, transaction: t, lock: t.LOCK.UPDATE });
         if (!row) throw notFound("account payment method", id);
         await this.uniqueName(() => row.update({ ...values, updated_at: new Date() }, { transaction: t }));
+        if (row.is_default) await resumeAutoTopUpIn(this.sequelize, t, row.account_id);
         return accountMethodView(row);
       },
       options,
@@ -248,6 +279,7 @@ export class PaymentMethods {
           await this.clearDefault(t, found.account_id);
           await row.update({ is_default: true, updated_at: new Date() }, { transaction: t });
         }
+        await resumeAutoTopUpIn(this.sequelize, t, row.account_id);
         return accountMethodView(row);
       },
       options,
@@ -328,6 +360,12 @@ function validateAccountMethod(input: AccountMethodInput, fields: readonly strin
         v.collect(() => checkMetadata(input.metadata, f("metadata")));
         out.metadata = input.metadata;
         break;
+      case "provider_customer_id":
+      case "provider_payment_method_id": {
+        const value = field === "provider_customer_id" ? input.providerCustomerId : input.providerPaymentMethodId;
+        if (v.collect(() => checkText(value, f(field))) !== undefined) out[field] = value;
+        break;
+      }
     }
   }
   v.throwIfAny();
@@ -369,6 +407,8 @@ function accountMethodView(r: AccountPaymentMethod): AccountMethodView {
     countryCode: r.country_code,
     instructions: r.instructions,
     metadata: r.metadata ?? {},
+    providerCustomerId: r.provider_customer_id ?? "",
+    providerPaymentMethodId: r.provider_payment_method_id ?? "",
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };

@@ -10,4 +10,4 @@ import { stripe } from "./stripe.js";
 
 export const PROVIDERS: ReadonlyMap<string, PaymentProvider> = new Map([stripe, paypal].map((p) => [p.name, p]));
 
-export type { PaymentProvider, PaymentRef, ProviderEvent } from "./provider.js";
+export type { ChargeOutcome, OffSessionCharge, PaymentProvider, PaymentRef, ProviderEvent } from "./provider.js";

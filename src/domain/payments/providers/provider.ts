@@ -49,6 +49,43 @@ export interface PaymentRef {
 /** A delivery read from the wire: the event, or why it is not one (answered 400). */
 export type Parsed = { event: ProviderEvent } | { malformed: string };
 
+/**
+ * An off-session charge of a saved payment method (auto top-up): the
+ * customer is not present, so nothing can ask them to authenticate.
+ */
+export interface OffSessionCharge {
+  /** The provider API's base URL, without a trailing slash (STRIPE_API_BASE). */
+  baseUrl: string;
+  /** The provider's secret API key. */
+  secretKey: string;
+  /** Minor units of `currency`, as the provider counts them (see minorDigits). */
+  amountMinor: bigint;
+  currency: string;
+  /** The provider's customer and payment method ids. */
+  customerId: string;
+  paymentMethodId: string;
+  /** Sent as the provider's idempotency key: a retry with the same key and request never charges twice. */
+  idempotencyKey: string;
+  description: string;
+  /** Carried by the provider's later webhooks (invoice_id lets a late webhook settle the invoice). */
+  metadata: Record<string, string>;
+  /** No answer within this long: the outcome is unknown. */
+  timeoutMs: number;
+  /** Aborted (e.g. the server shuts down): the outcome is unknown. */
+  signal?: AbortSignal;
+}
+
+/**
+ * What an off-session charge came to. `unknown` (no answer, a network error,
+ * a 5xx, a rate limit, a concurrent request with the same key): the charge
+ * may or may not have happened, and sending the same request with the same
+ * idempotency key again is the way to learn which.
+ */
+export type ChargeOutcome =
+  | { outcome: "succeeded"; payment: PaymentRef; amountMinor: bigint; currency: string }
+  | { outcome: "failed"; reason: string; payment?: PaymentRef }
+  | { outcome: "unknown"; reason: string };
+
 /** A payment provider. */
 export interface PaymentProvider {
   /** Its name: the webhook path (/webhooks/<name>) and the payment method it settles. */
@@ -62,6 +99,8 @@ export interface PaymentProvider {
   parse(rawBody: Buffer): Parsed;
   /** How many minor digits its amounts in `currency` have; undefined: a currency it cannot be trusted with. */
   minorDigits(currency: string): number | undefined;
+  /** Charges a saved payment method off-session; providers that cannot leave it out. Never throws. */
+  chargeOffSession?(charge: OffSessionCharge): Promise<ChargeOutcome>;
 }
 
 /** How far a signed timestamp may be from now. */

@@ -14,10 +14,31 @@
  * - Amounts are integers of the currency's smallest unit: none for Stripe's
  *   zero-decimal currencies (JPY, KRW, …), 3 digits for BHD/JOD/KWD/OMR/TND,
  *   2 otherwise (ISK included, which Stripe counts in hundredths).
+ * - Off-session charges (auto top-up): POST {base}/v1/payment_intents,
+ *   form-encoded, confirm=true and off_session=true, `Authorization: Bearer
+ *   <secret key>` and an `Idempotency-Key`, so the same request sent again
+ *   (after a timeout) is answered with the first one's result instead of a
+ *   second charge. A PaymentIntent with status `succeeded` is a success; a
+ *   402 / card_error (card_declined, authentication_required, …) and any
+ *   other 4xx but 409 and 429 are failures; no answer, a 5xx, 409 or 429
+ *   leave the outcome unknown.
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { minorDigits as isoMinorDigits } from "../../../money.js";
-import { SIGNATURE_TOLERANCE_SECONDS, currencyOf, envelopeOf, idOf, minorOf, objectOf, textOf, type Parsed, type PaymentProvider, type PaymentRef } from "./provider.js";
+import {
+  SIGNATURE_TOLERANCE_SECONDS,
+  currencyOf,
+  envelopeOf,
+  idOf,
+  minorOf,
+  objectOf,
+  textOf,
+  type ChargeOutcome,
+  type OffSessionCharge,
+  type Parsed,
+  type PaymentProvider,
+  type PaymentRef,
+} from "./provider.js";
 
 const ZERO_DECIMAL = new Set(["BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"]);
 const TWO_DECIMAL_AT_STRIPE = new Set(["ISK"]);
@@ -96,7 +117,74 @@ export const stripe: PaymentProvider = {
     if (TWO_DECIMAL_AT_STRIPE.has(currency)) return 2;
     return isoMinorDigits(currency);
   },
+
+  chargeOffSession,
 };
+
+/** Creates and confirms a PaymentIntent off-session (see the header); never throws. */
+async function chargeOffSession(c: OffSessionCharge): Promise<ChargeOutcome> {
+  const form = new URLSearchParams({
+    amount: c.amountMinor.toString(),
+    currency: c.currency.toLowerCase(),
+    customer: c.customerId,
+    payment_method: c.paymentMethodId,
+    confirm: "true",
+    off_session: "true",
+    description: c.description,
+  });
+  for (const [k, v] of Object.entries(c.metadata)) form.set(`metadata[${k}]`, v);
+  const timeout = AbortSignal.timeout(c.timeoutMs);
+  const signal = c.signal ? AbortSignal.any([timeout, c.signal]) : timeout;
+  let status: number;
+  let text: string;
+  try {
+    const res = await fetch(`${c.baseUrl}/v1/payment_intents`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${c.secretKey}`, "content-type": "application/x-www-form-urlencoded", "idempotency-key": c.idempotencyKey },
+      body: form.toString(),
+      signal,
+    });
+    status = res.status;
+    text = await res.text();
+  } catch (err) {
+    if (timeout.aborted) return { outcome: "unknown", reason: `no answer from Stripe within ${c.timeoutMs} ms` };
+    if (c.signal?.aborted) return { outcome: "unknown", reason: "the charge was interrupted (shutting down)" };
+    const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
+    return { outcome: "unknown", reason: `could not reach Stripe: ${textOf(cause?.code ?? cause?.message ?? (err instanceof Error ? err.message : String(err)), 200)}` };
+  }
+  let body: Record<string, unknown> | undefined;
+  try {
+    body = objectOf(JSON.parse(text));
+  } catch {
+    body = undefined;
+  }
+  if (status >= 200 && status < 300) {
+    const id = idOf(body?.id);
+    if (!body || !id) return { outcome: "unknown", reason: `Stripe answered ${status} without a PaymentIntent` };
+    const payment: PaymentRef = { id };
+    const charge = idOf(body.latest_charge) ?? idOf(objectOf(body.latest_charge)?.id);
+    if (charge) payment.secondaryId = charge;
+    const state = typeof body.status === "string" ? body.status : "";
+    if (state === "succeeded") {
+      const amountMinor = minorOf(body.amount_received ?? body.amount);
+      const currency = currencyOf(body.currency);
+      if (amountMinor === undefined || !currency) return { outcome: "unknown", reason: "Stripe's PaymentIntent has no amount or currency" };
+      return { outcome: "succeeded", payment, amountMinor, currency };
+    }
+    // Settled later by the payment_intent.* webhook, or learnt by sending the same request again.
+    if (state === "processing") return { outcome: "unknown", reason: "the payment is processing at Stripe" };
+    const error = textOf(objectOf(body.last_payment_error)?.message, 500);
+    return { outcome: "failed", reason: `payment intent ${textOf(state, 50) || "not succeeded"}${error ? `: ${error}` : ""}`, payment };
+  }
+  const error = objectOf(body?.error);
+  if (status === 409 || status === 429 || status >= 500) {
+    return { outcome: "unknown", reason: `Stripe answered ${status}${error?.message ? `: ${textOf(error.message, 300)}` : ""}` };
+  }
+  const codes = [textOf(error?.code, 100), textOf(error?.decline_code, 100)].filter((x) => x !== "");
+  const intent = idOf(objectOf(error?.payment_intent)?.id);
+  const reason = `${codes.length ? codes.join(" / ") : `HTTP ${status}`}${error?.message ? `: ${textOf(error.message, 500)}` : ""}`;
+  return intent ? { outcome: "failed", reason, payment: { id: intent } } : { outcome: "failed", reason };
+}
 
 /** The Stripe-Signature header for a body (tests and the README example). */
 export function signStripe(rawBody: Buffer | string, secret: string, timestamp: number): string {
