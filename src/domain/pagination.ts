@@ -54,6 +54,32 @@ export function decodePageToken(token: string, list: string, filters: unknown): 
   return parsed.p as Position;
 }
 
+/** The type of each value of a position, checked when a token is read back. */
+export type PositionShape = readonly ("string" | "digits" | "number" | "timestamp" | "uuid")[];
+
+const SHAPE_CHECKS: Record<PositionShape[number], (x: unknown) => boolean> = {
+  string: (x) => typeof x === "string",
+  digits: (x) => typeof x === "string" && /^-?\d{1,20}$/.test(x),
+  number: (x) => typeof x === "number" && Number.isFinite(x),
+  timestamp: (x) => typeof x === "string" && !Number.isNaN(Date.parse(x)),
+  uuid: (x) => typeof x === "string" && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(x),
+};
+
+/**
+ * The one reading of a list request's paging: its page size and the
+ * position after which the page starts (undefined: the first page), with
+ * the token checked against `list`, `filters` and the position's `shape`;
+ * INVALID_ARGUMENT naming page_size or page_token otherwise.
+ */
+export function pageRequest(input: { pageSize: number; pageToken: string }, list: string, filters: unknown, shape: PositionShape): { size: number; after: Position | undefined } {
+  const size = pageSize(input.pageSize);
+  const after = decodePageToken(input.pageToken, list, filters);
+  if (after && (after.length !== shape.length || !after.every((x, i) => SHAPE_CHECKS[shape[i]!](x)))) {
+    throw invalidField("page_token", "is not a valid page token for this request");
+  }
+  return { size, after };
+}
+
 /** One page of rows: fetch `size + 1` rows and pass them here. */
 export function pageOf<T>(rows: T[], size: number, positionOf: (row: T) => Position, list: string, filters: unknown): { items: T[]; nextPageToken: string } {
   if (rows.length <= size) return { items: rows, nextPageToken: "" };

@@ -183,7 +183,7 @@ describe("EventService events", () => {
     expect(first.nextPageToken).to.not.equal("");
     const second = await events().listEvents({ accountId: account, pageSize: 2, pageToken: first.nextPageToken });
     const third = await events().listEvents({ accountId: account, pageSize: 2, pageToken: second.nextPageToken });
-    expect(third.events).to.have.length(1);
+    expect(third.events, JSON.stringify([...first.events, ...second.events, ...third.events].map((e) => [e.type, e.id, e.createdAt?.seconds.toString()]))).to.have.length(1);
     expect(third.nextPageToken).to.equal("");
     const amounts = [...first.events, ...second.events, ...third.events].map((e) => (e.data.value as { amount: bigint }).amount);
     expect(amounts).to.deep.equal([10n, 11n, 12n, 13n, 14n]);
@@ -223,6 +223,21 @@ describe("EventService events", () => {
     expect(badFields(err)).to.deep.equal(["thresholds"]);
     expect((await alerts().getBalanceAlerts({ accountId: account })).thresholds).to.deep.equal([10n]);
     expect((await alerts(TOKENS.accountA).setBalanceAlerts({ accountId: ACCOUNT_A, thresholds: [] })).thresholds).to.deep.equal([]);
+  });
+
+  it("serialises racing SetBalanceAlerts: each replaces the set whole, none fails, the watch bounds match the last", async () => {
+    const account = newAccount("evt-thr-race");
+    await grant(account, 1000n);
+    const sets = Array.from({ length: 12 }, (_, i) => [BigInt(100 + i), BigInt(900 - i)]);
+    const results = await Promise.allSettled(sets.map((thresholds) => alerts().setBalanceAlerts({ accountId: account, thresholds })));
+    expect(results.filter((r) => r.status === "rejected")).to.deep.equal([]);
+    const final = (await alerts().getBalanceAlerts({ accountId: account })).thresholds;
+    expect(sets.map((x) => x.join())).to.include(final.join());
+    const [row] = (await harness().sequelize.query(`SELECT watch_min::text AS lo, watch_max::text AS hi FROM billing_accounts WHERE account_id = $1`, {
+      bind: [account],
+      type: "SELECT" as never,
+    })) as unknown as { lo: string; hi: string }[];
+    expect([row!.lo, row!.hi]).to.deep.equal([final[0]!.toString(), final[1]!.toString()]);
   });
 
   it("streams events as they commit with WatchEvents, resumable by cursor", async () => {

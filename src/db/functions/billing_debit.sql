@@ -63,6 +63,7 @@ DECLARE
   held       bigint[];
   pend       bigint[];
   changed    boolean[];
+  used       boolean[];
   l_id       uuid[];
   l_acct     integer[];
   l_rem      bigint[];
@@ -124,6 +125,7 @@ BEGIN
   held := array_fill(0::bigint, ARRAY[greatest(cardinality(accts), 1)]);
   pend := array_fill(0::bigint, ARRAY[greatest(cardinality(accts), 1)]);
   changed := array_fill(false, ARRAY[greatest(cardinality(accts), 1)]);
+  used := array_fill(false, ARRAY[greatest(cardinality(accts), 1)]);
   FOR j IN 1..cardinality(accts) LOOP
     SELECT coalesce(sum(c.credits), 0)::bigint INTO take FROM credit_reservations c
     WHERE c.account_id = accts[j] AND c.status = 'active' AND c.expires_at > now();
@@ -220,6 +222,7 @@ BEGIN
     END IF;
     bal[j] := bal[j] - take;
     changed[j] := true;
+    IF r_type[i] = 'deduction' THEN used[j] := true; END IF;
 
     INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id, allocations)
     VALUES (r_account[i], r_type[i], -take, bal[j], r_desc[i], r_meta[i], r_payment[i], allocs)
@@ -264,9 +267,14 @@ BEGIN
       closed_at = CASE WHEN l_rem[k] = 0 THEN now() ELSE c.closed_at END
     WHERE c.account_id = accts[l_acct[k]] AND c.id = l_id[k];
   END LOOP;
+  -- Each balance write tells the balance trigger (billing_events.sql) whether
+  -- usage took credits from it (a deduction or a reservation commit): only
+  -- usage starts an auto top-up; refunds, voids, adjustments and expiries do not.
   FOR j IN 1..cardinality(accts) LOOP
     CONTINUE WHEN NOT changed[j];
+    PERFORM set_config('billing.usage_debit', CASE WHEN used[j] THEN 'on' ELSE '' END, true);
     UPDATE billing_accounts a SET balance = bal[j], updated_at = now() WHERE a.account_id = accts[j];
   END LOOP;
+  PERFORM set_config('billing.usage_debit', '', true);
 END
 $fn$;

@@ -19,9 +19,21 @@ RETURNS void LANGUAGE sql VOLATILE AS $fn$
   ON CONFLICT (account_id, type, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING;
 $fn$;
 
+-- Makes sure the account row exists and locks it: every transaction that
+-- changes what an account watches (alerts, auto top-up settings) takes this
+-- first, so such changes are serialised with each other and with debits
+-- (account row first, the ledger's lock order), and billing_rewatch, run
+-- afterwards as a statement of its own, reads every committed change.
+CREATE OR REPLACE FUNCTION billing_lock_account(p_account text)
+RETURNS void LANGUAGE sql VOLATILE AS $fn$
+  INSERT INTO billing_accounts (account_id, balance) VALUES (p_account, 0) ON CONFLICT (account_id) DO NOTHING;
+  SELECT 1 FROM billing_accounts WHERE account_id = p_account FOR UPDATE;
+$fn$;
+
 -- Keeps billing_accounts.watch_min/watch_max equal to the least and greatest
 -- threshold the account watches (its alerts and its enabled auto top-up).
--- Called by whatever changes those, in the same transaction.
+-- Called by whatever changes those, in the same transaction, after
+-- billing_lock_account.
 CREATE OR REPLACE FUNCTION billing_rewatch(p_account text)
 RETURNS void LANGUAGE sql VOLATILE AS $fn$
   INSERT INTO billing_accounts (account_id, balance) VALUES (p_account, 0) ON CONFLICT (account_id) DO NOTHING;
@@ -33,10 +45,13 @@ RETURNS void LANGUAGE sql VOLATILE AS $fn$
   WHERE a.account_id = p_account;
 $fn$;
 
--- balance.low once per threshold crossed downward (from >= t to < t),
--- balance.depleted on reaching zero, and an auto top-up attempt once per
--- crossing of its threshold (at most one in flight per account; the
--- attempt is carried out by src/domain/automation, outside this transaction).
+-- balance.low once per threshold crossed downward (from >= t to < t) and
+-- balance.depleted on reaching zero, whatever lowered the balance; and an
+-- auto top-up attempt once per crossing of its threshold by usage (a
+-- deduction or reservation commit: billing_debit sets billing.usage_debit
+-- for the balance write; a refund, void, adjustment or expiry starts none).
+-- At most one attempt is in flight per account; it is carried out by
+-- src/domain/automation, outside this transaction.
 CREATE OR REPLACE FUNCTION billing_balance_crossed() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
   t bigint;
@@ -51,6 +66,7 @@ BEGIN
   IF OLD.balance > 0 AND NEW.balance = 0 THEN
     PERFORM billing_emit(NEW.account_id, 'balance.depleted', jsonb_build_object('previous_balance', OLD.balance));
   END IF;
+  IF current_setting('billing.usage_debit', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF;
   SELECT * INTO s FROM auto_top_up_settings a
   WHERE a.account_id = NEW.account_id AND a.enabled AND a.threshold <= OLD.balance AND a.threshold > NEW.balance;
   IF FOUND THEN

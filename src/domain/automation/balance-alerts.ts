@@ -42,6 +42,8 @@ export class BalanceAlerts {
     await inTransaction(
       this.sequelize,
       async (t) => {
+        // The account row first: concurrent changes of what it watches queue here (billing_events.sql).
+        await this.sequelize.query(`SELECT billing_lock_account($1)`, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
         await this.sequelize.query(`DELETE FROM balance_thresholds WHERE account_id = $1`, { bind: [accountId], transaction: t });
         if (sorted.length) {
           await this.sequelize.query(`INSERT INTO balance_thresholds (account_id, threshold) SELECT $1, unnest($2::bigint[])`, {
