@@ -116,6 +116,12 @@ const POLICY: Record<string, Record<string, Access>> = {
   },
 };
 
+/** The policy table's entry for an RPC, or undefined when the table has none (a test walks every served RPC). */
+export function policyEntry(service: string, method: string): Access | undefined {
+  if (OPEN_SERVICES.has(service)) return "open";
+  return POLICY[service]?.[method];
+}
+
 /** The access rule of an RPC; unknown billing RPCs are admin-only. */
 export function accessOf(service: string, method: string): Access {
   if (OPEN_SERVICES.has(service)) return "open";

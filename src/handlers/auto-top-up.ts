@@ -16,7 +16,7 @@ import {
 import { assertAccountAccess } from "../auth/policy.js";
 import type { AttemptState, AttemptView, AutoTopUps, AutoTopUpView } from "../domain/automation/auto-top-up.js";
 import { invalidField } from "../domain/errors.js";
-import { principalOf } from "../interceptors/auth.js";
+import { principalOf } from "../auth/principal.js";
 import { enumToProto, ts, txOptions } from "./convert.js";
 
 export interface AutoTopUpDeps {

@@ -64,7 +64,7 @@ import type { UsageInput } from "../domain/credits/types.js";
 import type { GroupBy, SummaryGroup, UsageReports } from "../domain/credits/usage.js";
 import { Violations, invalidField } from "../domain/errors.js";
 import { normalizeOperationType } from "../domain/credits/operations.js";
-import { principalOf } from "../interceptors/auth.js";
+import { principalOf } from "../auth/principal.js";
 import {
   auditToProto,
   balanceToProto,

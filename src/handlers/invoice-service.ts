@@ -23,7 +23,7 @@ import { assertAccountAccess } from "../auth/policy.js";
 import type { InvoiceView, Invoices, PaymentMethodName } from "../domain/invoices/invoices.js";
 import type { InvoiceStatus as DomainInvoiceStatus } from "../domain/invoices/state-machine.js";
 import { invalidField } from "../domain/errors.js";
-import { principalOf } from "../interceptors/auth.js";
+import { principalOf } from "../auth/principal.js";
 import { calendarDateToProto, enumFromProto, enumToProto, ts, txOptions } from "./convert.js";
 
 export const invoiceStatuses: [InvoiceStatus, DomainInvoiceStatus][] = [

@@ -24,7 +24,7 @@ import {
 } from "../../gen/billing/v1/model_config_service_pb.js";
 import { PROVIDER_NAME_RE, type ModelCatalogue, type ModelInput, type ModelPriceVersionView, type ModelRecord, type ModelType, type Provider } from "../domain/models/catalogue.js";
 import { invalidField } from "../domain/errors.js";
-import { principalOf } from "../interceptors/auth.js";
+import { principalOf } from "../auth/principal.js";
 import { auditToProto, calendarDateToProto, dateOf, enumFromProto, enumToProto, ts, txOptions, versionTimesToProto } from "./convert.js";
 
 const modelTypes: [ProtoModelType, ModelType][] = [

@@ -33,7 +33,7 @@ import { assertAccountAccess } from "../auth/policy.js";
 import { invalidField } from "../domain/errors.js";
 import type { AccountMethodInput, AccountMethodView, MethodConfigView, PaymentMethods } from "../domain/payments/payment-methods.js";
 import type { PaymentHistoryView, PaymentStatus as DomainPaymentStatus, PaymentView, Payments } from "../domain/payments/payments.js";
-import { principalOf } from "../interceptors/auth.js";
+import { principalOf } from "../auth/principal.js";
 import { enumFromProto, enumToProto, ts, txOptions } from "./convert.js";
 import { paymentMethods } from "./invoice-service.js";
 

@@ -22,7 +22,7 @@ import {
   type WebhookEndpoint,
 } from "../../gen/billing/v1/event_service_pb.js";
 import type { DeliveryState, EndpointState, WebhookDeliveryView, WebhookEndpointView, WebhookEndpoints } from "../domain/events/webhook-endpoints.js";
-import { principalOf } from "../interceptors/auth.js";
+import { principalOf } from "../auth/principal.js";
 import { enumToProto, enumsFromProto, ts, txOptions } from "./convert.js";
 
 export interface WebhookEndpointDeps {

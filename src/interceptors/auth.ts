@@ -3,20 +3,12 @@
  * Missing or unknown token: UNAUTHENTICATED; wrong role or another account:
  * PERMISSION_DENIED. The principal is put in the context for handlers.
  */
-import { createContextKey, type HandlerContext, type Interceptor } from "@connectrpc/connect";
-import type { ApiKeyRing, Principal } from "../auth/api-keys.js";
-import { accessOf, assertAccountAccess, assertRole } from "../auth/policy.js";
+import type { Interceptor } from "@connectrpc/connect";
+import type { ApiKeyRing } from "../auth/api-keys.js";
+import { assertOwnAccount } from "../auth/ownership.js";
+import { accessOf, assertRole } from "../auth/policy.js";
+import { principalKey } from "../auth/principal.js";
 import { BillingError, Reason } from "../domain/errors.js";
-
-const NOBODY: Principal = { role: "account", name: "anonymous", accountId: "\u0000" };
-
-/** The authenticated caller of the current RPC. */
-export const principalKey = createContextKey<Principal>(NOBODY, { description: "authenticated principal" });
-
-/** The caller of the RPC a handler is serving. */
-export function principalOf(ctx: HandlerContext): Principal {
-  return ctx.values.get(principalKey);
-}
 
 /** Creates the interceptor enforcing API keys and roles. */
 export function createAuthInterceptor(keys: ApiKeyRing): Interceptor {
@@ -33,7 +25,7 @@ export function createAuthInterceptor(keys: ApiKeyRing): Interceptor {
     if (access !== "account" && access !== "owner") return next(req);
     const check = (message: unknown) => {
       const accountId = (message as { accountId?: unknown }).accountId;
-      if (typeof accountId === "string") assertAccountAccess(principal, accountId);
+      if (typeof accountId === "string") assertOwnAccount(principal, accountId);
     };
     if (!req.stream) {
       check(req.message);

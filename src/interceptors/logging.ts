@@ -12,7 +12,7 @@
  */
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { requestIdOf } from "../request-id.js";
-import { principalKey } from "./auth.js";
+import { principalKey } from "../auth/principal.js";
 import { BillingError, Reason } from "../domain/errors.js";
 import { toConnectError } from "../errors.js";
 import type { Logger } from "../logger.js";
