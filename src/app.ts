@@ -4,7 +4,7 @@
  * by the tests and benchmarks, so they run exactly what production runs.
  */
 import type { Sequelize } from "sequelize";
-import type { Config } from "./config.js";
+import { DEFAULT_WEBHOOK_SETTINGS, type Config } from "./config.js";
 import { databaseIsUp } from "./db/database.js";
 import { BalanceNotifications } from "./db/notifications.js";
 import { CreditLedger } from "./domain/credits/ledger.js";
@@ -29,7 +29,7 @@ import type { Logger } from "./logger.js";
 import { createRoutes } from "./routes.js";
 import { Events } from "./domain/events/events.js";
 import { EventFeed } from "./domain/events/feed.js";
-import { DEFAULT_WEBHOOK_SETTINGS, WebhookDelivery } from "./domain/events/webhook-delivery.js";
+import { WebhookDelivery } from "./domain/events/webhook-delivery.js";
 import { WebhookEndpoints } from "./domain/events/webhook-endpoints.js";
 import { eventJson } from "./handlers/event-service.js";
 import { Counter } from "prom-client";

@@ -5,7 +5,6 @@ import { ApiKeyRing } from "./auth/api-keys.js";
 import { type LogLevel, parseLogLevel } from "./logger.js";
 import { DEFAULT_SERVER_LIMITS, type ServerLimits } from "./server.js";
 import { availableParallelism } from "node:os";
-import { DEFAULT_WEBHOOK_SETTINGS, type WebhookSettings } from "./domain/events/webhook-delivery.js";
 
 export interface Config {
   port: number;
@@ -55,6 +54,39 @@ export interface AutoTopUpSettings {
   /** STRIPE_API_BASE: Stripe's API base URL, no trailing slash (default https://api.stripe.com). */
   stripeApiBase: string;
 }
+
+/** WEBHOOK_*: outbound webhook delivery (README, "Webhooks out"), as src/domain/events/webhook-delivery.ts receives them. */
+export interface WebhookSettings {
+  /** WEBHOOK_ALLOW_PRIVATE_URLS: allow loopback/private/link-local targets (tests, private networks). */
+  allowPrivateUrls: boolean;
+  /** WEBHOOK_POLL_MS: how often each replica looks for due deliveries. */
+  pollMs: number;
+  /** WEBHOOK_TIMEOUT_MS: one attempt's limit, connect to last byte of the answer. */
+  timeoutMs: number;
+  /** WEBHOOK_MAX_ATTEMPTS: attempts before a delivery is FAILED (and its endpoint FAILING). */
+  maxAttempts: number;
+  /** WEBHOOK_RETRY_BASE_MS: the wait after the first failed attempt; it doubles after each further one. */
+  retryBaseMs: number;
+  /** WEBHOOK_RETRY_MAX_DELAY_MS: the longest wait between two attempts. */
+  retryMaxDelayMs: number;
+  /** WEBHOOK_CONCURRENCY: sends in flight at once per replica. */
+  concurrency: number;
+}
+
+/**
+ * Defaults: 14 attempts with waits of 30 s, 1, 2, 4, 8, 16, 32, 64, 128,
+ * 256 min, then 6 h three times (each wait jittered to 50-100 %): a
+ * delivery is retried for about 13-26 hours before it fails.
+ */
+export const DEFAULT_WEBHOOK_SETTINGS: WebhookSettings = {
+  allowPrivateUrls: false,
+  pollMs: 500,
+  timeoutMs: 10_000,
+  maxAttempts: 14,
+  retryBaseMs: 30_000,
+  retryMaxDelayMs: 6 * 60 * 60 * 1000,
+  concurrency: 16,
+};
 
 /** Every problem found in the configuration, each naming its variable. */
 export class ConfigError extends Error {

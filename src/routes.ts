@@ -2,7 +2,7 @@
  * Mounts the billing services, diagnostics, health and reflection. A pure
  * function of its dependencies: the server only mounts what this returns.
  */
-import type { DescFile } from "@bufbuild/protobuf";
+import type { DescFile, DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AutomationService, file_billing_v1_automation_service } from "../gen/billing/v1/automation_service_pb.js";
 import { CreditService, file_billing_v1_credit_service } from "../gen/billing/v1/credit_service_pb.js";
@@ -52,13 +52,23 @@ const SERVED_FILES: DescFile[] = [
   reflectionAlpha.file_grpc_reflection_v1alpha_reflection,
 ];
 
-const SERVED_SERVICES = [CreditService, InvoiceService, PaymentService, ModelConfigService, DiagnosticsService, EventService, AutomationService, Health, reflection1.ServerReflection, reflectionAlpha.ServerReflection].map(
-  (s) => s.typeName,
-);
+/** Every service the server mounts (the policy walk test calls each of their RPCs). */
+export const SERVED_SERVICES: DescService[] = [
+  CreditService,
+  InvoiceService,
+  PaymentService,
+  ModelConfigService,
+  DiagnosticsService,
+  EventService,
+  AutomationService,
+  Health,
+  reflection1.ServerReflection,
+  reflectionAlpha.ServerReflection,
+];
 
 /** The routes of the whole API. RPCs without a handler answer UNIMPLEMENTED. */
 export function createRoutes(deps: RouteDependencies) {
-  const reflection = createReflectionHandlers(SERVED_FILES, SERVED_SERVICES);
+  const reflection = createReflectionHandlers(SERVED_FILES, SERVED_SERVICES.map((s) => s.typeName));
   return (router: ConnectRouter) => {
     router.service(CreditService, createCreditServiceHandler(deps.credit));
     router.service(InvoiceService, createInvoiceServiceHandler(deps.invoices));

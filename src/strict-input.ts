@@ -1,5 +1,5 @@
 /**
- * Strict reading of request bodies (API.md, "Input limits"): Connect JSON
+ * Strict reading of request bodies (README.md, "Calling it": input limits): Connect JSON
  * read as canonical proto3 JSON only, and no "__proto__" map key on any
  * codec.
  *

@@ -1,5 +1,5 @@
 /**
- * Authentication and roles (API.md): missing/unknown token is
+ * Authentication and roles (README.md, "Configuration": roles): missing/unknown token is
  * UNAUTHENTICATED; a wrong role or another account is PERMISSION_DENIED.
  */
 import { Code } from "@connectrpc/connect";

@@ -2,7 +2,7 @@
  * The money helper: strict wire decimals, exact arithmetic, full-scale output.
  */
 import { expect } from "chai";
-import { AMOUNT, Dec, PRICE, formatMoney, parseMoney } from "../src/money.js";
+import { AMOUNT, Dec, PRICE, formatMoney, parseMoney } from "../src/domain/money.js";
 import { BillingError } from "../src/domain/errors.js";
 
 function rejects(value: string, column = AMOUNT, opts = {}): BillingError {

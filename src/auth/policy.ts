@@ -1,5 +1,5 @@
 /**
- * Who may call what: the roles of API.md, per RPC, in one table.
+ * Who may call what: the roles of README.md ("Configuration": roles), per RPC, in one table.
  *
  * - admin:    admin keys only
  * - internal: admin and service keys

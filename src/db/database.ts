@@ -4,7 +4,6 @@
 import pg from "pg";
 import { Sequelize } from "sequelize";
 import type { Logger } from "../logger.js";
-import { initModels } from "./models/index.js";
 
 // BIGINT (int8) and NUMERIC come back as strings; we parse them into bigint
 // and Decimal ourselves, never through a float.
@@ -19,19 +18,16 @@ export interface DatabaseOptions {
   applicationName?: string;
 }
 
-/** Creates the Sequelize instance with every model bound to it. */
+/** Creates the Sequelize instance: the connection pool every adapter (src/db/<area>/) queries through src/db/sql.ts. */
 export function createSequelize(options: DatabaseOptions): Sequelize {
-  const sequelize = new Sequelize(options.url, {
+  return new Sequelize(options.url, {
     dialect: "postgres",
     dialectModule: pg,
     logging: false,
     benchmark: false,
     pool: { max: options.poolMax ?? 20, min: 0, idle: 10_000, acquire: 10_000, evict: 1_000 },
     dialectOptions: { application_name: options.applicationName ?? "billing", connectionTimeoutMillis: 5_000 },
-    define: { underscored: true, timestamps: true, createdAt: "created_at", updatedAt: "updated_at" },
   });
-  initModels(sequelize);
-  return sequelize;
 }
 
 /** Whether the database answers a trivial query within `timeoutMs`. */

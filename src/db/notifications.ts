@@ -13,13 +13,14 @@
 import pg from "pg";
 import type { Sequelize } from "sequelize";
 import type { Logger } from "../logger.js";
+import { run } from "./sql.js";
 
-export const BALANCE_CHANNEL = "billing_balance";
+const BALANCE_CHANNEL = "billing_balance";
 const FLUSH_MS = 20;
 
 type Listener = () => void;
 
-/** Fans out balance-change notices to subscribers by account id. */
+/** Fans out balance-change notices to subscribers by account id (the BalanceSubscriptions of src/domain/credits/balance-watch.ts). */
 export class BalanceNotifications {
   private client?: pg.Client;
   private connecting?: Promise<void>;
@@ -58,7 +59,7 @@ export class BalanceNotifications {
     this.pending.clear();
     if (accounts.length === 0) return;
     try {
-      await this.sequelize.query(`SELECT pg_notify('${BALANCE_CHANNEL}', a) FROM unnest($1::text[]) a`, { bind: [accounts] });
+      await run(this.sequelize, `SELECT pg_notify('${BALANCE_CHANNEL}', a) FROM unnest($1::text[]) a`, [accounts]);
     } catch (err) {
       this.logger?.warn("balance notification failed", { error: err instanceof Error ? err.message : String(err), accounts: accounts.length });
     }

@@ -24,12 +24,6 @@ export function parseCalendarDate(value: CalendarDate | undefined, field: string
   return `${String(year).padStart(4, "0")}-${String(month).padStart(2, "0")}-${String(day).padStart(2, "0")}`;
 }
 
-/** The parts of a "YYYY-MM-DD" string. */
-export function calendarDateOf(iso: string): CalendarDate {
-  const [y, m, d] = iso.split("-").map(Number);
-  return { year: y!, month: m!, day: d! };
-}
-
 /** Today's date in UTC as "YYYY-MM-DD". */
 export function todayUtc(now = new Date()): string {
   return now.toISOString().slice(0, 10);

@@ -11,13 +11,14 @@
  * so a retry after an error is evaluated afresh.
  */
 import { createHash } from "node:crypto";
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import type { Sequelize, Transaction } from "sequelize";
+import { claimKey, deleteKeysOlderThan, storeResponse, storedKey } from "../db/idempotency.js";
 import { idempotencyKeyReused } from "./errors.js";
 
 /** How long keys are kept at least; older ones may be purged. */
-export const IDEMPOTENCY_RETENTION_HOURS = 24;
+const IDEMPOTENCY_RETENTION_HOURS = 24;
 
-export interface IdempotencyScope {
+interface IdempotencyScope {
   /** The account the effect belongs to (keys are unique per account). */
   accountId: string;
   key: string;
@@ -36,33 +37,21 @@ export interface IdempotencyScope {
  */
 export async function runIdempotent<T>(sequelize: Sequelize, t: Transaction, scope: IdempotencyScope, effect: () => Promise<T>): Promise<{ result: T; replayed: boolean }> {
   const hash = scope.requestHash ?? requestHash(scope.method, scope.request);
-  const claimed = await sequelize.query(
-    `INSERT INTO idempotency_keys (account_id, key, method, request_hash, response)
-     VALUES ($1, $2, $3, $4, 'null'::jsonb) ON CONFLICT (account_id, key) DO NOTHING RETURNING 1 AS claimed`,
-    { bind: [scope.accountId, scope.key, scope.method, hash], transaction: t, type: QueryTypes.SELECT },
-  );
-  if (claimed.length === 0) {
-    const [stored] = await sequelize.query<{ request_hash: string; response: unknown }>(
-      `SELECT request_hash, response FROM idempotency_keys WHERE account_id = $1 AND key = $2`,
-      { bind: [scope.accountId, scope.key], transaction: t, type: QueryTypes.SELECT },
-    );
+  if (!(await claimKey(sequelize, t, scope.accountId, scope.key, scope.method, hash))) {
+    const stored = await storedKey(sequelize, t, scope.accountId, scope.key);
     if (!stored || stored.request_hash !== hash) {
       throw idempotencyKeyReused(scope.key);
     }
     return { result: decodeStored(stored.response) as T, replayed: true };
   }
   const result = await effect();
-  await sequelize.query(`UPDATE idempotency_keys SET response = $3::jsonb WHERE account_id = $1 AND key = $2`, {
-    bind: [scope.accountId, scope.key, encodeStored(result)],
-    transaction: t,
-  });
+  await storeResponse(sequelize, t, scope.accountId, scope.key, encodeStored(result));
   return { result, replayed: false };
 }
 
 /** Deletes keys older than the retention period; returns how many. */
-export async function purgeIdempotencyKeys(sequelize: Sequelize): Promise<number> {
-  const [, meta] = await sequelize.query(`DELETE FROM idempotency_keys WHERE created_at < now() - interval '${IDEMPOTENCY_RETENTION_HOURS} hours'`);
-  return (meta as { rowCount?: number })?.rowCount ?? 0;
+export function purgeIdempotencyKeys(sequelize: Sequelize): Promise<number> {
+  return deleteKeysOlderThan(sequelize, IDEMPOTENCY_RETENTION_HOURS);
 }
 
 /** The hash that identifies a request under its key (method + canonical JSON). */

@@ -1,5 +1,5 @@
 /**
- * Field checks shared by every domain service. Limits follow API.md: ids,
+ * Field checks shared by every domain service. Limits follow README.md ("Calling it": input limits): ids,
  * keys, names and descriptions are at most 255 characters; longer input is
  * INVALID_ARGUMENT, never truncated.
  */
@@ -37,18 +37,6 @@ export function requireIdempotencyKey(value: string, field = "idempotency_key"):
   return checkText(value, field);
 }
 
-/** A positive int64. */
-export function requirePositive(value: bigint, field: string): bigint {
-  if (value <= 0n) throw invalidField(field, "must be greater than zero");
-  return value;
-}
-
-/** A non-negative int64. */
-export function requireNonNegative(value: bigint, field: string): bigint {
-  if (value < 0n) throw invalidField(field, "must not be negative");
-  return value;
-}
-
 /** A UUID-shaped opaque id (the form this service issues). */
 export function requireUuid(value: string, field: string): string {
   requireId(value, field);
@@ -56,7 +44,7 @@ export function requireUuid(value: string, field: string): string {
   return value.toLowerCase();
 }
 
-/** Limits on caller-given JSON (metadata), the same on every protocol (API.md, "Input limits"). */
+/** Limits on caller-given JSON (metadata), the same on every protocol (README.md, "Calling it": input limits). */
 export const METADATA_MAX_DEPTH = 10;
 export const METADATA_MAX_BYTES = 16 * 1024;
 

@@ -13,10 +13,10 @@ import {
   UpdateAutoTopUpResponseSchema,
   type AutomationService,
 } from "../../gen/billing/v1/automation_service_pb.js";
-import { assertAccountAccess } from "../auth/policy.js";
+import { assertOwnAccount } from "../auth/ownership.js";
+import { principalOf } from "../auth/principal.js";
 import type { AttemptState, AttemptView, AutoTopUps, AutoTopUpView } from "../domain/automation/auto-top-up.js";
 import { invalidField } from "../domain/errors.js";
-import { principalOf } from "../auth/principal.js";
 import { enumToProto, ts, txOptions } from "./convert.js";
 
 export interface AutoTopUpDeps {
@@ -49,7 +49,7 @@ export function createAutoTopUpHandlers(d: AutoTopUpDeps): Partial<ServiceImpl<t
       if (s.accountId === "") throw invalidField("auto_top_up.account_id", "is required");
       // The account id is nested, so the interceptor cannot see it.
       const principal = principalOf(ctx);
-      assertAccountAccess(principal, s.accountId);
+      assertOwnAccount(principal, s.accountId);
       const input = { accountId: s.accountId, enabled: s.enabled, threshold: s.threshold, packageId: s.packageId, monthlyLimit: s.monthlyLimit, monthlyAmountLimit: s.monthlyAmountLimit };
       const updated = await d.autoTopUps.update(input, req.updateMask?.paths ?? [], principal.name, txOptions(ctx));
       return create(UpdateAutoTopUpResponseSchema, { autoTopUp: settingsToProto(updated) });

@@ -24,9 +24,8 @@ import {
   type CreditUsageLog,
 } from "../../gen/billing/v1/credit_service_pb.js";
 import { PriceVersionState } from "../../gen/billing/v1/model_config_service_pb.js";
-import type { TransactionOptions } from "../db/transaction.js";
 import type { VersionState, VersionTimes } from "../domain/models/versions.js";
-import type { BalanceView, CreditLotView, LedgerEntry, LotCategory, LotState, TransactionType, UsageLogEntry } from "../domain/credits/types.js";
+import type { BalanceView, CreditLotView, LedgerEntry, LotCategory, LotState, TransactionOptions, TransactionType, UsageLogEntry } from "../domain/credits/types.js";
 import { invalidField } from "../domain/errors.js";
 
 /** The domain value of a proto enum; undefined for 0 (UNSPECIFIED); INVALID_ARGUMENT for unknown numbers. */
@@ -99,7 +98,7 @@ export function dateOf(t: Timestamp | undefined, field: string): Date | undefine
   return new Date(Number(t.seconds) * 1000 + Math.floor(t.nanos / 1_000_000));
 }
 
-const TX_TYPES: [CreditTransactionType, TransactionType][] = [
+export const TX_TYPES: [CreditTransactionType, TransactionType][] = [
   [CreditTransactionType.PURCHASE, "purchase"],
   [CreditTransactionType.SUBSCRIPTION, "subscription"],
   [CreditTransactionType.REFUND, "refund"],
@@ -144,27 +143,6 @@ export function lotToProto(l: CreditLotView): CreditLot {
   });
 }
 
-/** The domain type of a proto transaction type; undefined for UNSPECIFIED. */
-export function txTypeFromProto(value: CreditTransactionType, field: string): TransactionType | undefined {
-  if (value === CreditTransactionType.UNSPECIFIED) return undefined;
-  const found = TX_TYPES.find(([p]) => p === value);
-  if (!found) throw invalidField(field, `unknown transaction type ${value}`);
-  return found[1];
-}
-
-/** The domain types of a repeated proto filter; UNSPECIFIED is rejected. */
-export function txTypesFromProto(values: CreditTransactionType[], field: string): TransactionType[] {
-  return values.map((v, i) => {
-    const t = txTypeFromProto(v, `${field}[${i}]`);
-    if (!t) throw invalidField(`${field}[${i}]`, "must not be UNSPECIFIED");
-    return t;
-  });
-}
-
-export function txTypeToProto(value: TransactionType): CreditTransactionType {
-  return TX_TYPES.find(([, d]) => d === value)![0];
-}
-
 export function balanceToProto(b: BalanceView): Balance {
   return create(BalanceSchema, {
     accountId: b.accountId,
@@ -182,7 +160,7 @@ export function transactionToProto(t: LedgerEntry): CreditTransaction {
   return create(CreditTransactionSchema, {
     id: t.id,
     accountId: t.accountId,
-    type: txTypeToProto(t.type),
+    type: enumToProto(TX_TYPES, t.type),
     amount: t.amount,
     balanceAfter: t.balanceAfter,
     description: t.description,

@@ -53,7 +53,7 @@ import {
   type CreditPackage,
   type Usage,
 } from "../../gen/billing/v1/credit_service_pb.js";
-import type { BalanceNotifications } from "../db/notifications.js";
+import { watchBalance, type BalanceSubscriptions } from "../domain/credits/balance-watch.js";
 import type { CreditLedger } from "../domain/credits/ledger.js";
 import type { CreditLots } from "../domain/credits/lots.js";
 import type { CreditPackages, PackageInput, PackageView } from "../domain/credits/packages.js";
@@ -78,9 +78,8 @@ import {
   lotToProto,
   transactionToProto,
   ts,
+  TX_TYPES,
   txOptions,
-  txTypeFromProto,
-  txTypesFromProto,
   usageLogToProto,
   versionTimesToProto,
 } from "./convert.js";
@@ -93,7 +92,7 @@ export interface CreditServiceDeps {
   packages: CreditPackages;
   usage: UsageReports;
   lots: CreditLots;
-  notifications: BalanceNotifications;
+  notifications: BalanceSubscriptions;
 }
 
 const roundingModes: [CreditRoundingMode, RoundingMode][] = [
@@ -263,7 +262,7 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
         {
           accountId: req.accountId,
           amount: req.amount,
-          type: txTypeFromProto(req.type, "type"),
+          type: enumFromProto(TX_TYPES, req.type, "type"),
           description: req.description,
           metadata: req.metadata ?? {},
           paymentId: req.paymentId,
@@ -358,7 +357,7 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
     async listTransactions(req) {
       const r = await d.ledger.listTransactions({
         accountId: req.accountId,
-        types: txTypesFromProto(req.types, "types"),
+        types: enumsFromProto(TX_TYPES, req.types, "types"),
         startTime: dateOf(req.startTime, "start_time"),
         endTime: dateOf(req.endTime, "end_time"),
         pageSize: req.pageSize,
@@ -391,31 +390,11 @@ export function createCreditServiceHandler(d: CreditServiceDeps): ServiceImpl<ty
     },
 
     async *watchBalance(req, ctx: HandlerContext) {
-      let wake: (() => void) | undefined;
-      let dirty = false;
-      const unsubscribe = await d.notifications.subscribe(req.accountId, () => {
-        dirty = true;
-        wake?.();
-      });
-      const aborted = new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
-      try {
-        let last = "";
-        for (;;) {
-          dirty = false;
-          const balance = balanceToProto(await d.ledger.getBalance(req.accountId));
-          const fingerprint = `${balance.balance}/${balance.reserved}/${balance.available}`;
-          if (fingerprint !== last) {
-            last = fingerprint;
-            yield create(WatchBalanceResponseSchema, { balance });
-          }
-          if (!dirty) await Promise.race([new Promise<void>((resolve) => (wake = resolve)), aborted]);
-          wake = undefined;
-          // The server is shutting down (or the caller left): end the stream as UNAVAILABLE, so callers reconnect elsewhere.
-          if (ctx.signal.aborted) throw new ConnectError("the server is shutting down; watch again on another instance", Code.Unavailable);
-        }
-      } finally {
-        unsubscribe();
+      for await (const balance of watchBalance(d.ledger, d.notifications, req.accountId, ctx.signal)) {
+        yield create(WatchBalanceResponseSchema, { balance: balanceToProto(balance) });
       }
+      // The watch ends only when the signal aborts: the caller left or the server is shutting down; callers reconnect elsewhere.
+      throw new ConnectError("the server is shutting down; watch again on another instance", Code.Unavailable);
     },
 
     async getCostConfig(req) {

@@ -23,7 +23,7 @@ export interface EventServiceDeps extends WebhookEndpointDeps {
 }
 
 /** The proto form of an event. */
-export function eventToProto(e: EventView): Event {
+function eventToProto(e: EventView): Event {
   const data = e.data;
   const withTimes = (v: Record<string, unknown>) => Object.fromEntries(Object.entries(v).map(([k, x]) => [k, x instanceof Date ? ts(x) : x]));
   return create(EventSchema, {

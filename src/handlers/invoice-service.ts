@@ -2,7 +2,7 @@
  * InvoiceService: proto <-> domain mapping for invoices and package purchases.
  */
 import { create } from "@bufbuild/protobuf";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import { PaymentMethod } from "../../gen/billing/v1/common_pb.js";
 import {
   AddLineItemResponseSchema,
@@ -19,14 +19,13 @@ import {
   VoidInvoiceResponseSchema,
   type BillingSnapshot,
 } from "../../gen/billing/v1/invoice_service_pb.js";
-import { assertAccountAccess } from "../auth/policy.js";
+import { ownerCheck } from "../auth/ownership.js";
+import { invalidField } from "../domain/errors.js";
 import type { InvoiceView, Invoices, PaymentMethodName } from "../domain/invoices/invoices.js";
 import type { InvoiceStatus as DomainInvoiceStatus } from "../domain/invoices/state-machine.js";
-import { invalidField } from "../domain/errors.js";
-import { principalOf } from "../auth/principal.js";
 import { calendarDateToProto, enumFromProto, enumToProto, ts, txOptions } from "./convert.js";
 
-export const invoiceStatuses: [InvoiceStatus, DomainInvoiceStatus][] = [
+const invoiceStatuses: [InvoiceStatus, DomainInvoiceStatus][] = [
   [InvoiceStatus.DRAFT, "draft"],
   [InvoiceStatus.PENDING, "pending"],
   [InvoiceStatus.PAID, "paid"],
@@ -46,7 +45,7 @@ function snapshotOf(s: BillingSnapshot | undefined) {
   return s && { email: s.email, name: s.name, address: s.address };
 }
 
-export function invoiceToProto(i: InvoiceView) {
+function invoiceToProto(i: InvoiceView) {
   return create(InvoiceSchema, {
     id: i.id,
     accountId: i.accountId,
@@ -76,7 +75,6 @@ export function invoiceToProto(i: InvoiceView) {
 
 /** The whole InvoiceService. */
 export function createInvoiceServiceHandler(invoices: Invoices): ServiceImpl<typeof InvoiceService> {
-  const own = (ctx: HandlerContext) => (accountId: string) => assertAccountAccess(principalOf(ctx), accountId);
   return {
     async createInvoice(req, ctx) {
       const r = await invoices.create(
@@ -97,10 +95,10 @@ export function createInvoiceServiceHandler(invoices: Invoices): ServiceImpl<typ
       return create(CreateInvoiceResponseSchema, { invoice: invoiceToProto(r) });
     },
     async getInvoice(req, ctx) {
-      return create(GetInvoiceResponseSchema, { invoice: invoiceToProto(await invoices.get(req.invoiceId, own(ctx))) });
+      return create(GetInvoiceResponseSchema, { invoice: invoiceToProto(await invoices.get(req.invoiceId, ownerCheck(ctx))) });
     },
-    async listInvoices(req, ctx) {
-      if (principalOf(ctx).role === "account" && !req.accountId) throw invalidField("account_id", "account keys must name their own account");
+    async listInvoices(req) {
+      // Account keys name their own account_id (the auth interceptor checks it).
       const r = await invoices.list({
         accountId: req.accountId,
         statuses: req.statuses.map((s, i) => {

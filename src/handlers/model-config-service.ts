@@ -146,9 +146,9 @@ export function createModelConfigServiceHandler(catalogue: ModelCatalogue): Serv
       return create(ListModelConfigsResponseSchema, { modelConfigs: r.models.map(modelToProto), nextPageToken: r.nextPageToken });
     },
     async updateModelConfig(req, ctx: HandlerContext) {
-      // provider_name is the provider too, as a path.
+      // provider_name is the provider too, as a path (the domain counts a field named twice once).
       const paths = (req.updateMask?.paths ?? []).map((p) => p.replace(/provider_name$/, "provider"));
-      const r = await catalogue.update(inputOf(req.modelConfig), [...new Set(paths)], principalOf(ctx).name, txOptions(ctx));
+      const r = await catalogue.update(inputOf(req.modelConfig), paths, principalOf(ctx).name, txOptions(ctx));
       return create(UpdateModelConfigResponseSchema, { modelConfig: modelToProto(r) });
     },
     async setDefaultModel(req, ctx: HandlerContext) {

@@ -29,11 +29,13 @@ import {
   type AccountPaymentMethod,
 } from "../../gen/billing/v1/payment_service_pb.js";
 import { PaymentMethod } from "../../gen/billing/v1/common_pb.js";
-import { assertAccountAccess } from "../auth/policy.js";
-import { invalidField } from "../domain/errors.js";
-import type { AccountMethodInput, AccountMethodView, MethodConfigView, PaymentMethods } from "../domain/payments/payment-methods.js";
-import type { PaymentHistoryView, PaymentStatus as DomainPaymentStatus, PaymentView, Payments } from "../domain/payments/payments.js";
+import { assertOwnAccount, ownerCheck } from "../auth/ownership.js";
+import { assertRole } from "../auth/policy.js";
 import { principalOf } from "../auth/principal.js";
+import { invalidField } from "../domain/errors.js";
+import { accountMethodFields, type AccountMethodField, type AccountMethodInput, type AccountMethodView, type MethodConfigView, type PaymentMethods } from "../domain/payments/payment-methods.js";
+import type { PaymentHistoryView, PaymentView, Payments } from "../domain/payments/payments.js";
+import type { PaymentStatus as DomainPaymentStatus } from "../domain/payments/state-machine.js";
 import { enumFromProto, enumToProto, ts, txOptions } from "./convert.js";
 import { paymentMethods } from "./invoice-service.js";
 
@@ -127,7 +129,6 @@ function accountMethodInput(m: AccountPaymentMethod | undefined): AccountMethodI
 
 /** The whole PaymentService. */
 export function createPaymentServiceHandler(payments: Payments, methods: PaymentMethods): ServiceImpl<typeof PaymentService> {
-  const own = (ctx: HandlerContext) => (accountId: string) => assertAccountAccess(principalOf(ctx), accountId);
   return {
     async submitManualPayment(req, ctx) {
       const r = await payments.submitManual(
@@ -140,7 +141,7 @@ export function createPaymentServiceHandler(payments: Payments, methods: Payment
           idempotencyKey: req.idempotencyKey,
         },
         principalOf(ctx).name,
-        own(ctx),
+        ownerCheck(ctx),
         txOptions(ctx),
       );
       return create(SubmitManualPaymentResponseSchema, { payment: paymentToProto(r) });
@@ -160,10 +161,10 @@ export function createPaymentServiceHandler(payments: Payments, methods: Payment
       return create(RefundPaymentResponseSchema, { payment: paymentToProto(r) });
     },
     async getPayment(req, ctx) {
-      return create(GetPaymentResponseSchema, { payment: paymentToProto(await payments.get(req.paymentId, own(ctx))) });
+      return create(GetPaymentResponseSchema, { payment: paymentToProto(await payments.get(req.paymentId, ownerCheck(ctx))) });
     },
-    async listPayments(req, ctx) {
-      if (principalOf(ctx).role === "account" && !req.accountId) throw invalidField("account_id", "account keys must name their own account");
+    async listPayments(req) {
+      // Account keys name their own account_id (the auth interceptor checks it).
       const r = await payments.list({
         accountId: req.accountId,
         statuses: req.statuses.map((s, i) => enumFromProto(paymentStatuses, s, `statuses[${i}]`) ?? badEnum(`statuses[${i}]`)),
@@ -174,7 +175,7 @@ export function createPaymentServiceHandler(payments: Payments, methods: Payment
       return create(ListPaymentsResponseSchema, { payments: r.payments.map(paymentToProto), nextPageToken: r.nextPageToken });
     },
     async listPaymentHistory(req, ctx) {
-      const r = await payments.history(req.paymentId, req.pageSize, req.pageToken, own(ctx));
+      const r = await payments.history(req.paymentId, req.pageSize, req.pageToken, ownerCheck(ctx));
       return create(ListPaymentHistoryResponseSchema, { entries: r.entries.map(historyToProto), nextPageToken: r.nextPageToken });
     },
     async listPaymentMethods(req) {
@@ -210,7 +211,8 @@ export function createPaymentServiceHandler(payments: Payments, methods: Payment
     async createAccountPaymentMethod(req, ctx) {
       const input = accountMethodInput(req.accountPaymentMethod);
       if (input.accountId === "") throw invalidField("account_payment_method.account_id", "is required");
-      assertAccountAccess(principalOf(ctx), input.accountId);
+      assertOwnAccount(principalOf(ctx), input.accountId);
+      assertMaySetProviderRefs(ctx, input.providerCustomerId !== "" || input.providerPaymentMethodId !== "");
       return create(CreateAccountPaymentMethodResponseSchema, { accountPaymentMethod: accountMethodToProto(await methods.createAccountMethod(input, txOptions(ctx))) });
     },
     async listAccountPaymentMethods(req) {
@@ -218,17 +220,31 @@ export function createPaymentServiceHandler(payments: Payments, methods: Payment
       return create(ListAccountPaymentMethodsResponseSchema, { accountPaymentMethods: r.methods.map(accountMethodToProto), nextPageToken: r.nextPageToken });
     },
     async updateAccountPaymentMethod(req, ctx) {
-      const r = await methods.updateAccountMethod(accountMethodInput(req.accountPaymentMethod), req.updateMask?.paths ?? [], own(ctx), txOptions(ctx));
+      const input = accountMethodInput(req.accountPaymentMethod);
+      const paths = req.updateMask?.paths ?? [];
+      assertMaySetProviderRefs(ctx, accountMethodFields(input, paths).some((f) => PROVIDER_REF_FIELDS.includes(f)));
+      const r = await methods.updateAccountMethod(input, paths, ownerCheck(ctx), txOptions(ctx));
       return create(UpdateAccountPaymentMethodResponseSchema, { accountPaymentMethod: accountMethodToProto(r) });
     },
     async setDefaultAccountPaymentMethod(req, ctx) {
-      return create(SetDefaultAccountPaymentMethodResponseSchema, { accountPaymentMethod: accountMethodToProto(await methods.setDefaultAccountMethod(req.id, own(ctx), txOptions(ctx))) });
+      return create(SetDefaultAccountPaymentMethodResponseSchema, { accountPaymentMethod: accountMethodToProto(await methods.setDefaultAccountMethod(req.id, ownerCheck(ctx), txOptions(ctx))) });
     },
     async deleteAccountPaymentMethod(req, ctx) {
-      await methods.deleteAccountMethod(req.id, own(ctx));
+      await methods.deleteAccountMethod(req.id, ownerCheck(ctx));
       return create(DeleteAccountPaymentMethodResponseSchema);
     },
   };
+}
+
+const PROVIDER_REF_FIELDS: readonly AccountMethodField[] = ["provider_customer_id", "provider_payment_method_id"];
+
+/**
+ * The provider customer and payment method of a saved method decide whom an
+ * off-session charge (auto top-up) bills: only admin and service keys set
+ * them; account keys get PERMISSION_DENIED before anything is written.
+ */
+function assertMaySetProviderRefs(ctx: HandlerContext, setsThem: boolean): void {
+  if (setsThem) assertRole(principalOf(ctx), "internal");
 }
 
 function badEnum(field: string): never {

@@ -13,7 +13,7 @@ import { expect } from "chai";
 import { randomUUID } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import type { Sequelize } from "sequelize";
+import { QueryTypes, type Sequelize } from "sequelize";
 import { AutomationService, AutoTopUpState, type AutoTopUpAttempt } from "../../gen/billing/v1/automation_service_pb.js";
 import { PaymentMethod } from "../../gen/billing/v1/common_pb.js";
 import { CreditLotCategory, CreditService, CreditTransactionType } from "../../gen/billing/v1/credit_service_pb.js";
@@ -23,12 +23,15 @@ import { PaymentService, PaymentStatus } from "../../gen/billing/v1/payment_serv
 import { createApp } from "../../src/app.js";
 import { loadConfig, ConfigError } from "../../src/config.js";
 import { createSequelize } from "../../src/db/database.js";
+import { signStripe } from "../../src/domain/payments/providers/stripe.js";
 import { createLogger } from "../../src/logger.js";
 import type { BillingServer } from "../../src/server.js";
 import { ACCOUNT_A, KNOWN_SECRETS, TOKENS, badFields, client, expectError, harness, key, newAccount } from "../harness.js";
 
 const STRIPE_KEY = "sk_test_auto_top_up_4242";
 KNOWN_SECRETS.add(STRIPE_KEY);
+const STRIPE_WEBHOOK_SECRET = "whsec_auto_top_up_test";
+KNOWN_SECRETS.add(STRIPE_WEBHOOK_SECRET);
 /** A user-assigned ISO code, so no other test file's Stripe config is picked. */
 const COUNTRY = "XA";
 const POLL_MS = 40;
@@ -37,8 +40,12 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- fake Stripe
 
-/** How the fake answers a customer's charges: the mode is the customer id's second part (cus_<mode>_…). */
-type Mode = "ok" | "declined" | "silent" | "slowfirst";
+/**
+ * How the fake answers a customer's charges: the mode is the customer id's second part (cus_<mode>_…).
+ * processing: the PaymentIntent is `processing` (replayed as such), and succeeded when read back (GET);
+ * error500: a 500 naming the PaymentIntent (replayed as such), which reads back declined.
+ */
+type Mode = "ok" | "declined" | "silent" | "slowfirst" | "processing" | "error500";
 
 interface StripeCall {
   key: string;
@@ -51,6 +58,10 @@ class FakeStripe {
   /** Charges actually made, by idempotency key (Stripe makes at most one per key). */
   readonly charged = new Map<string, { customer: string; amount: number; currency: string }>();
   private readonly answers = new Map<string, { status: number; body: unknown }>();
+  /** PaymentIntents as GET /v1/payment_intents/{id} reads them. */
+  private readonly intents = new Map<string, { key: string; body: Record<string, unknown> }>();
+  /** The PaymentIntent ids read back (GET), in order. */
+  readonly reads: string[] = [];
   private server: http.Server | undefined;
   url = "";
 
@@ -79,8 +90,15 @@ class FakeStripe {
 
   private answer(req: http.IncomingMessage, text: string, res: http.ServerResponse): void {
     const send = (status: number, body: unknown): void => void res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
-    if (req.method !== "POST" || req.url !== "/v1/payment_intents") return send(404, { error: { type: "invalid_request_error", message: "Unrecognized request URL" } });
+    const read = req.method === "GET" ? /^\/v1\/payment_intents\/(pi_[A-Za-z0-9]+)$/.exec(req.url ?? "") : null;
+    if (!read && (req.method !== "POST" || req.url !== "/v1/payment_intents")) return send(404, { error: { type: "invalid_request_error", message: "Unrecognized request URL" } });
     if (req.headers.authorization !== `Bearer ${STRIPE_KEY}`) return send(401, { error: { type: "invalid_request_error", message: "Invalid API Key provided" } });
+    if (read) {
+      this.reads.push(read[1]!);
+      const intent = this.intents.get(read[1]!);
+      if (!intent) return send(404, { error: { type: "invalid_request_error", code: "resource_missing", message: `No such payment_intent: '${read[1]}'` } });
+      return send(200, intent.body);
+    }
     if (req.headers["content-type"] !== "application/x-www-form-urlencoded") return send(400, { error: { type: "invalid_request_error", message: "form-encoded bodies only" } });
     const form = new URLSearchParams(text);
     const idempotencyKey = String(req.headers["idempotency-key"] ?? "");
@@ -92,6 +110,25 @@ class FakeStripe {
     if (form.get("confirm") !== "true" || form.get("off_session") !== "true") return send(400, { error: { type: "invalid_request_error", message: "expected confirm and off_session" } });
     const intent = `pi_${randomUUID().replace(/-/g, "").slice(0, 20)}`;
     if (mode === "silent") return; // never answers
+    const amount = Number(form.get("amount"));
+    const metadata = { invoice_id: form.get("metadata[invoice_id]"), auto_top_up_id: form.get("metadata[auto_top_up_id]") };
+    if (mode === "processing") {
+      const pending = { id: intent, object: "payment_intent", status: "processing", amount, amount_received: 0, currency: form.get("currency"), customer, metadata };
+      this.answers.set(idempotencyKey, { status: 200, body: pending });
+      // Read back later, it has succeeded: the one charge.
+      this.charged.set(idempotencyKey, { customer, amount, currency: String(form.get("currency")) });
+      this.intents.set(intent, { key: idempotencyKey, body: { ...pending, status: "succeeded", amount_received: amount, latest_charge: `ch_${intent.slice(3)}` } });
+      return send(200, pending);
+    }
+    if (mode === "error500") {
+      const body = { error: { type: "api_error", message: "An unknown error occurred", payment_intent: { id: intent, object: "payment_intent", status: "requires_confirmation" } } };
+      this.answers.set(idempotencyKey, { status: 500, body });
+      this.intents.set(intent, {
+        key: idempotencyKey,
+        body: { id: intent, object: "payment_intent", status: "requires_payment_method", amount, currency: form.get("currency"), customer, metadata, last_payment_error: { code: "card_declined", message: "Your card was declined." } },
+      });
+      return send(500, body);
+    }
     if (mode === "declined") {
       const body = {
         error: {
@@ -105,7 +142,6 @@ class FakeStripe {
       this.answers.set(idempotencyKey, { status: 402, body });
       return send(402, body);
     }
-    const amount = Number(form.get("amount"));
     const body = {
       id: intent,
       object: "payment_intent",
@@ -165,6 +201,16 @@ async function waitFor<T>(what: string, read: () => Promise<T>, done: (v: T) => 
   }
 }
 
+/** Posts a signed Stripe webhook to the harness server. */
+async function stripeWebhook(event: unknown): Promise<Response> {
+  const body = JSON.stringify(event);
+  return fetch(`${harness().baseUrl}/webhooks/stripe`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "stripe-signature": signStripe(body, STRIPE_WEBHOOK_SECRET, Math.floor(Date.now() / 1000)) },
+    body,
+  });
+}
+
 async function attemptsOf(accountId: string): Promise<AutoTopUpAttempt[]> {
   return (await automation().listAutoTopUps({ accountId, pageSize: 100 })).attempts;
 }
@@ -192,7 +238,7 @@ let packageId = "";
 const PACKAGE_CREDITS = 1000n;
 
 /** An account with `balance` credits, a default Stripe card of the customer `cus_<mode>_…`, and auto top-up on at `threshold`. */
-async function topUpAccount(mode: Mode, balance: bigint, threshold: bigint, limits: { monthlyLimit?: number; monthlyAmountLimit?: string } = {}) {
+async function topUpAccount(mode: Mode, balance: bigint, threshold: bigint, limits: { monthlyLimit?: number; monthlyAmountLimit?: string; packageId?: string } = {}) {
   const accountId = newAccount("atu");
   const customer = `cus_${mode}_${randomUUID().slice(0, 8)}`;
   if (balance > 0n) await grant(accountId, balance);
@@ -203,7 +249,7 @@ async function topUpAccount(mode: Mode, balance: bigint, threshold: bigint, limi
   ).accountPaymentMethod!;
   const paths = ["enabled", "threshold", "package_id", ...(limits.monthlyLimit ? ["monthly_limit"] : []), ...(limits.monthlyAmountLimit ? ["monthly_amount_limit"] : [])];
   const settings = await automation().updateAutoTopUp({
-    autoTopUp: { accountId, enabled: true, threshold, packageId, monthlyLimit: limits.monthlyLimit ?? 0, monthlyAmountLimit: limits.monthlyAmountLimit ?? "" },
+    autoTopUp: { accountId, enabled: true, threshold, packageId: limits.packageId ?? packageId, monthlyLimit: limits.monthlyLimit ?? 0, monthlyAmountLimit: limits.monthlyAmountLimit ?? "" },
     updateMask: { paths },
   });
   return { accountId, customer, methodId: method.id, settings: settings.autoTopUp! };
@@ -220,7 +266,7 @@ describe("auto top-up", function () {
     await stripe.start();
     await client(PaymentService, TOKENS.admin).upsertPaymentMethodConfig({
       paymentMethodConfig: { countryCode: COUNTRY, paymentMethod: PaymentMethod.STRIPE, isEnabled: true, displayName: "Card" },
-      secrets: { apiSecret: STRIPE_KEY },
+      secrets: { apiSecret: STRIPE_KEY, webhookSecret: STRIPE_WEBHOOK_SECRET },
     });
     const slug = `atu-${randomUUID().slice(0, 8)}`;
     packageId = (await credits().createCreditPackage({ creditPackage: { name: "Auto top-up pack", slug, credits: PACKAGE_CREDITS, price: "10.00", currency: "USD", discountPercentage: 0, isActive: true } })).creditPackage!.id;
@@ -427,6 +473,111 @@ describe("auto top-up", function () {
     expect(attempt!.failureReason).to.contain("no answer from Stripe");
     expect(stripe.callsOf(customer)).to.have.length(5);
     expect((await client(InvoiceService, TOKENS.admin).getInvoice({ invoiceId: attempt!.invoiceId })).invoice!.status).to.equal(InvoiceStatus.PENDING);
+    expect((await automation().getAutoTopUp({ accountId })).autoTopUp!.enabled).to.equal(false);
+
+    // The charge went through after all: Stripe's late payment_intent.succeeded settles the invoice, and the attempt follows.
+    const intent = `pi_late${randomUUID().replace(/-/g, "").slice(0, 16)}`;
+    const res = await stripeWebhook({
+      id: `evt_${randomUUID().replace(/-/g, "")}`,
+      type: "payment_intent.succeeded",
+      data: { object: { id: intent, object: "payment_intent", status: "succeeded", amount: 1000, amount_received: 1000, currency: "usd", metadata: { invoice_id: attempt!.invoiceId, auto_top_up_id: attempt!.id } } },
+    });
+    expect(res.status).to.equal(200);
+    const [late] = await waitFor("the reconciled attempt", () => attemptsOf(accountId), (as) => as[0]!.state === AutoTopUpState.SUCCEEDED);
+    expect(late).to.include({ id: attempt!.id, providerReference: intent });
+    expect(late!.paymentId).to.not.equal("");
+    expect((await client(InvoiceService, TOKENS.admin).getInvoice({ invoiceId: attempt!.invoiceId })).invoice!.status).to.equal(InvoiceStatus.PAID);
+    expect(await balanceOf(accountId)).to.equal(400n + PACKAGE_CREDITS);
+    const succeeded = await waitFor("auto_top_up.succeeded", () => eventsOf(accountId, "auto_top_up.succeeded"), (e) => e.length > 0);
+    expect(succeeded[0]!.data.value).to.include({ topUpId: attempt!.id, paymentId: late!.paymentId });
+  });
+
+  it("should read back a PaymentIntent it knows instead of resending the request Stripe replays", async () => {
+    const { accountId, customer } = await topUpAccount("processing", 600n, 500n);
+    await replicas[0]!.credits.deductCredits({ accountId, operationType: "clustering", usage: { credits: 200n }, idempotencyKey: key() });
+    const [attempt] = await settled(accountId, 1);
+    expect(attempt).to.include({ state: AutoTopUpState.SUCCEEDED, failureReason: "" });
+    expect(stripe.callsOf(customer), "one request to create the charge").to.have.length(1);
+    expect(stripe.reads).to.include(attempt!.providerReference);
+    expect(stripe.chargesOf(customer)).to.have.length(1);
+    expect(await balanceOf(accountId)).to.equal(400n + PACKAGE_CREDITS);
+    expect((await client(InvoiceService, TOKENS.admin).getInvoice({ invoiceId: attempt!.invoiceId })).invoice!.status).to.equal(InvoiceStatus.PAID);
+  });
+
+  it("should not void the invoice of a charge whose first try had no known outcome", async () => {
+    const { accountId, customer } = await topUpAccount("error500", 600n, 500n);
+    await replicas[0]!.credits.deductCredits({ accountId, operationType: "clustering", usage: { credits: 200n }, idempotencyKey: key() });
+    const [attempt] = await settled(accountId, 1);
+    expect(attempt).to.include({ state: AutoTopUpState.FAILED });
+    expect(attempt!.failureReason).to.contain("card_declined");
+    expect(stripe.callsOf(customer), "the 500 is not resent").to.have.length(1);
+    expect(stripe.reads).to.include(attempt!.providerReference);
+    // A late payment_intent.succeeded must still be able to settle it.
+    expect((await client(InvoiceService, TOKENS.admin).getInvoice({ invoiceId: attempt!.invoiceId })).invoice!.status).to.equal(InvoiceStatus.PENDING);
+  });
+
+  it("should keep the watch bounds right when alerts and auto top-up settings change at once", async () => {
+    const { accountId } = await topUpAccount("ok", 0n, 300n);
+    for (let i = 0; i < 25; i++) {
+      await Promise.all([
+        automation().setBalanceAlerts({ accountId, thresholds: [BigInt(100 + i), BigInt(200 + i)] }),
+        automation().updateAutoTopUp({ autoTopUp: { accountId, threshold: BigInt(5000 + i) }, updateMask: { paths: ["threshold"] } }),
+      ]);
+      const [watch] = await harness().sequelize.query<{ watch_min: string; watch_max: string }>(`SELECT watch_min::text, watch_max::text FROM billing_accounts WHERE account_id = $1`, {
+        bind: [accountId],
+        type: QueryTypes.SELECT,
+      });
+      expect(watch, `round ${i}`).to.deep.equal({ watch_min: String(100 + i), watch_max: String(5000 + i) });
+    }
+  });
+
+  it("should start no top-up when a refund or a negative adjustment crosses the threshold", async () => {
+    const { accountId } = await topUpAccount("ok", 600n, 500n);
+    await replicas[0]!.credits.deductCredits({ accountId, operationType: "clustering", usage: { credits: 200n }, idempotencyKey: key() });
+    const [topUp] = await settled(accountId, 1);
+    expect(topUp!.state).to.equal(AutoTopUpState.SUCCEEDED);
+    expect(await balanceOf(accountId)).to.equal(1400n);
+    // A refund takes the balance from 1400 to 400, across 1300.
+    await automation().updateAutoTopUp({ autoTopUp: { accountId, threshold: 1300n }, updateMask: { paths: ["threshold"] } });
+    await client(PaymentService, TOKENS.admin).refundPayment({ paymentId: topUp!.paymentId, reason: "refund test", idempotencyKey: key() });
+    expect(await balanceOf(accountId)).to.equal(400n);
+    // A negative adjustment takes it from 400 to 200, across 300.
+    await automation().updateAutoTopUp({ autoTopUp: { accountId, threshold: 300n }, updateMask: { paths: ["threshold"] } });
+    await credits().adjustCredits({ accountId, amount: -200n, reason: "correction", idempotencyKey: key() });
+    expect(await balanceOf(accountId)).to.equal(200n);
+    await sleep(10 * POLL_MS);
+    expect(await attemptsOf(accountId)).to.have.length(1);
+  });
+
+  it("should not resume at month start settings switched off for a reason a new month does not fix", async () => {
+    const slug = `atu-gone-${randomUUID().slice(0, 8)}`;
+    const gone = (await credits().createCreditPackage({ creditPackage: { name: "Withdrawn pack", slug, credits: 10n, price: "1.00", currency: "USD", discountPercentage: 0, isActive: true } })).creditPackage!.id;
+    const { accountId } = await topUpAccount("ok", 600n, 500n, { packageId: gone });
+    await credits().updateCreditPackage({ creditPackage: { slug, isActive: false }, updateMask: { paths: ["is_active"] } });
+    await replicas[0]!.credits.deductCredits({ accountId, operationType: "clustering", usage: { credits: 200n }, idempotencyKey: key() });
+    const [attempt] = await settled(accountId, 1);
+    expect(attempt).to.include({ state: AutoTopUpState.FAILED });
+    expect(attempt!.failureReason).to.contain("not for sale");
+    await harness().sequelize.query(`UPDATE auto_top_up_settings SET disabled_at = date_trunc('month', now()) - interval '1 day' WHERE account_id = $1`, { bind: [accountId] });
+    await sleep(10 * POLL_MS);
+    const settings = (await automation().getAutoTopUp({ accountId })).autoTopUp!;
+    expect(settings.enabled).to.equal(false);
+    expect(settings.disabledReason).to.contain("not for sale");
+  });
+
+  it("should record a charge that could not be applied for manual review, and not resume it at month start", async () => {
+    const { accountId, customer } = await topUpAccount("slowfirst", 600n, 500n);
+    await replicas[0]!.credits.deductCredits({ accountId, operationType: "clustering", usage: { credits: 200n }, idempotencyKey: key() });
+    // While the first request waits for its answer, the invoice is voided: the charge made cannot pay it.
+    await waitFor("the first charge request", async () => stripe.callsOf(customer).length, (n) => n >= 1);
+    const [processing] = await attemptsOf(accountId);
+    await client(InvoiceService, TOKENS.admin).voidInvoice({ invoiceId: processing!.invoiceId, reason: "voided under the charge" });
+    const [attempt] = await settled(accountId, 1);
+    expect(attempt).to.include({ state: AutoTopUpState.FAILED });
+    expect(attempt!.failureReason).to.contain("charged but not applied");
+    expect(stripe.chargesOf(customer)).to.have.length(1);
+    await harness().sequelize.query(`UPDATE auto_top_up_settings SET disabled_at = date_trunc('month', now()) - interval '1 day' WHERE account_id = $1`, { bind: [accountId] });
+    await sleep(10 * POLL_MS);
     expect((await automation().getAutoTopUp({ accountId })).autoTopUp!.enabled).to.equal(false);
   });
 

@@ -1,5 +1,5 @@
 /**
- * Connect JSON follows the canonical proto3 JSON mapping strictly (API.md,
+ * Connect JSON follows the canonical proto3 JSON mapping strictly (README.md, "Calling it",
  * "Input limits"): non-canonical int64 strings and unknown fields are
  * INVALID_ARGUMENT naming the field, and int64 values that cannot be stored
  * are INVALID_ARGUMENT naming the field too (never INTERNAL, never an

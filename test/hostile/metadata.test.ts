@@ -1,6 +1,6 @@
 /**
- * The `metadata` (google.protobuf.Struct) input limits of API.md ("Input
- * limits"), on every protocol: at most 10 levels deep, at most 16 KiB as
+ * The `metadata` (google.protobuf.Struct) input limits of README.md ("Calling it",
+ * "Input limits"), on every protocol: at most 10 levels deep, at most 16 KiB as
  * JSON, every string valid UTF-8 without NUL, every number finite, and no
  * "__proto__" key. A refused metadata is INVALID_ARGUMENT naming a field that
  * starts with "metadata", and nothing is written (no ledger row, no balance

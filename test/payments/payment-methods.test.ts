@@ -109,5 +109,40 @@ describe("PaymentService payment methods", () => {
       }
       await expectError(client(PaymentService, TOKENS.service).listAccountPaymentMethods({ accountId: ACCOUNT_A }), Code.PermissionDenied);
     });
+
+    it("lets only admin keys point a method at a provider customer and card (account keys: PERMISSION_DENIED, nothing written)", async () => {
+      const mine = client(PaymentService, TOKENS.accountA);
+      const stored = async () =>
+        (await harness().sequelize.query(`SELECT display_name, provider_customer_id, provider_payment_method_id FROM account_payment_methods WHERE account_id = $1 ORDER BY display_name`, {
+          bind: [ACCOUNT_A],
+          type: "SELECT" as never,
+        })) as unknown as { display_name: string; provider_customer_id: string; provider_payment_method_id: string }[];
+      const name = `card-${newAccount()}`;
+      const card = { accountId: ACCOUNT_A, type: PaymentMethod.STRIPE, displayName: name, isEnabled: true };
+      const before = await stored();
+      await expectError(mine.createAccountPaymentMethod({ accountPaymentMethod: { ...card, providerCustomerId: "cus_someone_else" } }), Code.PermissionDenied, "PERMISSION_DENIED");
+      await expectError(mine.createAccountPaymentMethod({ accountPaymentMethod: { ...card, providerPaymentMethodId: "pm_someone_else" } }), Code.PermissionDenied, "PERMISSION_DENIED");
+      expect(await stored()).to.deep.equal(before);
+
+      const own = (await mine.createAccountPaymentMethod({ accountPaymentMethod: card })).accountPaymentMethod!;
+      await expectError(
+        mine.updateAccountPaymentMethod({ accountPaymentMethod: { id: own.id, providerCustomerId: "cus_someone_else" }, updateMask: { paths: ["provider_customer_id"] } }),
+        Code.PermissionDenied,
+        "PERMISSION_DENIED",
+      );
+      await expectError(mine.updateAccountPaymentMethod({ accountPaymentMethod: { id: own.id, providerPaymentMethodId: "pm_someone_else" } }), Code.PermissionDenied, "PERMISSION_DENIED");
+      // Clearing them through the mask is setting them too.
+      await expectError(mine.updateAccountPaymentMethod({ accountPaymentMethod: { id: own.id }, updateMask: { paths: ["account_payment_method.provider_payment_method_id"] } }), Code.PermissionDenied, "PERMISSION_DENIED");
+      expect((await stored()).find((r) => r.display_name === name)).to.deep.equal({ display_name: name, provider_customer_id: "", provider_payment_method_id: "" });
+      // Other fields stay the account's own to change.
+      expect((await mine.updateAccountPaymentMethod({ accountPaymentMethod: { id: own.id, isVerified: true }, updateMask: { paths: ["is_verified"] } })).accountPaymentMethod).to.include({ isVerified: true });
+
+      // Admin keys may set them (service keys too, on the RPCs their role allows); CreateAccountPaymentMethod is admin-or-owner only.
+      const admin = client(PaymentService, TOKENS.admin);
+      const set = (await admin.updateAccountPaymentMethod({ accountPaymentMethod: { id: own.id, providerCustomerId: "cus_a_1", providerPaymentMethodId: "pm_a_1" } })).accountPaymentMethod!;
+      expect(set).to.include({ providerCustomerId: "cus_a_1", providerPaymentMethodId: "pm_a_1" });
+      const created = (await admin.createAccountPaymentMethod({ accountPaymentMethod: { ...card, displayName: `${name}-2`, providerCustomerId: "cus_a_2", providerPaymentMethodId: "pm_a_2" } })).accountPaymentMethod!;
+      expect(created).to.include({ accountId: ACCOUNT_A, providerCustomerId: "cus_a_2", providerPaymentMethodId: "pm_a_2" });
+    });
   });
 });

@@ -1143,14 +1143,19 @@ export type AccountPaymentMethod = Message<"billing.v1.AccountPaymentMethod"> & 
   /**
    * STRIPE: the Stripe customer (cus_…) the method is attached to. With
    * provider_payment_method_id, it lets the account's default method be
-   * charged off-session (auto top-up). At most 255 characters.
+   * charged off-session (auto top-up). At most 255 characters. Set by admin
+   * and service keys only: an account key that sets it (non-empty on
+   * CreateAccountPaymentMethod, or named by UpdateAccountPaymentMethod's
+   * update_mask) gets PERMISSION_DENIED and nothing is written.
    *
    * @generated from field: string provider_customer_id = 13;
    */
   providerCustomerId: string;
 
   /**
-   * STRIPE: the Stripe PaymentMethod (pm_…) to charge. At most 255 characters.
+   * STRIPE: the Stripe PaymentMethod (pm_…) to charge. At most 255
+   * characters. Set by admin and service keys only, like
+   * provider_customer_id.
    *
    * @generated from field: string provider_payment_method_id = 14;
    */

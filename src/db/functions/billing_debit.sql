@@ -1,3 +1,22 @@
+-- billing_reserved / billing_pending: the one definition of an account's
+-- open holds and of its credits in lots not yet effective (on the balance,
+-- not available). Used by the balance reads (src/db/credits/accounts.ts)
+-- and, for holds, by billing_debit below (which sums pending credits from
+-- the lots it reads anyway, by the same rule). Set-returning SQL functions, so that the
+-- planner inlines them into the statement that reads them: no extra
+-- statement, the same plan as a subquery written in place.
+CREATE OR REPLACE FUNCTION billing_reserved(account text) RETURNS TABLE (reserved bigint)
+LANGUAGE sql STABLE AS $fn$
+  SELECT coalesce(sum(c.credits), 0)::bigint FROM credit_reservations c
+  WHERE c.account_id = account AND c.status = 'active' AND c.expires_at > now()
+$fn$;
+
+CREATE OR REPLACE FUNCTION billing_pending(account text) RETURNS TABLE (pending bigint)
+LANGUAGE sql STABLE AS $fn$
+  SELECT coalesce(sum(l.remaining), 0)::bigint FROM credit_lots l
+  WHERE l.account_id = account AND l.state = 'active' AND l.remaining > 0 AND l.effective_at > now()
+$fn$;
+
 -- billing_debit: the one place credits leave the ledger (deductions, single
 -- and coalesced; reservation commits; negative adjustments; refunds; voided
 -- and expired lots). Applied with CREATE OR REPLACE on every migration run
@@ -37,7 +56,7 @@
 -- Each returned row: ord (1-based request index; 0 for a lot that expired,
 -- detail {account_id, amount}), outcome (ok, empty, insufficient, replay,
 -- reused, taken, expired) and detail: for ok/replay the debit
--- record that src/domain/credits/debit-record.ts reads (and that a keyed
+-- record that src/domain/credits/debit.ts reads (and that a keyed
 -- request stores as its idempotent response), for insufficient
 -- {"available": n}.
 CREATE OR REPLACE FUNCTION billing_debit(p_method text, p_requests jsonb, p_accounts text[] DEFAULT '{}')
@@ -127,8 +146,7 @@ BEGIN
   changed := array_fill(false, ARRAY[greatest(cardinality(accts), 1)]);
   used := array_fill(false, ARRAY[greatest(cardinality(accts), 1)]);
   FOR j IN 1..cardinality(accts) LOOP
-    SELECT coalesce(sum(c.credits), 0)::bigint INTO take FROM credit_reservations c
-    WHERE c.account_id = accts[j] AND c.status = 'active' AND c.expires_at > now();
+    SELECT h.reserved INTO take FROM billing_reserved(accts[j]) h;
     held[j] := take;
   END LOOP;
 
@@ -159,6 +177,7 @@ BEGIN
     l_rem[l_count] := lot.remaining;
     l_pending[l_count] := lot.effective_at IS NOT NULL AND lot.effective_at > now();
     l_touched[l_count] := false;
+    -- The same sum as billing_pending, taken from the lots this loop reads anyway (no second scan).
     IF l_pending[l_count] THEN pend[j] := pend[j] + lot.remaining; END IF;
   END LOOP;
 

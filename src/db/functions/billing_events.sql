@@ -6,7 +6,7 @@
 --
 -- `data` holds the facts in snake_case with amounts as stored; the one
 -- reader, src/domain/events/events.ts, turns a row into the documented
--- payload (proto billing.v1.Event, money formatted by src/money.ts).
+-- payload (proto billing.v1.Event, money formatted by src/domain/money.ts).
 --
 -- Deductions write no event of their own (that would double the hot path's
 -- writes); the balance trigger's WHEN clause lets a deduction through at the

@@ -1,7 +1,7 @@
 /**
  * Amounts in any ISO 4217 currency: invoice, payment and package amounts
  * become NUMERIC(12,4), so that JPY (0 minor digits), USD (2) and KWD (3)
- * are all held exactly; src/money.ts (`amountIn`) holds each amount to its
+ * are all held exactly; src/domain/money.ts (`amountIn`) holds each amount to its
  * currency's digits and to 8 digits before the point, as before.
  */
 import type { Migration } from "../migrate.js";

@@ -21,22 +21,43 @@
  *   off-session: enabled, of a provider that can (STRIPE), with the
  *   provider's customer and payment method ids.
  * - A failure (declined, no chargeable method, the package withdrawn, no
- *   answer from the provider after every try) switches the settings off
- *   with `disabled_reason`. They come back on when enabled again, when the
- *   account's default payment method is saved, changed or updated, or at
- *   the start of the next calendar month (UTC), when the limits reset.
+ *   answer from the provider after every try, charged but not applied)
+ *   switches the settings off with `disabled_reason`. They come back on
+ *   when enabled again, or when the account's default payment method is
+ *   saved, changed or updated. At the start of the next calendar month
+ *   (UTC) only settings a declined charge switched off come back on (the
+ *   card's limits may have reset); a new month fixes none of the others.
  *   Switching them off by hand clears the reason (and nothing resumes them).
- * - Every change of the settings calls billing_rewatch in its transaction
- *   (the trigger only looks at accounts whose watch bounds allow a crossing).
+ * - Every change of the settings locks the account row first
+ *   (billing_lock_account), then calls billing_rewatch in its transaction
+ *   (the trigger only looks at accounts whose watch bounds allow a crossing;
+ *   the lock makes concurrent changes of alerts and settings queue, so the
+ *   bounds are computed from every committed change).
  */
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import type { Sequelize, Transaction } from "sequelize";
+import {
+  chargeSettingsOf,
+  defaultMethodOf,
+  lockSettings,
+  packageOf,
+  pauseSettings,
+  resumeSettings,
+  settingsOf,
+  writeSettings,
+  type ChargeableMethodRow,
+  type SettingsRow,
+} from "../../db/automation/auto-top-up-settings.js";
+import { attemptsOf, type AttemptRow, type AttemptState } from "../../db/automation/auto-top-ups.js";
+import { lockAccountWatch, rewatch } from "../../db/automation/watch.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney } from "../../money.js";
+import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney } from "../money.js";
 import { Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
-import { maskField } from "../field-mask.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { applyMask } from "../field-mask.js";
+import { pageOf, pageRequest, pageSize } from "../pagination.js";
 import { PROVIDERS } from "../payments/providers/index.js";
 import { requireId, requireUuid } from "../validation.js";
+
+export type { AttemptState };
 
 /** The settings of one account. */
 export interface AutoTopUpView {
@@ -53,8 +74,6 @@ export interface AutoTopUpView {
 }
 
 export type AutoTopUpInput = Omit<AutoTopUpView, "disabledReason" | "disabledAt" | "updatedAt">;
-
-export type AttemptState = "pending" | "processing" | "succeeded" | "failed" | "skipped";
 
 /** One top-up attempt. */
 export interface AttemptView {
@@ -75,39 +94,13 @@ export interface AttemptView {
   completedAt?: Date;
 }
 
-export const AUTO_TOP_UP_FIELDS = ["enabled", "threshold", "package_id", "monthly_limit", "monthly_amount_limit"] as const;
-type Field = (typeof AUTO_TOP_UP_FIELDS)[number];
+const AUTO_TOP_UP_FIELDS = ["enabled", "threshold", "package_id", "monthly_limit", "monthly_amount_limit"] as const;
 
 /** The reason a FAILED_PRECONDITION names when no default method can be charged off-session. */
 const NO_CHARGEABLE_METHOD = Reason.PaymentMethodRequired;
 
-interface SettingsRow {
-  account_id: string;
-  enabled: boolean;
-  threshold: string;
-  package_id: string | null;
-  monthly_limit: number;
-  monthly_amount_limit: string | null;
-  disabled_reason: string;
-  disabled_at: Date | null;
-  updated_at: Date;
-}
-
-interface PackageRow {
-  id: string;
-  currency: string;
-  is_active: boolean;
-}
-
-/** A saved payment method, as an off-session charge needs it. */
-export interface ChargeableMethodRow {
-  id: string;
-  type: string;
-  is_enabled: boolean;
-  country_code: string;
-  provider_customer_id: string;
-  provider_payment_method_id: string;
-}
+/** The longest disabled_reason kept (the column's width). */
+const MAX_DISABLED_REASON = 255;
 
 /** Why the account's default method cannot be charged off-session; undefined when it can. */
 export function unchargeable(method: ChargeableMethodRow | undefined): string | undefined {
@@ -118,37 +111,26 @@ export function unchargeable(method: ChargeableMethodRow | undefined): string | 
   return undefined;
 }
 
-/** The account's default payment method, if any. */
-export async function defaultMethodIn(sequelize: Sequelize, t: Transaction | undefined, accountId: string): Promise<ChargeableMethodRow | undefined> {
-  const [row] = await sequelize.query<ChargeableMethodRow>(
-    `SELECT id, type, is_enabled, country_code, provider_customer_id, provider_payment_method_id FROM account_payment_methods WHERE account_id = $1 AND is_default`,
-    { bind: [accountId], transaction: t, type: QueryTypes.SELECT },
-  );
-  return row;
-}
-
 /**
  * Resumes settings that switched themselves off, inside the caller's
  * transaction: called when the account's default payment method is saved,
  * changed or updated.
  */
 export async function resumeAutoTopUpIn(sequelize: Sequelize, t: Transaction, accountId: string): Promise<void> {
-  const rows = await sequelize.query(
-    `UPDATE auto_top_up_settings SET enabled = true, disabled_reason = '', disabled_at = NULL, updated_at = now()
-     WHERE account_id = $1 AND disabled_reason <> '' AND NOT enabled RETURNING account_id`,
-    { bind: [accountId], transaction: t, type: QueryTypes.SELECT },
-  );
-  if (rows.length > 0) await sequelize.query(`SELECT billing_rewatch($1)`, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
+  await lockAccountWatch(sequelize, t, accountId);
+  if (await resumeSettings(sequelize, t, accountId)) await rewatch(sequelize, t, accountId);
 }
 
 /** Switches an account's enabled settings off on their own (after a failure), inside the caller's transaction. */
 export async function pauseAutoTopUpIn(sequelize: Sequelize, t: Transaction, accountId: string, reason: string): Promise<void> {
-  const rows = await sequelize.query(
-    `UPDATE auto_top_up_settings SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
-     WHERE account_id = $1 AND enabled RETURNING account_id`,
-    { bind: [accountId, [...reason].slice(0, 255).join("")], transaction: t, type: QueryTypes.SELECT },
-  );
-  if (rows.length > 0) await sequelize.query(`SELECT billing_rewatch($1)`, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
+  await lockAccountWatch(sequelize, t, accountId);
+  if (await pauseSettings(sequelize, t, accountId, [...reason].slice(0, MAX_DISABLED_REASON).join(""))) await rewatch(sequelize, t, accountId);
+}
+
+/** What a charge checks of the settings, locked after the account row (so a failure can switch them off in the same transaction). */
+export async function chargeSettingsIn(sequelize: Sequelize, t: Transaction, accountId: string) {
+  await lockAccountWatch(sequelize, t, accountId);
+  return chargeSettingsOf(sequelize, t, accountId);
 }
 
 /** The auto top-up settings and the record of attempts. */
@@ -158,11 +140,8 @@ export class AutoTopUps {
   /** An account's settings; disabled defaults when never set. */
   async get(accountId: string): Promise<AutoTopUpView> {
     requireId(accountId, "account_id");
-    const [row] = await this.sequelize.query<SettingsRow & { currency: string | null }>(
-      `SELECT s.*, p.currency FROM auto_top_up_settings s LEFT JOIN credit_packages p ON p.id = s.package_id WHERE s.account_id = $1`,
-      { bind: [accountId], type: QueryTypes.SELECT },
-    );
-    return row ? settingsView(row, row.currency) : defaults(accountId);
+    const found = await settingsOf(this.sequelize, accountId);
+    return found ? settingsView(found, found.currency) : defaults(accountId);
   }
 
   /** Changes the fields `paths` names (all non-default ones when empty); returns the settings now. */
@@ -170,19 +149,8 @@ export class AutoTopUps {
     const v = new Violations();
     const f = (n: string) => `auto_top_up.${n}`;
     v.collect(() => requireId(input.accountId, f("account_id")));
-    let fields: Field[] = [];
-    if (paths.length) {
-      for (const p of paths) {
-        const field = v.collect(() => maskField(p, "auto_top_up", AUTO_TOP_UP_FIELDS));
-        if (field && !fields.includes(field)) fields.push(field);
-      }
-    } else {
-      fields = AUTO_TOP_UP_FIELDS.filter((name) => {
-        const value = { enabled: input.enabled, threshold: input.threshold, package_id: input.packageId, monthly_limit: input.monthlyLimit, monthly_amount_limit: input.monthlyAmountLimit }[name];
-        return !(value === false || value === 0n || value === 0 || value === "");
-      });
-      if (fields.length === 0) v.add("update_mask", "names no field to update");
-    }
+    const populated = { enabled: input.enabled, threshold: input.threshold, package_id: input.packageId, monthly_limit: input.monthlyLimit, monthly_amount_limit: input.monthlyAmountLimit };
+    const fields = v.collect(() => applyMask(paths, "auto_top_up", AUTO_TOP_UP_FIELDS, populated)) ?? [];
     let amountLimit: Dec | undefined;
     for (const field of fields) {
       switch (field) {
@@ -207,24 +175,18 @@ export class AutoTopUps {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        await this.sequelize.query(`INSERT INTO auto_top_up_settings (account_id) VALUES ($1) ON CONFLICT (account_id) DO NOTHING`, { bind: [input.accountId], transaction: t });
-        const [current] = await this.sequelize.query<SettingsRow>(`SELECT * FROM auto_top_up_settings WHERE account_id = $1 FOR UPDATE`, {
-          bind: [input.accountId],
-          transaction: t,
-          type: QueryTypes.SELECT,
-        });
+        // The account row first: concurrent changes of what it watches queue here (billing_events.sql).
+        await lockAccountWatch(this.sequelize, t, input.accountId);
+        const current = await lockSettings(this.sequelize, t, input.accountId);
         const next = {
-          enabled: fields.includes("enabled") ? input.enabled : current!.enabled,
-          threshold: fields.includes("threshold") ? input.threshold : BigInt(current!.threshold),
-          packageId: packageId !== undefined ? packageId || null : current!.package_id,
-          monthlyLimit: fields.includes("monthly_limit") ? input.monthlyLimit : current!.monthly_limit,
-          monthlyAmountLimit: fields.includes("monthly_amount_limit") ? (amountLimit ?? null) : current!.monthly_amount_limit === null ? null : new Dec(current!.monthly_amount_limit),
+          enabled: fields.includes("enabled") ? input.enabled : current.enabled,
+          threshold: fields.includes("threshold") ? input.threshold : BigInt(current.threshold),
+          packageId: packageId !== undefined ? packageId || null : current.package_id,
+          monthlyLimit: fields.includes("monthly_limit") ? input.monthlyLimit : current.monthly_limit,
+          monthlyAmountLimit: fields.includes("monthly_amount_limit") ? (amountLimit ?? null) : current.monthly_amount_limit === null ? null : new Dec(current.monthly_amount_limit),
         };
-        let pkg: PackageRow | undefined;
-        if (next.packageId) {
-          [pkg] = await this.sequelize.query<PackageRow>(`SELECT id, currency, is_active FROM credit_packages WHERE id = $1`, { bind: [next.packageId], transaction: t, type: QueryTypes.SELECT });
-          if (!pkg) throw notFound("credit package", next.packageId);
-        }
+        const pkg = next.packageId ? await packageOf(this.sequelize, t, next.packageId) : undefined;
+        if (next.packageId && !pkg) throw notFound("credit package", next.packageId);
         if (pkg && next.monthlyAmountLimit && next.monthlyAmountLimit.decimalPlaces() > amountIn(pkg.currency).scale) {
           throw invalidField(f("monthly_amount_limit"), `has more decimal places than the package's currency ${pkg.currency} has (${amountIn(pkg.currency).scale})`);
         }
@@ -234,24 +196,21 @@ export class AutoTopUps {
           if (!pkg) missing.add(f("package_id"), "is required while auto top-up is enabled");
           missing.throwIfAny();
           if (!pkg!.is_active) throw failedPrecondition(Reason.PackageInactive, `credit package ${next.packageId} is not for sale`, { package_id: next.packageId! });
-          const why = unchargeable(await defaultMethodIn(this.sequelize, t, input.accountId));
+          const why = unchargeable(await defaultMethodOf(this.sequelize, t, input.accountId));
           if (why) throw failedPrecondition(NO_CHARGEABLE_METHOD, `auto top-up cannot be enabled: ${why}`, { account_id: input.accountId });
         }
-        // Switching on or off by hand is the caller's decision: a reason left by a failure no longer applies.
-        const clearReason = fields.includes("enabled");
-        const [row] = await this.sequelize.query<SettingsRow>(
-          `UPDATE auto_top_up_settings SET enabled = $2, threshold = $3, package_id = $4, monthly_limit = $5, monthly_amount_limit = $6,
-             disabled_reason = CASE WHEN $7 THEN '' ELSE disabled_reason END, disabled_at = CASE WHEN $7 THEN NULL ELSE disabled_at END,
-             updated_by = $8, updated_at = now()
-           WHERE account_id = $1 RETURNING *`,
-          {
-            bind: [input.accountId, next.enabled, next.threshold.toString(), next.packageId, next.monthlyLimit, next.monthlyAmountLimit?.toFixed(4) ?? null, clearReason, actor],
-            transaction: t,
-            type: QueryTypes.SELECT,
-          },
-        );
-        await this.sequelize.query(`SELECT billing_rewatch($1)`, { bind: [input.accountId], transaction: t, type: QueryTypes.SELECT });
-        return settingsView(row!, pkg?.currency ?? null);
+        const written = await writeSettings(this.sequelize, t, input.accountId, {
+          enabled: next.enabled,
+          threshold: next.threshold.toString(),
+          packageId: next.packageId,
+          monthlyLimit: next.monthlyLimit,
+          monthlyAmountLimit: next.monthlyAmountLimit ? formatMoney(next.monthlyAmountLimit, ANY_AMOUNT) : null,
+          // Switching on or off by hand is the caller's decision: a reason left by a failure no longer applies.
+          clearReason: fields.includes("enabled"),
+          updatedBy: actor,
+        });
+        await rewatch(this.sequelize, t, input.accountId);
+        return settingsView(written, pkg?.currency ?? null);
       },
       options,
     );
@@ -261,52 +220,18 @@ export class AutoTopUps {
   async list(accountId: string, requestedPageSize: number, pageToken: string): Promise<{ attempts: AttemptView[]; nextPageToken: string }> {
     const v = new Violations();
     v.collect(() => requireId(accountId, "account_id"));
-    const size = v.collect(() => pageSize(requestedPageSize));
-    const after = v.collect(() => decodePageToken(pageToken, "auto_top_ups", accountId));
+    // page_size and page_token are reported together (pageRequest stops at the first).
+    v.collect(() => pageSize(requestedPageSize));
+    const paging = v.collect(() => pageRequest({ pageSize: Math.max(0, requestedPageSize), pageToken }, "auto_top_ups", accountId, ["timestamp", "uuid"]));
     v.throwIfAny();
-    const bind: unknown[] = [accountId];
-    let keyset = "";
-    if (after) {
-      const [created, id] = after;
-      if (typeof created !== "string" || typeof id !== "string") throw invalidField("page_token", "is not a valid page token for this request");
-      keyset = `AND (a.created_at, a.id) < ($${bind.push(created)}::timestamptz, $${bind.push(id)}::uuid)`;
-    }
-    const rows = await this.sequelize.query<AttemptRow & { created_key: string }>(
-      `SELECT ${ATTEMPT_COLUMNS}, to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_key
-       FROM auto_top_ups a ${ATTEMPT_JOINS}
-       WHERE a.account_id = $1 ${keyset} ORDER BY a.created_at DESC, a.id DESC LIMIT $${bind.push(size! + 1)}`,
-      { bind, type: QueryTypes.SELECT },
-    );
-    const page = pageOf(rows, size!, (r) => [r.created_key, r.id], "auto_top_ups", accountId);
+    const { size, after } = paging!;
+    const found = await attemptsOf(this.sequelize, accountId, after as [string, string] | undefined, size + 1);
+    const page = pageOf(found, size, (r) => [r.created_key, r.id], "auto_top_ups", accountId);
     return { attempts: page.items.map(attemptView), nextPageToken: page.nextPageToken };
   }
 }
 
-/** An attempt row with the credits of its package. */
-export interface AttemptRow {
-  account_id: string;
-  id: string;
-  state: AttemptState;
-  package_id: string;
-  threshold: string;
-  balance_at_trigger: string;
-  invoice_id: string | null;
-  payment_id: string | null;
-  provider_reference: string | null;
-  payment_method_id: string | null;
-  provider_customer_id: string | null;
-  provider_payment_method_id: string | null;
-  failure_reason: string;
-  attempts: number;
-  created_at: Date;
-  completed_at: Date | null;
-  credits: string | null;
-}
-
-export const ATTEMPT_COLUMNS = `a.*, COALESCE(i.credit_package_credits, p.credits)::text AS credits`;
-export const ATTEMPT_JOINS = `LEFT JOIN invoices i ON i.account_id = a.account_id AND i.id = a.invoice_id LEFT JOIN credit_packages p ON p.id = a.package_id`;
-
-export function attemptView(r: AttemptRow): AttemptView {
+function attemptView(r: AttemptRow): AttemptView {
   return {
     id: r.id,
     accountId: r.account_id,

@@ -6,12 +6,14 @@
  * no extra round trip. This module keeps the thresholds, and with them the
  * account's watch bounds (billing_rewatch), in one transaction.
  */
-import { QueryTypes, type Sequelize } from "sequelize";
+import type { Sequelize } from "sequelize";
+import { replaceThresholds, thresholdsOf } from "../../db/automation/balance-thresholds.js";
+import { lockAccountWatch, rewatch } from "../../db/automation/watch.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { Violations } from "../errors.js";
 import { requireId } from "../validation.js";
 
-export const MAX_THRESHOLDS = 10;
+const MAX_THRESHOLDS = 10;
 
 export class BalanceAlerts {
   constructor(private readonly sequelize: Sequelize) {}
@@ -19,11 +21,7 @@ export class BalanceAlerts {
   /** The account's thresholds, ascending. */
   async get(accountId: string): Promise<bigint[]> {
     requireId(accountId, "account_id");
-    const rows = await this.sequelize.query<{ threshold: string }>(`SELECT threshold FROM balance_thresholds WHERE account_id = $1 ORDER BY threshold`, {
-      bind: [accountId],
-      type: QueryTypes.SELECT,
-    });
-    return rows.map((r) => BigInt(r.threshold));
+    return thresholdsOf(this.sequelize, accountId);
   }
 
   /** Replaces the account's thresholds; returns them ascending. */
@@ -43,15 +41,9 @@ export class BalanceAlerts {
       this.sequelize,
       async (t) => {
         // The account row first: concurrent changes of what it watches queue here (billing_events.sql).
-        await this.sequelize.query(`SELECT billing_lock_account($1)`, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
-        await this.sequelize.query(`DELETE FROM balance_thresholds WHERE account_id = $1`, { bind: [accountId], transaction: t });
-        if (sorted.length) {
-          await this.sequelize.query(`INSERT INTO balance_thresholds (account_id, threshold) SELECT $1, unnest($2::bigint[])`, {
-            bind: [accountId, sorted.map(String)],
-            transaction: t,
-          });
-        }
-        await this.sequelize.query(`SELECT billing_rewatch($1)`, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
+        await lockAccountWatch(this.sequelize, t, accountId);
+        await replaceThresholds(this.sequelize, t, accountId, sorted);
+        await rewatch(this.sequelize, t, accountId);
       },
       options,
     );

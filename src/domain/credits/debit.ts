@@ -6,9 +6,11 @@
  * expiries) goes through `runDebits`; a keyed request's stored idempotent
  * response is that same record, read by the same `debitResultOf`.
  */
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import type { Sequelize, Transaction } from "sequelize";
+import { callDebit, callExpire, type DebitRow } from "../../db/credits/debit.js";
 import { decodeStored } from "../idempotency.js";
-import type { Allocation, DeductResult, GrantResult, JsonObject, TransactionType, UsageLogEntry, UsageRecord } from "./types.js";
+import type { JsonObject } from "../json.js";
+import type { Allocation, DeductResult, GrantResult, TransactionType, UsageLogEntry, UsageRecord } from "./types.js";
 
 /** One debit for billing_debit. */
 export interface DebitRequest {
@@ -31,7 +33,7 @@ export interface DebitRequest {
 }
 
 /** What billing_debit answered for one request. */
-export type DebitOutcome =
+type DebitOutcome =
   | { outcome: "ok" | "replay"; result: DebitResult }
   | { outcome: "insufficient"; available: bigint }
   | { outcome: "empty" | "reused" | "taken" };
@@ -39,33 +41,33 @@ export type DebitOutcome =
 /** A debit's ledger entry and balance, and its usage log when it charged usage. */
 export type DebitResult = GrantResult & { usageLog?: UsageLogEntry };
 
-const DEBIT_SQL = `SELECT ord, outcome, detail FROM billing_debit($1, $2::jsonb)`;
-const EXPIRE_SQL = `SELECT ord, outcome, detail FROM billing_debit('', '[]'::jsonb, $1::text[])`;
-
-type Row = { ord: number; outcome: string; detail: Record<string, unknown> | null };
-
 /**
  * Applies `requests` with one statement, in the caller's transaction `t`
  * or, without one, as its own transaction (one round trip, one commit).
  * Outcomes follow the order of `requests`.
  */
 export async function runDebits(sequelize: Sequelize, method: string, requests: DebitRequest[], t?: Transaction, onExpired?: OnExpired): Promise<DebitOutcome[]> {
-  const rows = await sequelize.query<Row>(DEBIT_SQL, { bind: [method, debitPayload(requests)], type: QueryTypes.SELECT, transaction: t });
+  const rows = await callDebit(sequelize, method, debitPayload(requests), t);
   const out: DebitOutcome[] = new Array(requests.length);
   for (const row of rows) {
-    if (row.ord === 0) onExpired?.(String(row.detail!.account_id), BigInt(String(row.detail!.amount)));
+    if (row.ord === 0) expiredLot(row, onExpired);
     else out[row.ord - 1] = outcomeOf(row);
   }
   return out;
 }
 
 /** Told of each lot that expired in a statement: the account and the credits that left its balance. */
-export type OnExpired = (accountId: string, credits: bigint) => void;
+type OnExpired = (accountId: string, credits: bigint) => void;
 
 /** Brings accounts up to date: their lots past expires_at leave the balance (EXPIRATION entries). */
 export async function expireDueLots(sequelize: Sequelize, accountIds: string[], t?: Transaction, onExpired?: OnExpired): Promise<void> {
-  const rows = await sequelize.query<Row>(EXPIRE_SQL, { bind: [accountIds], type: QueryTypes.SELECT, transaction: t });
-  for (const row of rows) if (row.ord === 0) onExpired?.(String(row.detail!.account_id), BigInt(String(row.detail!.amount)));
+  const rows = await callExpire(sequelize, accountIds, t);
+  for (const row of rows) if (row.ord === 0) expiredLot(row, onExpired);
+}
+
+/** Tells `onExpired` of a lot that expired (a row with ord 0). */
+function expiredLot(row: DebitRow, onExpired: OnExpired | undefined): void {
+  onExpired?.(String(row.detail!.account_id), BigInt(String(row.detail!.amount)));
 }
 
 function debitPayload(requests: DebitRequest[]): string {
@@ -98,7 +100,7 @@ function debitPayload(requests: DebitRequest[]): string {
   );
 }
 
-function outcomeOf(row: Row): DebitOutcome {
+function outcomeOf(row: DebitRow): DebitOutcome {
   switch (row.outcome) {
     case "ok":
     case "replay":
@@ -115,7 +117,7 @@ function outcomeOf(row: Row): DebitOutcome {
 }
 
 /** Reads a debit record (as billing_debit writes it, live or stored). */
-export function debitResultOf(d: Record<string, unknown>): DebitResult {
+function debitResultOf(d: Record<string, unknown>): DebitResult {
   // Deductions stored before credit lots (kept 24 hours) used the general stored encoding.
   if ("transaction" in d) return decodeStored(d) as DeductResult;
   const createdAt = new Date(String(d.created_at));

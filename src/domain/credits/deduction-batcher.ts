@@ -39,7 +39,8 @@ import { retryingConflicts, sqlState } from "../../db/transaction.js";
 import { deadlineExceeded, idempotencyKeyReused, insufficientCredits } from "../errors.js";
 import { runDebits, type DebitRequest } from "./debit.js";
 import { NO_METER, type LedgerMeter } from "./meter.js";
-import type { DeductResult, JsonObject, UsageRecord } from "./types.js";
+import type { JsonObject } from "../json.js";
+import type { DeductResult, UsageRecord } from "./types.js";
 
 /**
  * One priced, validated deduction waiting for its batch: priced at the

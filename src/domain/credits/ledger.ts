@@ -15,20 +15,24 @@
  *   and balance = Σ lots' remaining. Lots past their expiry leave the
  *   balance before anything reads or spends it.
  */
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import type { Sequelize, Transaction } from "sequelize";
+import { accountState, balanceSnapshot, type AccountStateRow } from "../../db/credits/accounts.js";
+import { insertCredit, listTransactions } from "../../db/credits/ledger.js";
+import { hasDueLots } from "../../db/credits/lots.js";
 import { inTransaction, sqlState, type TransactionOptions } from "../../db/transaction.js";
 import { BillingError, Reason, Violations, idempotencyKeyReused, insufficientCredits, invalidField } from "../errors.js";
 import { requestHash, runIdempotent } from "../idempotency.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import type { JsonObject } from "../json.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
 import { DeductionBatcher, deductionDebit, type DeductionJob } from "./deduction-batcher.js";
 import { expireDueLots, runDebits, type DebitRequest, type DebitResult } from "./debit.js";
 import { NO_METER, type LedgerMeter } from "./meter.js";
-import { LOT_COLUMNS, categoryForGrant, checkLotTerms, lotViewOf, type LotRow, type LotTerms } from "./lots.js";
+import { checkLotTerms, lotViewOf, type LotTerms } from "./lots.js";
 import type { Price } from "./pricing.js";
-import type { Allocation, BalanceView, DeductResult, GrantResult, JsonObject, LedgerEntry, LotCategory, TransactionType, UsageInput, UsageRecord } from "./types.js";
+import type { Allocation, BalanceView, DeductResult, GrantResult, LedgerEntry, LotCategory, TransactionType, UsageInput, UsageRecord } from "./types.js";
 
 export interface GrantInput {
   accountId: string;
@@ -61,40 +65,7 @@ export interface ListTransactionsInput {
   pageToken: string;
 }
 
-export type { DeductResult, GrantResult };
-
 const GRANT_TYPES: readonly TransactionType[] = ["purchase", "subscription", "refund", "adjustment"];
-
-/** Credits held by open, unexpired reservations of account $1. */
-export const RESERVED_SQL = `SELECT COALESCE(SUM(credits), 0)::bigint AS reserved FROM credit_reservations
-  WHERE account_id = $1 AND status = 'active' AND expires_at > now()`;
-
-/** Credits of account $1 in lots not yet effective: on the balance, not available. */
-const PENDING_SQL = `SELECT COALESCE(SUM(remaining), 0)::bigint FROM credit_lots
-  WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND effective_at > now()`;
-
-/** An account's balance, holds and pending credits (zeros for an account never credited). */
-const ACCOUNT_STATE_SQL = `SELECT a.balance, a.updated_at, (${RESERVED_SQL}) AS reserved, (${PENDING_SQL}) AS pending
-  FROM (SELECT 1) one LEFT JOIN billing_accounts a ON a.account_id = $1`;
-
-/** ACCOUNT_STATE_SQL plus the breakdown by category, the next expiry, and whether a lot is due to expire. */
-const BALANCE_SQL = `SELECT a.balance, a.updated_at, (${RESERVED_SQL}) AS reserved, (${PENDING_SQL}) AS pending,
-    (SELECT json_agg(json_build_object('category', c.category, 'amount', c.amount::text) ORDER BY c.category)
-       FROM (SELECT category, SUM(remaining) AS amount FROM credit_lots
-             WHERE account_id = $1 AND state = 'active' AND remaining > 0 GROUP BY category) c) AS by_category,
-    (SELECT json_build_object('at', x.expires_at, 'amount', x.amount::text)
-       FROM (SELECT expires_at, SUM(remaining) AS amount FROM credit_lots
-             WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND expires_at IS NOT NULL
-             GROUP BY expires_at ORDER BY expires_at LIMIT 1) x) AS next_expiry,
-    EXISTS (SELECT 1 FROM credit_lots WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND expires_at <= now()) AS due
-  FROM (SELECT 1) one LEFT JOIN billing_accounts a ON a.account_id = $1`;
-
-interface AccountStateRow {
-  balance: string | null;
-  updated_at: Date | null;
-  reserved: string;
-  pending: string;
-}
 
 /** A debit to write inside a transaction (see DebitRequest; no idempotency key: the caller's transaction has it). */
 export type Debit = Omit<DebitRequest, "key" | "hash">;
@@ -164,19 +135,14 @@ export class CreditLedger {
    */
   async expire(accountIds: string[]): Promise<void> {
     for (const accountId of accountIds) {
-      const [due] = await this.sequelize.query<{ due: boolean }>(
-        `SELECT EXISTS (SELECT 1 FROM credit_lots WHERE account_id = $1 AND state = 'active' AND remaining > 0 AND expires_at <= now()) AS due`,
-        { bind: [accountId], type: QueryTypes.SELECT },
-      );
-      if (due?.due) await expireDueLots(this.sequelize, [accountId], undefined, this.expired());
+      if (await hasDueLots(this.sequelize, accountId)) await expireDueLots(this.sequelize, [accountId], undefined, this.expired());
     }
   }
 
   /** The account's balance; zeros for an account never credited. */
   async getBalance(accountId: string): Promise<BalanceView> {
     requireId(accountId, "account_id");
-    type Row = AccountStateRow & { by_category: { category: LotCategory; amount: string }[] | null; next_expiry: { at: string; amount: string } | null; due: boolean };
-    const read = async () => (await this.sequelize.query<Row>(BALANCE_SQL, { bind: [accountId], type: QueryTypes.SELECT }))[0]!;
+    const read = () => balanceSnapshot(this.sequelize, accountId);
     let row = await read();
     if (row.due) {
       // The sweeper is behind: expire now, so the balance never includes expired credits.
@@ -184,7 +150,7 @@ export class CreditLedger {
       row = await read();
     }
     const view = balanceViewOf(accountId, row);
-    view.byCategory = (row.by_category ?? []).map((c) => ({ category: c.category, amount: BigInt(c.amount) }));
+    view.byCategory = (row.by_category ?? []).map((c) => ({ category: c.category as LotCategory, amount: BigInt(c.amount) }));
     view.nextExpiringAmount = row.next_expiry ? BigInt(row.next_expiry.amount) : 0n;
     if (row.next_expiry) view.nextExpiresAt = new Date(row.next_expiry.at);
     return view;
@@ -196,8 +162,7 @@ export class CreditLedger {
    */
   async accountStateIn(t: Transaction, accountId: string): Promise<BalanceView> {
     await expireDueLots(this.sequelize, [accountId], t, this.expired(t)); // also takes the account's row lock
-    const [row] = await this.sequelize.query<AccountStateRow>(ACCOUNT_STATE_SQL, { bind: [accountId], transaction: t, type: QueryTypes.SELECT });
-    return balanceViewOf(accountId, row!);
+    return balanceViewOf(accountId, await accountState(this.sequelize, accountId, t));
   }
 
   /** Adds credits; idempotent by key. */
@@ -240,50 +205,28 @@ export class CreditLedger {
     const terms = checkLotTerms(entry.lot ?? {}, entry.type);
     // Lots due to expire leave first, so the entry's balance_after holds no expired credits.
     await expireDueLots(this.sequelize, [entry.accountId], t, this.expired(t));
-    const [row] = await overflowNamed("amount", () =>
-      this.sequelize.query<{ id: string; balance_after: string; created_at: Date; updated_at: Date; reserved: string; pending: string } & LotRow>(
-        `WITH acct AS (
-           INSERT INTO billing_accounts AS a (account_id, balance) VALUES ($1, $2)
-           ON CONFLICT (account_id) DO UPDATE SET balance = a.balance + EXCLUDED.balance, updated_at = now()
-           RETURNING a.balance, a.updated_at),
-         tx AS (
-           INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id)
-           SELECT $1, $3, $2, acct.balance, $4, $5::jsonb, $6 FROM acct
-           RETURNING id, balance_after, created_at),
-         lot AS (
-           INSERT INTO credit_lots (account_id, category, amount, remaining, priority, effective_at, expires_at,
-                                    payment_id, package_id, created_by, description, transaction_id, created_at)
-           SELECT $1, $7, $2, $2, $8, $9, $10, $6, $11, $12, $4, tx.id, tx.created_at FROM tx
-           RETURNING ${LOT_COLUMNS})
-         SELECT tx.id, tx.balance_after, tx.created_at, acct.updated_at, (${RESERVED_SQL}) AS reserved,
-                (${PENDING_SQL}) + CASE WHEN $9::timestamptz > now() THEN $2::bigint ELSE 0 END AS pending, lot.*
-         FROM tx, acct, lot`,
-        {
-          bind: [
-            entry.accountId,
-            entry.amount.toString(),
-            entry.type,
-            entry.description,
-            JSON.stringify(entry.metadata),
-            entry.paymentId,
-            terms.category,
-            terms.priority,
-            terms.effectiveAt?.toISOString() ?? null,
-            terms.expiresAt?.toISOString() ?? null,
-            entry.packageId ?? null,
-            entry.createdBy ?? "",
-          ],
-          transaction: t,
-          type: QueryTypes.SELECT,
-        },
-      ),
+    const row = await overflowNamed("amount", () =>
+      insertCredit(this.sequelize, t, {
+        accountId: entry.accountId,
+        amount: entry.amount,
+        type: entry.type,
+        description: entry.description,
+        metadata: entry.metadata,
+        paymentId: entry.paymentId,
+        category: terms.category,
+        priority: terms.priority,
+        effectiveAt: terms.effectiveAt,
+        expiresAt: terms.expiresAt,
+        packageId: entry.packageId ?? null,
+        createdBy: entry.createdBy ?? "",
+      }),
     );
-    const balanceAfter = BigInt(row!.balance_after);
+    const balanceAfter = BigInt(row.balance_after);
     this.changedOnCommit(t, entry.accountId);
     this.afterCommit(t, () => this.meter.credits("granted", entry.amount));
     return {
       transaction: {
-        id: row!.id,
+        id: row.id,
         accountId: entry.accountId,
         type: entry.type,
         amount: entry.amount,
@@ -291,11 +234,11 @@ export class CreditLedger {
         description: entry.description,
         metadata: entry.metadata,
         paymentId: entry.paymentId ?? "",
-        createdAt: row!.created_at,
+        createdAt: row.created_at,
         allocations: [],
       },
-      balance: balanceView(entry.accountId, balanceAfter, BigInt(row!.reserved), row!.updated_at, BigInt(row!.pending)),
-      lot: lotViewOf(row!),
+      balance: balanceView(entry.accountId, balanceAfter, BigInt(row.reserved), row.updated_at, BigInt(row.pending)),
+      lot: lotViewOf(row),
     };
   }
 
@@ -426,54 +369,18 @@ export class CreditLedger {
   async listTransactions(input: ListTransactionsInput): Promise<{ transactions: LedgerEntry[]; nextPageToken: string }> {
     const v = new Violations();
     v.collect(() => requireId(input.accountId, "account_id"));
-    const size = v.collect(() => pageSize(input.pageSize));
+    const filters = { a: input.accountId, t: [...input.types].sort(), s: input.startTime, e: input.endTime };
+    const paging = v.collect(() => pageRequest(input, "transactions", filters, ["digits"]));
     if (input.startTime && input.endTime && input.startTime > input.endTime) v.add("end_time", "must not be before start_time");
     v.throwIfAny();
-    const filters = { a: input.accountId, t: [...input.types].sort(), s: input.startTime, e: input.endTime };
-    const after = decodePageToken(input.pageToken, "transactions", filters);
-    const conditions = ["account_id = $1"];
-    const bind: unknown[] = [input.accountId];
-    if (input.types.length > 0) {
-      bind.push(input.types);
-      conditions.push(`type = ANY($${bind.length}::text[])`);
-    }
-    if (input.startTime) {
-      bind.push(input.startTime.toISOString());
-      conditions.push(`created_at >= $${bind.length}`);
-    }
-    if (input.endTime) {
-      bind.push(input.endTime.toISOString());
-      conditions.push(`created_at < $${bind.length}`);
-    }
-    if (after) {
-      const id = after[0];
-      if (typeof id !== "string" || !/^\d+$/.test(id)) throw invalidField("page_token", "is not a valid page token for this request");
-      bind.push(id);
-      conditions.push(`id < $${bind.length}`);
-    }
-    bind.push(size! + 1);
-    const rows = await this.sequelize.query<{
-      id: string;
-      account_id: string;
-      type: TransactionType;
-      amount: string;
-      balance_after: string;
-      description: string;
-      metadata: JsonObject;
-      payment_id: string | null;
-      created_at: Date;
-      allocations: { lot_id: string; amount: string }[];
-    }>(
-      `SELECT id, account_id, type, amount, balance_after, description, metadata, payment_id, created_at, allocations
-       FROM credit_transactions WHERE ${conditions.join(" AND ")} ORDER BY id DESC LIMIT $${bind.length}`,
-      { bind, type: QueryTypes.SELECT },
-    );
-    const page = pageOf(rows, size!, (r) => [r.id], "transactions", filters);
+    const { size, after } = paging!;
+    const rows = await listTransactions(this.sequelize, input, after?.[0] as string | undefined, size + 1);
+    const page = pageOf(rows, size, (r) => [r.id], "transactions", filters);
     return {
       transactions: page.items.map((r) => ({
         id: r.id,
         accountId: r.account_id,
-        type: r.type,
+        type: r.type as TransactionType,
         amount: BigInt(r.amount),
         balanceAfter: BigInt(r.balance_after),
         description: r.description,
@@ -488,7 +395,7 @@ export class CreditLedger {
 }
 
 /** A balance as callers see it: available (balance - holds - pending credits) never below zero. */
-export function balanceView(accountId: string, balance: bigint, reserved: bigint, updatedAt: Date | undefined, pending = 0n): BalanceView {
+function balanceView(accountId: string, balance: bigint, reserved: bigint, updatedAt: Date | undefined, pending = 0n): BalanceView {
   const free = balance - reserved - pending;
   const view: BalanceView = { accountId, balance, reserved, available: free > 0n ? free : 0n };
   if (updatedAt) view.updatedAt = updatedAt;

@@ -1,9 +1,10 @@
 /**
  * AI operation types. They are data: each is a row of credit_cost_configs
- * (its pricing), created by admins with CreateCostConfig; migrations seed
- * the ten of the seed app. Here only the shape of a name and the seed's
- * legacy aliases (ideas, content, images), which are accepted on input and
- * stored as their modern names; whether an operation exists is the pricing
+ * (its pricing), created by admins with CreateCostConfig; the first
+ * migration creates the ten the service started with (README.md, "The
+ * credit model"). Here only the shape of a name and the legacy aliases
+ * (ideas, content, images), which are accepted on input and stored as
+ * their modern names; whether an operation exists is the pricing
  * configuration's to say (pricing.ts).
  */
 import { invalidField } from "../errors.js";
@@ -11,21 +12,7 @@ import { invalidField } from "../errors.js";
 /** An operation type's name (the key of its cost config). */
 export type OperationType = string;
 
-/** The seed's operation types, seeded by the first migration. */
-export const SEEDED_OPERATION_TYPES = [
-  "clustering",
-  "idea_generation",
-  "content_generation",
-  "image_generation",
-  "image_prompt_extraction",
-  "linking",
-  "optimization",
-  "reparse",
-  "site_page_generation",
-  "site_structure_generation",
-] as const;
-
-/** The seed's legacy names, stored as their modern names. */
+/** Legacy names, accepted on input and stored as their modern names. */
 export const LEGACY_OPERATION_TYPES: Readonly<Record<string, OperationType>> = {
   ideas: "idea_generation",
   content: "content_generation",

@@ -1,15 +1,15 @@
 /**
- * The credit package catalogue (seed: CreditPackage): one-time credit
+ * The credit package catalogue (credit_packages): one-time credit
  * bundles with a price and discount. The effective price (what an invoice
  * charges) is price x (100 - discount) / 100, rounded half-up to cents.
  */
-import { QueryTypes, type Sequelize } from "sequelize";
-import { modelsOf, type CreditPackage } from "../../db/models/index.js";
+import type { Sequelize } from "sequelize";
+import { insertPackage, packageBySlug, packagesAfter, updatePackage, type CreditPackageRow, type PackageColumns } from "../../db/catalogue/packages.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney, requireCurrency } from "../../money.js";
+import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney, requireCurrency } from "../money.js";
 import { BillingError, Reason, Violations, invalidField, notFound } from "../errors.js";
-import { maskField } from "../field-mask.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { applyMask } from "../field-mask.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { checkText } from "../validation.js";
 
 export interface PackageView {
@@ -35,7 +35,7 @@ export interface PackageView {
 
 export type PackageInput = Omit<PackageView, "id" | "effectivePrice" | "createdAt" | "updatedAt">;
 
-export const PACKAGE_FIELDS = [
+const PACKAGE_FIELDS = [
   "name",
   "credits",
   "price",
@@ -58,26 +58,11 @@ const SLUG_RE = /^[a-z0-9]+(?:[-_][a-z0-9]+)*$/;
 export class CreditPackages {
   constructor(private readonly sequelize: Sequelize) {}
 
-  private get model() {
-    return modelsOf(this.sequelize).CreditPackage;
-  }
-
   /** Packages by sort order then price; inactive ones only when asked. */
   async list(includeInactive: boolean, requestedPageSize: number, pageToken: string): Promise<{ packages: PackageView[]; nextPageToken: string }> {
-    const size = pageSize(requestedPageSize);
-    const after = decodePageToken(pageToken, "packages", includeInactive);
-    const bind: unknown[] = [includeInactive];
-    let keyset = "";
-    if (after) {
-      const [order, price, slug] = after;
-      if (typeof order !== "number" || typeof price !== "string" || typeof slug !== "string") throw invalidField("page_token", "is not a valid page token for this request");
-      keyset = `AND (sort_order, price, slug) > ($${bind.push(order)}, $${bind.push(price)}::numeric, $${bind.push(slug)})`;
-    }
-    const rows = await this.sequelize.query<Record<string, unknown>>(
-      `SELECT * FROM credit_packages WHERE ($1::boolean OR is_active) ${keyset} ORDER BY sort_order, price, slug LIMIT $${bind.push(size + 1)}`,
-      { bind, type: QueryTypes.SELECT },
-    );
-    const views = rows.map((r) => view(this.model.build(r as never, { raw: true, isNewRecord: false })));
+    const { size, after } = pageRequest({ pageSize: requestedPageSize, pageToken }, "packages", includeInactive, ["number", "string", "string"]);
+    const rows = await packagesAfter(this.sequelize, includeInactive, after as [number, string, string] | undefined, size + 1);
+    const views = rows.map(view);
     const page = pageOf(views, size, (p) => [p.sortOrder, p.price, p.slug], "packages", includeInactive);
     return { packages: page.items, nextPageToken: page.nextPageToken };
   }
@@ -85,7 +70,7 @@ export class CreditPackages {
   /** One package by slug, or NOT_FOUND. */
   async get(slug: string): Promise<PackageView> {
     if (slug === "") throw invalidField("slug", "is required");
-    const row = await this.model.findOne({ where: { slug } });
+    const row = await packageBySlug(this.sequelize, slug);
     if (!row) throw notFound("credit package", slug);
     return view(row);
   }
@@ -96,10 +81,10 @@ export class CreditPackages {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        if (await this.model.findOne({ where: { slug: input.slug }, transaction: t })) {
+        if (await packageBySlug(this.sequelize, input.slug, t)) {
           throw new BillingError("already_exists", Reason.AlreadyExists, `credit package ${JSON.stringify(input.slug)} already exists`, [], { slug: input.slug });
         }
-        return view(await this.model.create(columns as never, { transaction: t }));
+        return view(await insertPackage(this.sequelize, t, columns));
       },
       options,
     );
@@ -108,22 +93,16 @@ export class CreditPackages {
   /** Admin: changes the masked fields of a package (named by slug). */
   async update(input: PackageInput, paths: string[], options: TransactionOptions = {}): Promise<PackageView> {
     if (input.slug === "") throw invalidField("credit_package.slug", "is required");
-    const fields = paths.length
-      ? paths.map((p) => maskField(p, "credit_package", PACKAGE_FIELDS))
-      : PACKAGE_FIELDS.filter((f) => {
-          const value = input[camel(f)];
-          return !(value === "" || value === 0 || value === 0n || value === false || (Array.isArray(value) && value.length === 0));
-        });
-    if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
+    const populated = Object.fromEntries(PACKAGE_FIELDS.map((f) => [f, input[camel(f)]])) as Record<PackageField, unknown>;
+    const fields = applyMask(paths, "credit_package", PACKAGE_FIELDS, populated);
     const columns = validate(input, fields);
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const row = await this.model.findOne({ where: { slug: input.slug }, transaction: t, lock: t.LOCK.UPDATE });
+        const row = await packageBySlug(this.sequelize, input.slug, t, true);
         if (!row) throw notFound("credit package", input.slug);
-        checkPriceScale((columns.price as string | undefined) ?? row.price, (columns.currency as string | undefined) ?? row.currency);
-        await row.update({ ...columns, updated_at: new Date() } as never, { transaction: t });
-        return view(row);
+        checkPriceScale(columns.price ?? row.price, columns.currency ?? row.currency);
+        return view(await updatePackage(this.sequelize, t, input.slug, columns));
       },
       options,
     );
@@ -145,9 +124,9 @@ function camel<F extends string>(f: F): keyof PackageInput {
   return f.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase()) as keyof PackageInput;
 }
 
-function validate(input: PackageInput, fields: readonly (PackageField | "slug")[]): Record<string, unknown> {
+function validate(input: PackageInput, fields: readonly (PackageField | "slug")[]): PackageColumns {
   const v = new Violations();
-  const out: Record<string, unknown> = {};
+  const out: PackageColumns = {};
   const f = (name: string) => `credit_package.${name}`;
   for (const field of fields) {
     switch (field) {
@@ -166,7 +145,7 @@ function validate(input: PackageInput, fields: readonly (PackageField | "slug")[
       case "price": {
         // Parsed at the widest scale; checkPriceScale holds it to the currency's.
         const price = v.collect(() => parseMoney(input.price, f("price"), ANY_AMOUNT));
-        if (price) out.price = price.toFixed();
+        if (price) out.price = formatMoney(price, ANY_AMOUNT);
         break;
       }
       case "discount_percentage":
@@ -184,8 +163,10 @@ function validate(input: PackageInput, fields: readonly (PackageField | "slug")[
         break;
       }
       case "is_active":
+        out.is_active = input.isActive;
+        break;
       case "is_featured":
-        out[field] = input[camel(field)];
+        out.is_featured = input.isFeatured;
         break;
       case "description":
         if (v.collect(() => checkText(input.description, f("description"))) !== undefined) out.description = input.description;
@@ -200,13 +181,14 @@ function validate(input: PackageInput, fields: readonly (PackageField | "slug")[
     }
   }
   // A price is held to its currency's digits (USD's when the currency given is not valid).
-  const currency = (out.currency as string | undefined) ?? (fields.includes("currency") ? "USD" : undefined);
-  if (out.price !== undefined && currency !== undefined) v.collect(() => checkPriceScale(out.price as string, currency));
+  const currency = out.currency ?? (fields.includes("currency") ? "USD" : undefined);
+  const price = out.price;
+  if (price !== undefined && currency !== undefined) v.collect(() => checkPriceScale(price, currency));
   v.throwIfAny();
   return out;
 }
 
-function view(r: CreditPackage): PackageView {
+function view(r: CreditPackageRow): PackageView {
   const price = formatMoney(r.price, amountIn(r.currency));
   return {
     id: r.id,

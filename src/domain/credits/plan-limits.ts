@@ -1,6 +1,6 @@
 /**
- * Monthly plan limits (seed: PlanLimitUsage): content ideas, words, basic
- * and premium images, image prompts.
+ * Monthly plan limits (README.md, "The credit model"; the plan_limit_usage
+ * table): content ideas, words, basic and premium images, image prompts.
  *
  * Rules:
  * - SetPlanLimits sets the allowance of each named type for one period
@@ -11,14 +11,15 @@
  *   (LIMIT_EXCEEDED) and nothing is consumed, also under racing consumers.
  * - A new period starts from zero; old periods stay readable by date.
  */
-import { QueryTypes, type Sequelize } from "sequelize";
+import type { Sequelize } from "sequelize";
+import { consumeWithinLimit, limitOn, limitsOn, limitsStarting, lockAccountLimits, overlappingPeriod, upsertLimit, type PlanLimitRow as Row } from "../../db/credits/plan-limits.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import { type CalendarDate, parseCalendarDate, todayUtc } from "../dates.js";
 import { BillingError, Reason, Violations, failedPrecondition } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
 import { requireId, requireIdempotencyKey } from "../validation.js";
 
-export const LIMIT_TYPES = ["content_ideas", "content_words", "images_basic", "images_premium", "image_prompts"] as const;
+const LIMIT_TYPES = ["content_ideas", "content_words", "images_basic", "images_premium", "image_prompts"] as const;
 export type LimitType = (typeof LIMIT_TYPES)[number];
 
 export interface PlanLimitView {
@@ -30,16 +31,6 @@ export interface PlanLimitView {
   periodStart: string;
   periodEnd: string;
 }
-
-interface Row {
-  limit_type: LimitType;
-  limit_amount: string;
-  amount_used: string;
-  period_start: string;
-  period_end: string;
-}
-
-const COLUMNS = `limit_type, limit_amount, amount_used, to_char(period_start, 'YYYY-MM-DD') AS period_start, to_char(period_end, 'YYYY-MM-DD') AS period_end`;
 
 /** The plan limit service. */
 export class PlanLimits {
@@ -69,30 +60,17 @@ export class PlanLimits {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        await this.sequelize.query(`SELECT pg_advisory_xact_lock(hashtext('billing.plan_limits'), hashtext($1))`, { bind: [input.accountId], transaction: t });
+        await lockAccountLimits(this.sequelize, t, input.accountId);
         for (const l of input.limits) {
-          const [overlap] = await this.sequelize.query<{ period_start: string }>(
-            `SELECT to_char(period_start, 'YYYY-MM-DD') AS period_start FROM plan_limit_usage
-             WHERE account_id = $1 AND limit_type = $2 AND period_start <> $3 AND period_start <= $4 AND period_end >= $3 LIMIT 1`,
-            { bind: [input.accountId, l.limitType, start, end], transaction: t, type: QueryTypes.SELECT },
-          );
+          const overlap = await overlappingPeriod(this.sequelize, t, input.accountId, l.limitType!, start!, end!);
           if (overlap) {
-            throw failedPrecondition(Reason.PeriodOverlap, `${l.limitType} already has a period starting ${overlap.period_start} that overlaps ${start}..${end}`, {
+            throw failedPrecondition(Reason.PeriodOverlap, `${l.limitType} already has a period starting ${overlap} that overlaps ${start}..${end}`, {
               limit_type: l.limitType!,
             });
           }
-          await this.sequelize.query(
-            `INSERT INTO plan_limit_usage (account_id, limit_type, limit_amount, period_start, period_end) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (account_id, limit_type, period_start)
-             DO UPDATE SET limit_amount = EXCLUDED.limit_amount, period_end = EXCLUDED.period_end, updated_at = now()`,
-            { bind: [input.accountId, l.limitType, l.limit.toString(), start, end], transaction: t },
-          );
+          await upsertLimit(this.sequelize, t, input.accountId, l.limitType!, l.limit, start!, end!);
         }
-        const rows = await this.sequelize.query<Row>(`SELECT ${COLUMNS} FROM plan_limit_usage WHERE account_id = $1 AND period_start = $2 ORDER BY limit_type`, {
-          bind: [input.accountId, start],
-          transaction: t,
-          type: QueryTypes.SELECT,
-        });
+        const rows = await limitsStarting(this.sequelize, t, input.accountId, start!);
         return rows.map(view);
       },
       options,
@@ -112,17 +90,9 @@ export class PlanLimits {
       this.sequelize,
       async (t) => {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "ConsumePlanLimit", request: input }, async () => {
-          const [row] = await this.sequelize.query<Row & { fits: boolean }>(
-            `UPDATE plan_limit_usage SET amount_used = amount_used + $3, updated_at = now()
-             WHERE account_id = $1 AND limit_type = $2 AND period_start <= $4 AND period_end >= $4 AND amount_used + $3 <= limit_amount
-             RETURNING ${COLUMNS}`,
-            { bind: [input.accountId, input.limitType, input.amount.toString(), today], transaction: t, type: QueryTypes.SELECT },
-          );
+          const row = await consumeWithinLimit(this.sequelize, t, input.accountId, input.limitType!, input.amount, today);
           if (row) return view(row);
-          const [current] = await this.sequelize.query<Row>(
-            `SELECT ${COLUMNS} FROM plan_limit_usage WHERE account_id = $1 AND limit_type = $2 AND period_start <= $3 AND period_end >= $3`,
-            { bind: [input.accountId, input.limitType, today], transaction: t, type: QueryTypes.SELECT },
-          );
+          const current = await limitOn(this.sequelize, t, input.accountId, input.limitType!, today);
           if (!current) throw failedPrecondition(Reason.NoPlanLimit, `no ${input.limitType} limit is set for the period containing ${today}`, { limit_type: input.limitType! });
           const status = view(current);
           throw new BillingError("resource_exhausted", Reason.LimitExceeded, `${input.limitType} limit exceeded: ${input.amount} requested, ${status.remaining} remaining of ${status.limit}`, [], {
@@ -143,10 +113,7 @@ export class PlanLimits {
   async usage(accountId: string, date: CalendarDate | undefined): Promise<PlanLimitView[]> {
     requireId(accountId, "account_id");
     const day = parseCalendarDate(date, "date") ?? todayUtc();
-    const rows = await this.sequelize.query<Row>(
-      `SELECT ${COLUMNS} FROM plan_limit_usage WHERE account_id = $1 AND period_start <= $2 AND period_end >= $2 ORDER BY limit_type`,
-      { bind: [accountId, day], type: QueryTypes.SELECT },
-    );
+    const rows = await limitsOn(this.sequelize, accountId, day);
     return rows.map(view);
   }
 }
@@ -166,7 +133,7 @@ function view(r: Row): PlanLimitView {
   const limit = BigInt(r.limit_amount);
   const used = BigInt(r.amount_used);
   const remaining = limit > used ? limit - used : 0n;
-  // The seed's percentage_used: min(100, int(used / limit * 100)), 0 for a zero limit.
+  // min(100, floor(used / limit * 100)), 0 for a zero limit.
   const percent = limit === 0n ? 0 : Number(used * 100n / limit > 100n ? 100n : (used * 100n) / limit);
   return { limitType: r.limit_type, limit, amountUsed: used, remaining, percentUsed: percent, periodStart: r.period_start, periodEnd: r.period_end };
 }

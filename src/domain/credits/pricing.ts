@@ -32,20 +32,34 @@
  *   less than CONFIG_CACHE_MS before its effective_from may start up to that
  *   late (or still apply up to that long) on other replicas.
  */
-import { QueryTypes, type Sequelize } from "sequelize";
-import { modelsOf, type BillingConfiguration, type CreditCostConfig } from "../../db/models/index.js";
+import type { Sequelize, Transaction } from "sequelize";
+import {
+  allCostConfigs,
+  billingConfiguration,
+  costConfig,
+  costConfigsAfter,
+  insertCostConfig,
+  updateBillingConfiguration,
+  updateCostConfig,
+  type BillingConfigChanges,
+  type BillingConfigRow,
+  type CostConfigChanges,
+  type CostConfigRow,
+} from "../../db/catalogue/cost-configs.js";
+import { COST_CONFIG_HISTORY } from "../../db/catalogue/history.js";
+import { COST_CONFIG_VERSIONS, type CostVersionRow, type TimedVersionRow } from "../../db/catalogue/price-versions.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { Dec, PRICE, fitsColumn, formatMoney, parseMoney, roundToInteger } from "../../money.js";
-import { AuditTrail, type AuditRecord, type JsonObject } from "../audit.js";
+import { Dec, PRICE, fitsColumn, formatMoney, parseMoney, roundToInteger } from "../money.js";
+import { AuditTrail, type AuditRecord } from "../audit.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
-import { maskField } from "../field-mask.js";
+import { applyMask } from "../field-mask.js";
+import type { JsonObject } from "../json.js";
 import { costOf, type ModelCatalogue } from "../models/catalogue.js";
-import { effectiveFromOf, inForceAt, notCancellable, requireVersionId, uniqueInstant, versionAuditTimes, versionTimes, type VersionRow, type VersionTimes } from "../models/versions.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { PriceTimeline, effectiveFromOf, inForceAt, versionAuditTimes, versionTimes, type VersionTimes } from "../models/versions.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { checkText } from "../validation.js";
 import { LEGACY_OPERATION_TYPES, OPERATION_TYPE_RE, normalizeOperationType, type OperationType } from "./operations.js";
 import type { UsageInput } from "./types.js";
-import type { Transaction } from "sequelize";
 
 export type RoundingMode = "up" | "down" | "nearest";
 
@@ -121,10 +135,10 @@ export interface Price {
   modelPriceVersionId: string;
 }
 
-export const COST_CONFIG_FIELDS = ["display_name", "description", "tokens_per_credit", "min_credits", "price_per_credit_usd", "credit_rounding_mode", "is_active"] as const;
+const COST_CONFIG_FIELDS = ["display_name", "description", "tokens_per_credit", "min_credits", "price_per_credit_usd", "credit_rounding_mode", "is_active"] as const;
 /** The versioned fields of a cost config. */
 const VERSIONED = ["tokens_per_credit", "min_credits", "price_per_credit_usd", "credit_rounding_mode"] as const;
-export const BILLING_CONFIG_FIELDS = ["default_tokens_per_credit", "default_credit_price_usd", "enable_token_based_reporting", "credit_rounding_mode"] as const;
+const BILLING_CONFIG_FIELDS = ["default_tokens_per_credit", "default_credit_price_usd", "enable_token_based_reporting", "credit_rounding_mode"] as const;
 
 export interface CostConfigUpdate {
   operationType: string;
@@ -150,36 +164,22 @@ const INT32_MAX = 2_147_483_647n;
 /** How long pricing may use configuration read earlier. */
 export const CONFIG_CACHE_MS = 1_000;
 
-/** A cost config version as stored. */
-interface CostVersionRow extends VersionRow {
-  operation_type: string;
-  tokens_per_credit: number;
-  min_credits: number;
-  price_per_credit_usd: string;
-  credit_rounding_mode: RoundingMode | null;
-  next_from?: Date | null;
-}
-
 interface PricingConfig {
   at: number;
-  costs: Map<string, CreditCostConfig>;
+  costs: Map<string, CostConfigRow>;
   /** Every live version per operation type, by effective_from ascending. */
   versions: Map<string, CostVersionRow[]>;
   byId: Map<string, CostVersionRow>;
-  billing: BillingConfiguration;
+  billing: BillingConfigRow;
 }
 
-/** Cost config versions with the start of the next live one (their effective_until). */
-const COST_VERSIONS = `SELECT v.*, (SELECT min(n.effective_from) FROM cost_config_versions n
-    WHERE n.operation_type = v.operation_type AND n.cancelled_at IS NULL AND n.effective_from > v.effective_from) AS next_from
-  FROM cost_config_versions v`;
-
-/** The live versions of the operation types $1, by effective_from. */
-const LIVE_VERSIONS = `SELECT * FROM cost_config_versions WHERE operation_type = ANY ($1::text[]) AND cancelled_at IS NULL ORDER BY operation_type, effective_from`;
+/** The columns of a cost config and of its pricing version a change sets. */
+type CostColumns = CostConfigChanges & Partial<Pick<CostVersionRow, (typeof VERSIONED)[number]>>;
 
 /** Pricing and its configuration. */
 export class Pricing {
-  readonly history: AuditTrail;
+  private readonly history: AuditTrail;
+  private readonly versions: PriceTimeline<CostVersionRow, CostConfigVersionView>;
   private cache?: PricingConfig;
   /** The configuration read in progress, shared by its callers. */
   private reading?: Promise<PricingConfig>;
@@ -190,11 +190,15 @@ export class Pricing {
     private readonly sequelize: Sequelize,
     private readonly catalogue: ModelCatalogue,
   ) {
-    this.history = new AuditTrail(sequelize, "credit_cost_config_history", "operation_type");
-  }
-
-  private get models() {
-    return modelsOf(this.sequelize);
+    this.history = new AuditTrail(sequelize, COST_CONFIG_HISTORY);
+    this.versions = new PriceTimeline(sequelize, COST_CONFIG_VERSIONS, {
+      what: "cost config version",
+      history: this.history,
+      actions: { schedule: "schedule_version", backdate: "backdate_version", cancel: "cancel_version" },
+      audit: costVersionAudit,
+      view: costVersionView,
+      changed: () => this.invalidate(),
+    });
   }
 
   /**
@@ -262,7 +266,7 @@ export class Pricing {
   private async costVersionById(id: string): Promise<CostVersionRow> {
     const cached = (await this.cachedConfig()).byId.get(id);
     if (cached) return cached;
-    const [row] = await this.sequelize.query<CostVersionRow>(`SELECT * FROM cost_config_versions WHERE id = $1`, { bind: [id], type: QueryTypes.SELECT });
+    const row = await this.versions.byId(id);
     if (!row) throw new Error(`cost config version ${id} is missing`);
     return row;
   }
@@ -280,15 +284,8 @@ export class Pricing {
 
   /** Every operation's cost config, by operation type, with the pricing in force now. */
   async listCostConfigs(activeOnly: boolean, requestedPageSize: number, pageToken: string): Promise<{ configs: CostConfigView[]; nextPageToken: string }> {
-    const size = pageSize(requestedPageSize);
-    const after = decodePageToken(pageToken, "cost_configs", activeOnly);
-    if (after && typeof after[0] !== "string") throw invalidField("page_token", "is not a valid page token for this request");
-    const rows = await this.sequelize.query<Record<string, unknown>>(
-      `SELECT * FROM credit_cost_configs WHERE ($1::boolean IS FALSE OR is_active) AND ($2::text IS NULL OR operation_type > $2)
-       ORDER BY operation_type LIMIT $3`,
-      { bind: [activeOnly, after ? after[0] : null, size + 1], type: QueryTypes.SELECT },
-    );
-    const configs = rows.map((r) => this.models.CreditCostConfig.build(r as never, { raw: true, isNewRecord: false }));
+    const { size, after } = pageRequest({ pageSize: requestedPageSize, pageToken }, "cost_configs", activeOnly, ["string"]);
+    const configs = await costConfigsAfter(this.sequelize, activeOnly, after?.[0] as string | undefined, size + 1);
     const live = await this.liveVersions(undefined, configs.map((c) => c.operation_type));
     const now = new Date();
     const views = configs.map((c) => costConfigView(c, live.get(c.operation_type) ?? [], now));
@@ -302,21 +299,15 @@ export class Pricing {
    */
   async updateCostConfig(input: CostConfigUpdate, paths: string[], actor: string, options: TransactionOptions = {}): Promise<CostConfigView> {
     const operationType = normalizeOperationType(input.operationType, "cost_config.operation_type");
-    const fields = paths.length
-      ? paths.map((p) => maskField(p, "cost_config", COST_CONFIG_FIELDS))
-      : COST_CONFIG_FIELDS.filter((f) => {
-          const value = {
-            display_name: input.displayName,
-            description: input.description,
-            tokens_per_credit: input.tokensPerCredit,
-            min_credits: input.minCredits,
-            price_per_credit_usd: input.pricePerCreditUsd,
-            credit_rounding_mode: input.creditRoundingMode,
-            is_active: input.isActive,
-          }[f];
-          return !(value === "" || value === 0n || value === false || value === undefined);
-        });
-    if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
+    const fields = applyMask(paths, "cost_config", COST_CONFIG_FIELDS, {
+      display_name: input.displayName,
+      description: input.description,
+      tokens_per_credit: input.tokensPerCredit,
+      min_credits: input.minCredits,
+      price_per_credit_usd: input.pricePerCreditUsd,
+      credit_rounding_mode: input.creditRoundingMode,
+      is_active: input.isActive,
+    });
     const v = new Violations();
     const changes = costConfigChanges(input, fields, v);
     await this.checkOperation(v, operationType, "cost_config.operation_type");
@@ -325,35 +316,32 @@ export class Pricing {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const row = await this.models.CreditCostConfig.findByPk(operationType, { transaction: t, lock: t.LOCK.UPDATE });
+        const row = await costConfig(this.sequelize, operationType, t, true);
         if (!row) throw notFound("cost config", operationType);
         const live = (await this.liveVersions(t, [operationType])).get(operationType) ?? [];
         const before = costConfigView(row, live, now);
         const current = inForceAt(live, now);
-        const own: Record<string, unknown> = {};
-        for (const f of ["display_name", "description", "is_active"] as const) if (f in changes) own[f] = changes[f];
-        await row.update({ ...own, updated_by: actor, updated_at: new Date() }, { transaction: t });
-        const next = {
+        const updated = await updateCostConfig(this.sequelize, t, operationType, { display_name: changes.display_name, description: changes.description, is_active: changes.is_active }, actor);
+        const next: Partial<CostVersionRow> = {
           tokens_per_credit: current?.tokens_per_credit,
           min_credits: current?.min_credits,
-          price_per_credit_usd: current ? new Dec(current.price_per_credit_usd).toFixed(4) : undefined,
+          price_per_credit_usd: current ? formatMoney(current.price_per_credit_usd, PRICE) : undefined,
           credit_rounding_mode: current?.credit_rounding_mode ?? null,
-        } as Record<string, unknown>;
+        };
         let pricingChanged = false;
         for (const f of VERSIONED) {
           if (!(f in changes)) continue;
           if (changes[f] !== next[f]) pricingChanged = true;
-          next[f] = changes[f];
+          (next as Record<string, unknown>)[f] = changes[f];
         }
         if (pricingChanged) {
           if (next.tokens_per_credit === undefined || next.min_credits === undefined || next.price_per_credit_usd === undefined) {
             throw invalidField("update_mask", "the operation has no pricing in force: give tokens_per_credit, min_credits and price_per_credit_usd together");
           }
-          const added = await uniqueInstant("update_mask", () => this.insertVersion(t, operationType, next, now, false, actor));
-          live.push(added);
+          live.push(await this.versions.add(t, operationType, next, now, false, actor, "update_mask"));
           live.sort((x, y) => x.effective_from.getTime() - y.effective_from.getTime());
         }
-        const after = costConfigView(row, live, now);
+        const after = costConfigView(updated, live, now);
         await this.history.record(t, operationType, "update", actor, costConfigAudit(before), costConfigAudit(after));
         t.afterCommit(() => this.invalidate());
         return after;
@@ -382,7 +370,7 @@ export class Pricing {
       ...input,
       tokensPerCredit: input.tokensPerCredit === 0n ? BigInt(billing.default_tokens_per_credit) : input.tokensPerCredit,
       minCredits: input.minCredits === 0n ? 1n : input.minCredits,
-      pricePerCreditUsd: input.pricePerCreditUsd === "" ? new Dec(billing.default_credit_price_usd).toFixed(4) : input.pricePerCreditUsd,
+      pricePerCreditUsd: input.pricePerCreditUsd === "" ? formatMoney(billing.default_credit_price_usd, PRICE) : input.pricePerCreditUsd,
       isActive: true,
     };
     const columns = costConfigChanges(withDefaults, COST_CONFIG_FIELDS, v);
@@ -391,18 +379,16 @@ export class Pricing {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const [created] = await this.sequelize.query<{ operation_type: string }>(
-          `INSERT INTO credit_cost_configs (operation_type, display_name, description, is_active, updated_by)
-           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (operation_type) DO NOTHING RETURNING operation_type`,
-          {
-            bind: [operationType, columns.display_name, columns.description ?? "", columns.is_active, actor],
-            transaction: t,
-            type: QueryTypes.SELECT,
-          },
-        );
+        const created = await insertCostConfig(this.sequelize, t, {
+          operation_type: operationType!,
+          display_name: columns.display_name!,
+          description: columns.description ?? "",
+          is_active: columns.is_active!,
+          updated_by: actor,
+        });
         if (!created) throw new BillingError("already_exists", Reason.AlreadyExists, `operation type ${JSON.stringify(operationType)} already exists`, [], { operation_type: operationType! });
-        const version = await this.insertVersion(t, operationType!, columns, now, false, actor);
-        const after = costConfigView((await this.models.CreditCostConfig.findByPk(operationType!, { transaction: t }))!, [version], now);
+        const version = await this.versions.add(t, operationType!, columns, now, false, actor);
+        const after = costConfigView(created, [version], now);
         await this.history.record(t, operationType!, "create", actor, null, costConfigAudit(after));
         t.afterCommit(() => this.invalidate());
         return after;
@@ -423,46 +409,16 @@ export class Pricing {
     const operationType = v.collect(() => normalizeOperationType(input.operationType));
     await this.checkOperation(v, operationType);
     const columns = costConfigChanges({ ...input, displayName: "", description: "", isActive: true }, VERSIONED, v, "");
-    const { effectiveFrom, backdated } = effectiveFromOf(v, input.effectiveFrom, input.backdate, now);
+    const when = effectiveFromOf(v, input.effectiveFrom, input.backdate, now);
     v.throwIfAny();
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        const row = await this.models.CreditCostConfig.findByPk(operationType!, { transaction: t, lock: t.LOCK.UPDATE });
-        if (!row) throw unknownOperation(operationType!);
-        const replaced = inForceAt((await this.liveVersions(t, [operationType!])).get(operationType!) ?? [], effectiveFrom);
-        const added = await uniqueInstant("effective_from", () => this.insertVersion(t, operationType!, columns, effectiveFrom, backdated, actor));
-        await this.history.record(t, operationType!, backdated ? "backdate_version" : "schedule_version", actor, replaced ? costVersionAudit(replaced) : null, costVersionAudit(added));
-        t.afterCommit(() => this.invalidate());
-        return (await this.versionViews(t, `WHERE v.id = $1`, [added.id], now))[0]!;
-      },
-      options,
-    );
+    return this.versions.schedule(operationType!, columns, when, actor, now, options, async (t) => {
+      if (!(await costConfig(this.sequelize, operationType!, t, true))) throw unknownOperation(operationType!);
+    });
   }
 
   /** Admin: cancels a pricing version not yet in force (kept in history as "cancel_version"); a cancelled one is answered as it is. */
-  async cancelCostConfigVersion(versionId: string, actor: string, options: TransactionOptions = {}): Promise<CostConfigVersionView> {
-    const id = requireVersionId(versionId);
-    const now = new Date();
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        const [row] = await this.sequelize.query<CostVersionRow>(`SELECT * FROM cost_config_versions WHERE id = $1 FOR UPDATE`, { bind: [id], transaction: t, type: QueryTypes.SELECT });
-        if (!row) throw notFound("cost config version", id);
-        if (!row.cancelled_at) {
-          if (row.effective_from.getTime() <= now.getTime()) throw notCancellable(id);
-          const [cancelled] = await this.sequelize.query<CostVersionRow>(`UPDATE cost_config_versions SET cancelled_by = $2, cancelled_at = now() WHERE id = $1 RETURNING *`, {
-            bind: [id, actor],
-            transaction: t,
-            type: QueryTypes.SELECT,
-          });
-          await this.history.record(t, row.operation_type, "cancel_version", actor, costVersionAudit(row), costVersionAudit(cancelled!));
-          t.afterCommit(() => this.invalidate());
-        }
-        return (await this.versionViews(t, `WHERE v.id = $1`, [id], now))[0]!;
-      },
-      options,
-    );
+  cancelCostConfigVersion(versionId: string, actor: string, options: TransactionOptions = {}): Promise<CostConfigVersionView> {
+    return this.versions.cancel(versionId, actor, options);
   }
 
   /** Pages through an operation's pricing versions, latest effective_from first (cancelled ones too). */
@@ -470,48 +426,12 @@ export class Pricing {
     const v = new Violations();
     const op = v.collect(() => normalizeOperationType(operationType));
     await this.checkOperation(v, op);
-    const size = v.collect(() => pageSize(requestedPageSize));
-    v.throwIfAny();
-    const after = decodePageToken(pageToken, "cost_config_versions", op);
-    if (after && (typeof after[0] !== "string" || typeof after[1] !== "string" || !/^\d+$/.test(after[1]) || Number.isNaN(Date.parse(after[0])))) {
-      throw invalidField("page_token", "is not a valid page token for this request");
-    }
-    const bind: unknown[] = [op];
-    const keyset = after ? `AND (v.effective_from, v.id) < ($${bind.push(after[0])}::timestamptz, $${bind.push(after[1])}::bigint)` : "";
-    const rows = await this.versionViews(undefined, `WHERE v.operation_type = $1 ${keyset} ORDER BY v.effective_from DESC, v.id DESC LIMIT $${bind.push(size! + 1)}`, bind, new Date());
-    const page = pageOf(rows, size!, (r) => [r.effectiveFrom.toISOString(), r.id], "cost_config_versions", op);
-    return { versions: page.items, nextPageToken: page.nextPageToken };
-  }
-
-  private async versionViews(t: Transaction | undefined, where: string, bind: unknown[], now: Date): Promise<CostConfigVersionView[]> {
-    const rows = await this.sequelize.query<CostVersionRow>(`${COST_VERSIONS} ${where}`, { bind, transaction: t, type: QueryTypes.SELECT });
-    return rows.map((r) => ({
-      ...versionTimes(r, r.next_from ?? undefined, now),
-      operationType: r.operation_type,
-      tokensPerCredit: r.tokens_per_credit,
-      minCredits: r.min_credits,
-      pricePerCreditUsd: formatMoney(r.price_per_credit_usd, PRICE),
-      creditRoundingMode: r.credit_rounding_mode ?? undefined,
-    }));
+    return this.versions.list(v, op, { pageSize: requestedPageSize, pageToken });
   }
 
   /** The live versions of `operationTypes`, per operation type, by effective_from. */
   private async liveVersions(t: Transaction | undefined, operationTypes: string[]): Promise<Map<string, CostVersionRow[]>> {
-    const rows = await this.sequelize.query<CostVersionRow>(LIVE_VERSIONS, { bind: [operationTypes], transaction: t, type: QueryTypes.SELECT });
-    return groupVersions(rows);
-  }
-
-  private async insertVersion(t: Transaction, operationType: string, c: Partial<Record<string, unknown>>, effectiveFrom: Date, backdated: boolean, actor: string): Promise<CostVersionRow> {
-    const [row] = await this.sequelize.query<CostVersionRow>(
-      `INSERT INTO cost_config_versions (operation_type, tokens_per_credit, min_credits, price_per_credit_usd, credit_rounding_mode, effective_from, backdated, created_by)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *`,
-      {
-        bind: [operationType, c.tokens_per_credit, c.min_credits, c.price_per_credit_usd, c.credit_rounding_mode ?? null, effectiveFrom.toISOString(), backdated, actor],
-        transaction: t,
-        type: QueryTypes.SELECT,
-      },
-    );
-    return row!;
+    return groupVersions(await this.versions.live(operationTypes, t));
   }
 
   /** That an operation type exists (from the cached configuration), or INVALID_ARGUMENT naming `field`. */
@@ -545,27 +465,23 @@ export class Pricing {
 
   /** Admin: changes the masked fields of the billing configuration. */
   async updateBillingConfiguration(input: BillingConfigUpdate, paths: string[], actor: string, options: TransactionOptions = {}): Promise<BillingConfigView> {
-    const fields = paths.length
-      ? paths.map((p) => maskField(p, "billing_configuration", BILLING_CONFIG_FIELDS))
-      : BILLING_CONFIG_FIELDS.filter((f) => {
-          const value = { default_tokens_per_credit: input.defaultTokensPerCredit, default_credit_price_usd: input.defaultCreditPriceUsd, enable_token_based_reporting: input.enableTokenBasedReporting, credit_rounding_mode: input.creditRoundingMode }[f];
-          return !(value === "" || value === 0n || value === false || value === undefined);
-        });
-    if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
+    const fields = applyMask(paths, "billing_configuration", BILLING_CONFIG_FIELDS, {
+      default_tokens_per_credit: input.defaultTokensPerCredit,
+      default_credit_price_usd: input.defaultCreditPriceUsd,
+      enable_token_based_reporting: input.enableTokenBasedReporting,
+      credit_rounding_mode: input.creditRoundingMode,
+    });
     const v = new Violations();
-    const changes: Record<string, unknown> = {};
+    const changes: BillingConfigChanges = {};
     for (const f of fields) {
       const name = `billing_configuration.${f}`;
       switch (f) {
         case "default_tokens_per_credit":
-          if (input.defaultTokensPerCredit < 1n || input.defaultTokensPerCredit > INT32_MAX) v.add(name, `must be between 1 and ${INT32_MAX}`);
-          else changes.default_tokens_per_credit = Number(input.defaultTokensPerCredit);
+          changes.default_tokens_per_credit = checkTokensPerCredit(v, input.defaultTokensPerCredit, name);
           break;
-        case "default_credit_price_usd": {
-          const price = v.collect(() => parseMoney(input.defaultCreditPriceUsd, name, PRICE, { min: "0.0001" }));
-          if (price) changes.default_credit_price_usd = price.toFixed(4);
+        case "default_credit_price_usd":
+          changes.default_credit_price_usd = parseCreditPrice(v, input.defaultCreditPriceUsd, name);
           break;
-        }
         case "enable_token_based_reporting":
           changes.enable_token_based_reporting = input.enableTokenBasedReporting;
           break;
@@ -579,9 +495,8 @@ export class Pricing {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const row = await this.models.BillingConfiguration.findByPk(1, { transaction: t, lock: t.LOCK.UPDATE });
+        const row = await updateBillingConfiguration(this.sequelize, t, changes, actor);
         if (!row) throw new Error("billing configuration row is missing (migrations not applied?)");
-        await row.update({ ...changes, updated_by: actor, updated_at: new Date() }, { transaction: t });
         t.afterCommit(() => this.invalidate());
         return billingView(row);
       },
@@ -615,11 +530,7 @@ export class Pricing {
   private async readConfig(): Promise<PricingConfig> {
     const generation = this.generation;
     const at = Date.now();
-    const [rows, versionRows, billing] = await Promise.all([
-      this.models.CreditCostConfig.findAll(),
-      this.sequelize.query<CostVersionRow>(`SELECT * FROM cost_config_versions WHERE cancelled_at IS NULL ORDER BY operation_type, effective_from`, { type: QueryTypes.SELECT }),
-      this.billingRow(),
-    ]);
+    const [rows, versionRows, billing] = await Promise.all([allCostConfigs(this.sequelize), this.versions.live(), this.billingRow()]);
     const config = { at, costs: new Map(rows.map((r) => [r.operation_type, r])), versions: groupVersions(versionRows), byId: new Map(versionRows.map((r) => [String(r.id), r])), billing };
     // An update committed during the read invalidated it: keep what the next read sees.
     if (generation === this.generation) this.cache = config;
@@ -633,14 +544,14 @@ export class Pricing {
     this.generation++;
   }
 
-  private async costConfigRow(operationType: OperationType): Promise<CreditCostConfig> {
-    const row = await this.models.CreditCostConfig.findByPk(operationType);
+  private async costConfigRow(operationType: OperationType): Promise<CostConfigRow> {
+    const row = await costConfig(this.sequelize, operationType);
     if (!row) throw unknownOperation(operationType);
     return row;
   }
 
-  private async billingRow() {
-    const row = await this.models.BillingConfiguration.findByPk(1);
+  private async billingRow(): Promise<BillingConfigRow> {
+    const row = await billingConfiguration(this.sequelize);
     if (!row) throw new Error("billing configuration row is missing (migrations not applied?)");
     return row;
   }
@@ -661,7 +572,7 @@ function groupVersions(rows: CostVersionRow[]): Map<string, CostVersionRow[]> {
  * `live` versions (by effective_from); previous_tokens_per_credit is
  * tokens_per_credit before the last version that changed it.
  */
-function costConfigView(r: CreditCostConfig, live: CostVersionRow[], at: Date): CostConfigView {
+function costConfigView(r: CostConfigRow, live: CostVersionRow[], at: Date): CostConfigView {
   const version = inForceAt(live, at);
   let previous = 0;
   for (let k = version ? live.indexOf(version) : 0; k > 0; k--) {
@@ -701,6 +612,18 @@ function costVersionAudit(r: CostVersionRow): JsonObject {
   };
 }
 
+/** A pricing version as callers see it at `now`. */
+function costVersionView(r: TimedVersionRow<CostVersionRow>, now: Date): CostConfigVersionView {
+  return {
+    ...versionTimes(r, r.next_from ?? undefined, now),
+    operationType: r.operation_type,
+    tokensPerCredit: r.tokens_per_credit,
+    minCredits: r.min_credits,
+    pricePerCreditUsd: formatMoney(r.price_per_credit_usd, PRICE),
+    creditRoundingMode: r.credit_rounding_mode ?? undefined,
+  };
+}
+
 function costConfigAudit(c: CostConfigView): JsonObject {
   return {
     operation_type: c.operationType,
@@ -717,7 +640,7 @@ function costConfigAudit(c: CostConfigView): JsonObject {
   };
 }
 
-function billingView(r: { default_tokens_per_credit: number; default_credit_price_usd: string; enable_token_based_reporting: boolean; credit_rounding_mode: string; updated_by: string | null; updated_at: Date }): BillingConfigView {
+function billingView(r: BillingConfigRow): BillingConfigView {
   return {
     defaultTokensPerCredit: r.default_tokens_per_credit,
     defaultCreditPriceUsd: formatMoney(r.default_credit_price_usd, PRICE),
@@ -734,9 +657,22 @@ function unknownOperation(operationType: string, field = "operation_type"): Bill
   return invalidField(field, `unknown operation type ${JSON.stringify(operationType)}; ListCostConfigs lists them, and admins add one with CreateCostConfig`);
 }
 
+/** Tokens per credit: 1 to INT32_MAX (undefined when not, reported in `v` on `field`). */
+function checkTokensPerCredit(v: Violations, value: bigint, field: string): number | undefined {
+  if (value >= 1n && value <= INT32_MAX) return Number(value);
+  v.add(field, `must be between 1 and ${INT32_MAX}`);
+  return undefined;
+}
+
+/** A USD price per credit: at least 0.0001, scale 4 (undefined when bad, reported in `v` on `field`). */
+function parseCreditPrice(v: Violations, value: string, field: string): string | undefined {
+  const price = v.collect(() => parseMoney(value, field, PRICE, { min: "0.0001" }));
+  return price && formatMoney(price, PRICE);
+}
+
 /** The columns of the cost-config `fields` of `input`, each checked; bad fields go to `v`. */
-function costConfigChanges(input: CostConfigUpdate, fields: readonly string[], v: Violations, prefix = "cost_config."): Partial<Record<string, unknown>> {
-  const changes: Partial<Record<string, unknown>> = {};
+function costConfigChanges(input: CostConfigUpdate, fields: readonly string[], v: Violations, prefix = "cost_config."): CostColumns {
+  const changes: CostColumns = {};
   for (const f of fields) {
     const name = `${prefix}${f}`;
     switch (f) {
@@ -747,17 +683,18 @@ function costConfigChanges(input: CostConfigUpdate, fields: readonly string[], v
       case "description":
         if (v.collect(() => checkText(input.description, name)) !== undefined) changes.description = input.description;
         break;
-      case "tokens_per_credit":
-        if (input.tokensPerCredit < 1n || input.tokensPerCredit > INT32_MAX) v.add(name, `must be between 1 and ${INT32_MAX}`);
-        else changes.tokens_per_credit = Number(input.tokensPerCredit);
+      case "tokens_per_credit": {
+        const tokens = checkTokensPerCredit(v, input.tokensPerCredit, name);
+        if (tokens !== undefined) changes.tokens_per_credit = tokens;
         break;
+      }
       case "min_credits":
         if (input.minCredits < 0n || input.minCredits > INT32_MAX) v.add(name, `must be between 0 and ${INT32_MAX}`);
         else changes.min_credits = Number(input.minCredits);
         break;
       case "price_per_credit_usd": {
-        const price = v.collect(() => parseMoney(input.pricePerCreditUsd, name, PRICE, { min: "0.0001" }));
-        if (price) changes.price_per_credit_usd = price.toFixed(4);
+        const price = parseCreditPrice(v, input.pricePerCreditUsd, name);
+        if (price !== undefined) changes.price_per_credit_usd = price;
         break;
       }
       case "credit_rounding_mode":

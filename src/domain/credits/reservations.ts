@@ -28,17 +28,49 @@
  *   versions in force at its own arrival instead. Reservations made before
  *   price versions existed price at the commit.
  */
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import type { Sequelize, Transaction } from "sequelize";
+import { lockAccount } from "../../db/credits/accounts.js";
+import {
+  expireDueReservations,
+  findReservation,
+  insertReservation,
+  lockReservation,
+  settleReservation,
+  type ReservationRow as Row,
+} from "../../db/credits/reservations.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { BillingError, Reason, Violations, failedPrecondition, insufficientCredits, notFound } from "../errors.js";
+import { Violations, failedPrecondition, insufficientCredits, notFound, Reason } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
+import type { JsonObject } from "../json.js";
+import { stateMachine } from "../state-machine.js";
 import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid } from "../validation.js";
 import { describeUsage, usageRecordOf, type CreditLedger } from "./ledger.js";
 import { normalizeOperationType } from "./operations.js";
 import { Pricing } from "./pricing.js";
-import type { BalanceView, JsonObject, LedgerEntry, UsageInput, UsageLogEntry } from "./types.js";
+import type { BalanceView, LedgerEntry, UsageInput, UsageLogEntry } from "./types.js";
 
 export type ReservationStatus = "active" | "committed" | "released" | "expired";
+type ReservationAction = "commit" | "release" | "expire";
+
+/**
+ * A hold's life: only an ACTIVE hold (not yet past expires_at) is committed
+ * or released; one past expires_at expires (when released, or by the
+ * sweeper). Releasing a released or expired hold answers it as it is.
+ */
+const RESERVATIONS = stateMachine<ReservationStatus, ReservationAction>("a reservation", {
+  commit: { from: ["active"], to: "committed" },
+  release: { from: ["active"], to: "released" },
+  expire: { from: ["active"], to: "expired" },
+});
+
+/**
+ * FAILED_PRECONDITION / INVALID_STATE_TRANSITION unless `action` may start
+ * from the hold's status (`reservation <id> is <status> and cannot be <done>`, metadata {status}).
+ */
+function checkTransition(id: string, status: ReservationStatus, action: "commit" | "release"): void {
+  if (RESERVATIONS.can(status, action)) return;
+  throw failedPrecondition(Reason.InvalidStateTransition, `reservation ${id} is ${status} and cannot be ${action === "commit" ? "committed" : "released"}`, { status });
+}
 
 export interface ReservationView {
   id: string;
@@ -56,8 +88,8 @@ export interface ReservationView {
   pricedAt?: Date;
 }
 
-export const DEFAULT_TTL_SECONDS = 15 * 60;
-export const MAX_TTL_SECONDS = 24 * 60 * 60;
+const DEFAULT_TTL_SECONDS = 15 * 60;
+const MAX_TTL_SECONDS = 24 * 60 * 60;
 
 export interface ReserveInput {
   accountId: string;
@@ -77,21 +109,6 @@ export interface CommitInput {
   metadata: JsonObject;
   /** Price with the versions in force at the commit instead of the reservation's. */
   priceAtCommit?: boolean;
-}
-
-interface Row {
-  id: string;
-  account_id: string;
-  operation_type: string;
-  credits: string;
-  status: ReservationStatus;
-  credits_committed: string;
-  expires_at: Date;
-  created_at: Date;
-  settled_at: Date | null;
-  expired: boolean;
-  cost_config_version_id: string | null;
-  priced_at: Date | null;
 }
 
 /** The reservation service. */
@@ -124,14 +141,17 @@ export class Reservations {
           if (state.available < input.credits) {
             throw insufficientCredits(input.accountId, input.credits, state.available);
           }
-          const [row] = await this.sequelize.query<Row>(
-            `INSERT INTO credit_reservations (account_id, operation_type, credits, expires_at, cost_config_version_id, priced_at)
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6) RETURNING *, false AS expired`,
-            { bind: [input.accountId, operationType, input.credits.toString(), ttl, costVersionId || null, arrival.toISOString()], transaction: t, type: QueryTypes.SELECT },
-          );
-          await this.notify(t, input.accountId);
+          const row = await insertReservation(this.sequelize, t, {
+            accountId: input.accountId,
+            operationType: operationType!,
+            credits: input.credits,
+            ttlSeconds: ttl,
+            costVersionId: costVersionId || null,
+            pricedAt: arrival,
+          });
+          this.ledger.changedOnCommit(t, input.accountId);
           const held = state.reserved + input.credits;
-          return { reservation: view(row!), balance: { ...state, reserved: held, available: state.available - input.credits } };
+          return { reservation: view(row), balance: { ...state, reserved: held, available: state.available - input.credits } };
         });
         return result;
       },
@@ -167,18 +187,11 @@ export class Reservations {
       async (t) => {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "CommitReservation", request: priceAtCommit ? input : hashed }, async () => {
           // Account lock first (the ledger's order), then the reservation.
-          await this.sequelize.query(`SELECT 1 FROM billing_accounts WHERE account_id = $1 FOR UPDATE`, { bind: [found.account_id], transaction: t });
+          await lockAccount(this.sequelize, t, found.account_id);
           const r = await this.lock(t, found.account_id, id!);
-          if (r.status !== "active" || r.expired) {
-            throw failedPrecondition(Reason.InvalidStateTransition, `reservation ${id} is ${r.expired && r.status === "active" ? "expired" : r.status} and cannot be committed`, {
-              status: r.expired && r.status === "active" ? "expired" : r.status,
-            });
-          }
-          const [settled] = await this.sequelize.query<Row>(
-            `UPDATE credit_reservations SET status = 'committed', credits_committed = $3, settled_at = now()
-             WHERE account_id = $1 AND id = $2 RETURNING *, false AS expired`,
-            { bind: [found.account_id, id, price.credits.toString()], transaction: t, type: QueryTypes.SELECT },
-          );
+          const status = statusOf(r);
+          checkTransition(id!, status, "commit");
+          const settled = await settleReservation(this.sequelize, t, found.account_id, id!, RESERVATIONS.next(status, "commit"), price.credits);
           const usage = input.usage!;
           const charged = await this.ledger.debitIn(t, {
             accountId: found.account_id,
@@ -188,7 +201,7 @@ export class Reservations {
             metadata: { ...input.metadata, reservation_id: id! },
             usage: usageRecordOf(price, usage, input.relatedObjectType, input.relatedObjectId),
           });
-          return { reservation: view(settled!), transaction: charged.transaction, usageLog: charged.usageLog!, balance: charged.balance };
+          return { reservation: view(settled), transaction: charged.transaction, usageLog: charged.usageLog!, balance: charged.balance };
         });
         return result;
       },
@@ -208,14 +221,11 @@ export class Reservations {
         const r = await this.lock(t, found.account_id, id);
         let row: Row = r;
         if (r.status === "active") {
-          const status = r.expired ? "expired" : "released";
-          [row] = (await this.sequelize.query<Row>(
-            `UPDATE credit_reservations SET status = $3, settled_at = now() WHERE account_id = $1 AND id = $2 RETURNING *, false AS expired`,
-            { bind: [found.account_id, id, status], transaction: t, type: QueryTypes.SELECT },
-          )) as [Row];
-          await this.notify(t, found.account_id);
+          // A hold past expires_at is recorded as expired, not released.
+          row = await settleReservation(this.sequelize, t, found.account_id, id, RESERVATIONS.next(r.status, r.expired ? "expire" : "release"));
+          this.ledger.changedOnCommit(t, found.account_id);
         } else if (r.status === "committed") {
-          throw failedPrecondition(Reason.InvalidStateTransition, `reservation ${id} is committed and cannot be released`, { status: "committed" });
+          checkTransition(id, r.status, "release");
         }
         return { reservation: view(row), balance: await this.ledger.accountStateIn(t, found.account_id) };
       },
@@ -229,40 +239,30 @@ export class Reservations {
    * they stopped counting at expires_at already. Rows another transaction
    * holds are left for the next sweep. Returns how many were marked.
    */
-  async expireDue(limit = 500): Promise<number> {
-    const rows = await this.sequelize.query(
-      `UPDATE credit_reservations r SET status = 'expired', settled_at = now()
-       FROM (SELECT account_id, id FROM credit_reservations WHERE status = 'active' AND expires_at <= now()
-             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
-       WHERE r.account_id = due.account_id AND r.id = due.id RETURNING r.id`,
-      { bind: [limit], type: QueryTypes.SELECT },
-    );
-    return rows.length;
+  expireDue(limit = 500): Promise<number> {
+    return expireDueReservations(this.sequelize, limit);
   }
 
   private async find(id: string): Promise<Row> {
-    const [row] = await this.sequelize.query<Row>(`SELECT *, expires_at <= now() AS expired FROM credit_reservations WHERE id = $1`, { bind: [id], type: QueryTypes.SELECT });
+    const row = await findReservation(this.sequelize, id);
     if (!row) throw notFound("reservation", id);
     return row;
   }
 
   private async lock(t: Transaction, accountId: string, id: string): Promise<Row> {
-    const [row] = await this.sequelize.query<Row>(`SELECT *, expires_at <= now() AS expired FROM credit_reservations WHERE account_id = $1 AND id = $2 FOR UPDATE`, {
-      bind: [accountId, id],
-      transaction: t,
-      type: QueryTypes.SELECT,
-    });
+    const row = await lockReservation(this.sequelize, t, accountId, id);
     if (!row) throw notFound("reservation", id);
     return row;
   }
+}
 
-  private async notify(t: Transaction, accountId: string): Promise<void> {
-    this.ledger.changedOnCommit(t, accountId);
-  }
+/** The status callers see: an active hold past expires_at is expired (it stopped counting then). */
+function statusOf(r: Row): ReservationStatus {
+  return r.status === "active" && r.expired ? "expired" : r.status;
 }
 
 function view(r: Row): ReservationView {
-  const status: ReservationStatus = r.status === "active" && r.expired ? "expired" : r.status;
+  const status = statusOf(r);
   const out: ReservationView = {
     id: r.id,
     accountId: r.account_id,
@@ -278,5 +278,3 @@ function view(r: Row): ReservationView {
   if (r.priced_at) out.pricedAt = r.priced_at;
   return out;
 }
-
-

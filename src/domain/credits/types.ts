@@ -1,9 +1,12 @@
 /**
  * The ledger's domain types: plain data, no proto, no SQL.
  */
-export type TransactionType = "purchase" | "subscription" | "refund" | "deduction" | "adjustment" | "expiration" | "void";
+import type { JsonObject } from "../json.js";
 
-export const TRANSACTION_TYPES: readonly TransactionType[] = ["purchase", "subscription", "refund", "deduction", "adjustment", "expiration", "void"];
+/** Options of a domain call that opens a transaction (the caller's deadline), for handlers, which do not import src/db/. */
+export type { TransactionOptions } from "../../db/transaction.js";
+
+export type TransactionType = "purchase" | "subscription" | "refund" | "deduction" | "adjustment" | "expiration" | "void";
 
 /** What kind of credits a lot holds. */
 export type LotCategory = "paid" | "promotional" | "plan_allowance" | "adjustment";
@@ -34,8 +37,6 @@ export interface CreditLotView {
   transactionId: string;
   createdAt: Date;
 }
-
-export type JsonObject = { [key: string]: unknown };
 
 /** An account's credits. */
 export interface BalanceView {

@@ -12,15 +12,16 @@
  * version lacks, or an image log older than price versions) counts at its
  * cost_usd.
  */
-import { QueryTypes, type Sequelize } from "sequelize";
-import { PRICE, formatMoney } from "../../money.js";
-import { Violations, invalidField } from "../errors.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import type { Sequelize } from "sequelize";
+import { listUsageLogs, summarizeUsage, type SummaryKey, type UsageLogRow } from "../../db/credits/usage.js";
+import { PRICE, formatMoney } from "../money.js";
+import { Violations } from "../errors.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { requireId } from "../validation.js";
 import { normalizeOperationType } from "./operations.js";
-import type { JsonObject, UsageLogEntry } from "./types.js";
+import type { UsageLogEntry } from "./types.js";
 
-export type GroupBy = "operation" | "model" | "day";
+export type GroupBy = SummaryKey;
 
 export interface SummaryGroup {
   key: string;
@@ -33,40 +34,6 @@ export interface SummaryGroup {
   repricedCostUsd?: string;
 }
 
-interface LogRow {
-  id: string;
-  account_id: string;
-  operation_type: string;
-  credits_used: string;
-  cost_usd: string | null;
-  model_used: string;
-  tokens_input: string | null;
-  tokens_output: string | null;
-  related_object_type: string;
-  related_object_id: string;
-  metadata: JsonObject;
-  created_at: Date;
-  cost_config_version_id: string | null;
-  model_price_version_id: string | null;
-}
-
-/**
- * What log `l` costs at the model prices in force at bind parameter `at`:
- * the version then (nv) and the one the log was priced with (ov); NULL when
- * it cannot say.
- */
-const repriced = (at: number) => `LEFT JOIN LATERAL (
-    SELECT CASE
-      WHEN coalesce(l.tokens_input, 0) = 0 AND coalesce(l.tokens_output, 0) = 0 THEN
-        CASE WHEN nv.cost_per_image IS NOT NULL AND ov.cost_per_image IS NOT NULL AND l.cost_usd IS NOT NULL
-             THEN round(l.cost_usd / ov.cost_per_image * nv.cost_per_image, 4) END
-      WHEN nv.input_cost_per_1m IS NOT NULL AND (coalesce(l.tokens_output, 0) = 0 OR nv.output_cost_per_1m IS NOT NULL)
-        THEN round((coalesce(l.tokens_input, 0) * nv.input_cost_per_1m + coalesce(l.tokens_output, 0) * coalesce(nv.output_cost_per_1m, 0)) / 1000000, 4)
-    END AS cost
-    FROM (SELECT * FROM model_price_versions v WHERE v.model_name = l.model_used AND l.model_used <> '' AND v.cancelled_at IS NULL AND v.effective_from <= $${at}
-          ORDER BY v.effective_from DESC LIMIT 1) nv
-    LEFT JOIN model_price_versions ov ON ov.id = l.model_price_version_id) r ON true`;
-
 /** The usage reading service. */
 export class UsageReports {
   constructor(private readonly sequelize: Sequelize) {}
@@ -76,25 +43,13 @@ export class UsageReports {
     const v = new Violations();
     v.collect(() => requireId(input.accountId, "account_id"));
     const op = input.operationType ? v.collect(() => normalizeOperationType(input.operationType)) : undefined;
-    const size = v.collect(() => pageSize(input.pageSize));
+    const filters = { a: input.accountId, o: op ?? "", s: input.startTime, e: input.endTime };
+    const paging = v.collect(() => pageRequest(input, "usage_logs", filters, ["digits"]));
     if (input.startTime && input.endTime && input.startTime > input.endTime) v.add("end_time", "must not be before start_time");
     v.throwIfAny();
-    const filters = { a: input.accountId, o: op ?? "", s: input.startTime, e: input.endTime };
-    const after = decodePageToken(input.pageToken, "usage_logs", filters);
-    const where = ["account_id = $1"];
-    const bind: unknown[] = [input.accountId];
-    if (op) where.push(`operation_type = $${bind.push(op)}`);
-    if (input.startTime) where.push(`created_at >= $${bind.push(input.startTime.toISOString())}`);
-    if (input.endTime) where.push(`created_at < $${bind.push(input.endTime.toISOString())}`);
-    if (after) {
-      if (typeof after[0] !== "string" || !/^\d+$/.test(after[0])) throw invalidField("page_token", "is not a valid page token for this request");
-      where.push(`id < $${bind.push(after[0])}`);
-    }
-    const rows = await this.sequelize.query<LogRow>(
-      `SELECT * FROM credit_usage_logs WHERE ${where.join(" AND ")} ORDER BY id DESC LIMIT $${bind.push(size! + 1)}`,
-      { bind, type: QueryTypes.SELECT },
-    );
-    const page = pageOf(rows, size!, (r) => [r.id], "usage_logs", filters);
+    const { size, after } = paging!;
+    const rows = await listUsageLogs(this.sequelize, { ...input, operationType: op ?? "" }, after?.[0] as string | undefined, size + 1);
+    const page = pageOf(rows, size, (r) => [r.id], "usage_logs", filters);
     return { logs: page.items.map(logView), nextPageToken: page.nextPageToken };
   }
 
@@ -105,21 +60,7 @@ export class UsageReports {
     if (!input.groupBy) v.add("group_by", "must be OPERATION, MODEL or DAY");
     if (input.startTime && input.endTime && input.startTime > input.endTime) v.add("end_time", "must not be before start_time");
     v.throwIfAny();
-    const key = { operation: "l.operation_type", model: "l.model_used", day: `to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')` }[input.groupBy!];
-    const where: string[] = [];
-    const bind: unknown[] = [];
-    const join = input.repriceAt ? repriced(bind.push(input.repriceAt.toISOString())) : "";
-    if (input.accountId) where.push(`l.account_id = $${bind.push(input.accountId)}`);
-    if (input.startTime) where.push(`l.created_at >= $${bind.push(input.startTime.toISOString())}`);
-    if (input.endTime) where.push(`l.created_at < $${bind.push(input.endTime.toISOString())}`);
-    const repricedSum = input.repriceAt ? `COALESCE(sum(COALESCE(r.cost, l.cost_usd)), 0)` : `NULL::numeric`;
-    const rows = await this.sequelize.query<{ key: string | null; operations: string; credits: string; cost_usd: string; tokens_input: string; tokens_output: string; repriced: string | null }>(
-      `SELECT ${key} AS key, count(*) AS operations, COALESCE(sum(l.credits_used), 0) AS credits, COALESCE(sum(l.cost_usd), 0) AS cost_usd,
-              COALESCE(sum(l.tokens_input), 0) AS tokens_input, COALESCE(sum(l.tokens_output), 0) AS tokens_output, ${repricedSum} AS repriced
-       FROM credit_usage_logs l ${join} ${where.length ? "WHERE " + where.join(" AND ") : ""}
-       GROUP BY ROLLUP (${key}) ORDER BY ${key} NULLS LAST`,
-      { bind, type: QueryTypes.SELECT },
-    );
+    const rows = await summarizeUsage(this.sequelize, { ...input, groupBy: input.groupBy! });
     // ROLLUP's grand-total row has key NULL and sorts last; model_used is never NULL (empty string for "no model").
     const groups = rows.map((r) => ({
       key: r.key ?? "",
@@ -132,12 +73,12 @@ export class UsageReports {
     }));
     const total = groups.length
       ? groups.pop()!
-      : { key: "", operations: 0n, credits: 0n, costUsd: "0.0000", tokensInput: 0n, tokensOutput: 0n, ...(input.repriceAt ? { repricedCostUsd: "0.0000" } : {}) };
+      : { key: "", operations: 0n, credits: 0n, costUsd: formatMoney(0, PRICE), tokensInput: 0n, tokensOutput: 0n, ...(input.repriceAt ? { repricedCostUsd: formatMoney(0, PRICE) } : {}) };
     return { groups, total };
   }
 }
 
-function logView(r: LogRow): UsageLogEntry {
+function logView(r: UsageLogRow): UsageLogEntry {
   return {
     id: r.id,
     accountId: r.account_id,

@@ -10,14 +10,15 @@
  * commits later with a smaller sequence number. The price: an event becomes
  * readable only once every transaction older than its own has ended.
  */
-import { QueryTypes, type Sequelize } from "sequelize";
-import { amountIn, formatMoney } from "../../money.js";
+import type { Sequelize, Transaction } from "sequelize";
+import { committedEvents, emit, eventById, readableTx, type EventRow } from "../../db/events/billing-events.js";
+import { amountIn, formatMoney } from "../money.js";
 import { Violations, invalidField, notFound } from "../errors.js";
-import { decodePageToken, encodePageToken, pageSize } from "../pagination.js";
+import { encodePageToken, pageRequest, pageSize } from "../pagination.js";
 import { requireId } from "../validation.js";
 
 /** Every event type, in the documented order. */
-export const EVENT_TYPES = [
+const EVENT_TYPES = [
   "credits.granted",
   "credits.expired",
   "credit_lot.expiring_soon",
@@ -74,17 +75,6 @@ export interface ListEventsInput extends EventFilter {
   pageToken: string;
 }
 
-export interface EventRow {
-  account_id: string;
-  id: string;
-  tx: string;
-  seq: string;
-  type: string;
-  data: Record<string, unknown>;
-  created_at: Date;
-}
-
-const COLUMNS = `account_id, id, tx::text AS tx, seq::text AS seq, type, data, created_at`;
 const LIST = "events";
 
 /** Reads events. */
@@ -99,7 +89,7 @@ export class Events {
     if (input.startTime && input.endTime && input.endTime <= input.startTime) v.add("end_time", "must be after start_time");
     v.throwIfAny();
     const after = decodeCursor(input.pageToken, filter!, "page_token");
-    const rows = await this.query(filter!, after, size! + 1, input.startTime, input.endTime);
+    const rows = await committedEvents(this.sequelize, { ...filter!, after, limit: size! + 1, startTime: input.startTime, endTime: input.endTime });
     const more = rows.length > size!;
     const page = more ? rows.slice(0, size) : rows;
     const last = page[page.length - 1];
@@ -110,7 +100,7 @@ export class Events {
   /** The events after `cursor` (at most `limit`), for watchers. */
   async after(filter: EventFilter, cursor: string, limit: number): Promise<EventView[]> {
     const after = decodeCursor(cursor, filter, "cursor");
-    return (await this.query(filter, after, limit)).map((r) => viewOf(r, filter));
+    return (await committedEvents(this.sequelize, { ...filter, after, limit })).map((r) => viewOf(r, filter));
   }
 
   /** Validates a watch request; returns its filter and the cursor it starts after (now, when none is given). */
@@ -125,29 +115,14 @@ export class Events {
   /** One event by its id ("evt_…"). */
   async get(eventId: string, field = "event_id"): Promise<EventView> {
     const uuid = uuidOfEventId(eventId, field);
-    const [row] = await this.sequelize.query<EventRow>(`SELECT ${COLUMNS} FROM billing_events WHERE id = $1`, { bind: [uuid], type: QueryTypes.SELECT });
+    const row = await eventById(this.sequelize, uuid);
     if (!row) throw notFound("event", eventId);
     return viewOf(row, { accountId: "", types: [] });
   }
 
-  private async query(filter: EventFilter, after: [string, string] | undefined, limit: number, startTime?: Date, endTime?: Date): Promise<EventRow[]> {
-    const bind: unknown[] = [];
-    const where = [`tx < pg_snapshot_xmin(pg_current_snapshot())`];
-    if (filter.accountId) where.push(`account_id = $${bind.push(filter.accountId)}`);
-    if (filter.types.length) where.push(`type = ANY($${bind.push(filter.types)}::text[])`);
-    if (after) where.push(`(tx, seq) > ($${bind.push(after[0])}::xid8, $${bind.push(after[1])}::bigint)`);
-    if (startTime) where.push(`created_at >= $${bind.push(startTime.toISOString())}`);
-    if (endTime) where.push(`created_at < $${bind.push(endTime.toISOString())}`);
-    return this.sequelize.query<EventRow>(`SELECT ${COLUMNS} FROM billing_events WHERE ${where.join(" AND ")} ORDER BY tx, seq LIMIT ${limit}`, {
-      bind,
-      type: QueryTypes.SELECT,
-    });
-  }
-
   /** A cursor after every event readable now (for "from now on"). */
   private async headCursor(filter: EventFilter): Promise<string> {
-    const [row] = await this.sequelize.query<{ tx: string }>(`SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 1)::text AS tx`, { type: QueryTypes.SELECT });
-    return encodePageToken(LIST, filterKey(filter), [row!.tx, String(Number.MAX_SAFE_INTEGER)]);
+    return encodePageToken(LIST, filterKey(filter), [await readableTx(this.sequelize), String(Number.MAX_SAFE_INTEGER)]);
   }
 }
 
@@ -185,19 +160,17 @@ function cursorOf(filter: EventFilter, row: EventRow): string {
   return encodePageToken(LIST, filterKey(filter), [row.tx, row.seq]);
 }
 
+/** The (tx, seq) position a cursor or page token stands for; INVALID_ARGUMENT naming `field` when it is not one of these filters'. */
 function decodeCursor(token: string, filter: EventFilter, field: string): [string, string] | undefined {
   try {
-    const p = decodePageToken(token, LIST, filterKey(filter));
-    if (!p) return undefined;
-    if (p.length !== 2 || !p.every((x) => typeof x === "string" && /^\d{1,20}$/.test(x))) throw new Error("shape");
-    return [p[0] as string, p[1] as string];
+    return pageRequest({ pageSize: 0, pageToken: token }, LIST, filterKey(filter), ["digits", "digits"]).after as [string, string] | undefined;
   } catch {
     throw invalidField(field, "is not a valid cursor for these filters (account_id and types must match the request that returned it)");
   }
 }
 
 /** The caller-facing form of an event row: the one place stored facts become the documented payload. */
-export function viewOf(row: EventRow, filter: EventFilter): EventView {
+function viewOf(row: EventRow, filter: EventFilter): EventView {
   return {
     id: eventIdOf(row.id),
     type: row.type as EventType,
@@ -266,6 +239,6 @@ function dataOf(type: string, d: Record<string, unknown>): EventData {
  * With `dedupeKey`, a second event of that type and key for the account is
  * not written.
  */
-export async function emitIn(sequelize: Sequelize, t: import("sequelize").Transaction, accountId: string, type: EventType, data: Record<string, unknown>, dedupeKey?: string): Promise<void> {
-  await sequelize.query(`SELECT billing_emit($1, $2, $3::jsonb, $4)`, { bind: [accountId, type, JSON.stringify(data), dedupeKey ?? null], transaction: t, type: QueryTypes.SELECT });
+export function emitIn(sequelize: Sequelize, t: Transaction, accountId: string, type: EventType, data: Record<string, unknown>, dedupeKey?: string): Promise<void> {
+  return emit(sequelize, t, accountId, type, data, dedupeKey);
 }

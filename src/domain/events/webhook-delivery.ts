@@ -7,6 +7,9 @@
  *   the attempt and leases them for WEBHOOK_TIMEOUT_MS + 5 s, so replicas
  *   never send the same row at once, and a replica that dies mid-send
  *   leaves a lease that expires: the row is sent again (at least once).
+ *   Reading and decrypting may take a while under pool pressure, so the
+ *   lease is renewed right before the POST, fenced by the attempt count:
+ *   a claim whose lease ran out and was taken over sends nothing.
  * - Sending happens outside any transaction, with a hard timeout, to the
  *   address the SSRF check approved (webhook-url.ts).
  * - Recording: an attempt row, then the delivery DELIVERED (2xx), or PENDING
@@ -20,45 +23,15 @@
 import http from "node:http";
 import https from "node:https";
 import net from "node:net";
-import { QueryTypes, type Sequelize } from "sequelize";
+import type { Sequelize } from "sequelize";
+import { markEndpointFailing, markEndpointHealthy } from "../../db/events/webhook-endpoints.js";
+import { claimDue, insertAttempt, markAttemptFailed, markDelivered, renewLease, skipDisabled, type ClaimedDelivery } from "../../db/events/webhook-deliveries.js";
 import { inTransaction } from "../../db/transaction.js";
+import type { WebhookSettings } from "../../config.js";
 import type { SecretBox } from "../payments/secrets.js";
 import { eventIdOf, type EventView, type Events } from "./events.js";
 import { signWebhook } from "./webhook-signature.js";
 import { BlockedAddressError, isPrivateAddress, publicOnlyLookup } from "./webhook-url.js";
-
-/** WEBHOOK_* settings (README, "Configuration"). */
-export interface WebhookSettings {
-  /** WEBHOOK_ALLOW_PRIVATE_URLS: allow loopback/private/link-local targets (tests, private networks). */
-  allowPrivateUrls: boolean;
-  /** WEBHOOK_POLL_MS: how often each replica looks for due deliveries. */
-  pollMs: number;
-  /** WEBHOOK_TIMEOUT_MS: one attempt's limit, connect to last byte of the answer. */
-  timeoutMs: number;
-  /** WEBHOOK_MAX_ATTEMPTS: attempts before a delivery is FAILED (and its endpoint FAILING). */
-  maxAttempts: number;
-  /** WEBHOOK_RETRY_BASE_MS: the wait after the first failed attempt; it doubles after each further one. */
-  retryBaseMs: number;
-  /** WEBHOOK_RETRY_MAX_DELAY_MS: the longest wait between two attempts. */
-  retryMaxDelayMs: number;
-  /** WEBHOOK_CONCURRENCY: sends in flight at once per replica. */
-  concurrency: number;
-}
-
-/**
- * Defaults: 14 attempts with waits of 30 s, 1, 2, 4, 8, 16, 32, 64, 128,
- * 256 min, then 6 h three times (each wait jittered to 50-100 %): a
- * delivery is retried for about 13-26 hours before it fails.
- */
-export const DEFAULT_WEBHOOK_SETTINGS: WebhookSettings = {
-  allowPrivateUrls: false,
-  pollMs: 500,
-  timeoutMs: 10_000,
-  maxAttempts: 14,
-  retryBaseMs: 30_000,
-  retryMaxDelayMs: 6 * 60 * 60 * 1000,
-  concurrency: 16,
-};
 
 /** How much longer than one attempt's timeout a claim's lease lasts (time to record the outcome). */
 const LEASE_MARGIN_MS = 5_000;
@@ -89,17 +62,6 @@ export interface WebhookDeliveryOptions {
   userAgent?: string;
 }
 
-interface Claimed {
-  account_id: string;
-  id: string;
-  event_id: string;
-  endpoint_id: string;
-  attempts: number;
-  url: string;
-  secret_encrypted: string;
-  enabled: boolean;
-}
-
 /** The answer (or failure) of one POST. */
 export interface SendResult {
   /** HTTP status; 0 when none arrived. */
@@ -110,7 +72,7 @@ export interface SendResult {
 }
 
 /** The nominal wait after failed attempt `attempt` (1-based), before jitter. */
-export function retryDelayMs(attempt: number, s: Pick<WebhookSettings, "retryBaseMs" | "retryMaxDelayMs">): number {
+function retryDelayMs(attempt: number, s: Pick<WebhookSettings, "retryBaseMs" | "retryMaxDelayMs">): number {
   return Math.min(s.retryBaseMs * 2 ** Math.min(attempt - 1, 40), s.retryMaxDelayMs);
 }
 
@@ -193,7 +155,7 @@ export class WebhookDelivery {
     }
   }
 
-  private launch(c: Claimed): void {
+  private launch(c: ClaimedDelivery): void {
     const p: Promise<void> = this.deliver(c)
       .catch((err: unknown) => this.o.log.warn("webhook delivery: recording failed (the lease will expire and the delivery is retried)", { delivery_id: c.id, error: messageOf(err) }))
       .finally(() => {
@@ -207,33 +169,20 @@ export class WebhookDelivery {
   }
 
   /** Leases up to `limit` due deliveries, counting their attempt. */
-  private claim(limit: number): Promise<Claimed[]> {
-    const leaseMs = this.o.settings.timeoutMs + LEASE_MARGIN_MS;
-    return this.sequelize.query<Claimed>(
-      `WITH due AS (
-         SELECT account_id, id FROM webhook_deliveries
-         WHERE state = 'pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
-         ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED
-       ), claimed AS (
-         UPDATE webhook_deliveries d SET lease_until = clock_timestamp() + $1 * interval '1 millisecond', attempts = d.attempts + 1, updated_at = now()
-         FROM due WHERE d.account_id = due.account_id AND d.id = due.id
-         RETURNING d.account_id, d.id, d.event_id, d.endpoint_id, d.attempts
-       )
-       SELECT c.account_id, c.id, c.event_id::text AS event_id, c.endpoint_id::text AS endpoint_id, c.attempts, e.url, e.secret_encrypted, e.enabled
-       FROM claimed c JOIN webhook_endpoints e ON e.id = c.endpoint_id`,
-      { bind: [leaseMs, limit], type: QueryTypes.SELECT },
-    );
+  private claim(limit: number): Promise<ClaimedDelivery[]> {
+    return claimDue(this.sequelize, limit, this.leaseMs());
+  }
+
+  /** How long a claim (or its renewal) holds a delivery: one attempt's timeout and time to record its outcome. */
+  private leaseMs(): number {
+    return this.o.settings.timeoutMs + LEASE_MARGIN_MS;
   }
 
   /** Sends one claimed delivery and records what came of it. */
-  private async deliver(c: Claimed): Promise<void> {
+  private async deliver(c: ClaimedDelivery): Promise<void> {
     if (!c.enabled) {
       // Nothing is sent to a disabled endpoint; RedeliverEvent sends it again once enabled.
-      await this.sequelize.query(
-        `UPDATE webhook_deliveries SET state = 'failed', attempts = attempts - 1, last_error = 'endpoint disabled', lease_until = NULL, updated_at = now()
-         WHERE account_id = $1 AND id = $2 AND state = 'pending' AND attempts = $3`,
-        { bind: [c.account_id, c.id, c.attempts] },
-      );
+      await skipDisabled(this.sequelize, c);
       this.o.onOutcome?.("skipped");
       return;
     }
@@ -250,6 +199,11 @@ export class WebhookDelivery {
         result = { status: 0, error: `cannot read the event: ${messageOf(err)}`, latencyMs: 0 };
       }
       if (body !== undefined) {
+        // The read may have outlasted the lease: renew it, or leave the delivery to the claim that took it over.
+        if (!(await renewLease(this.sequelize, c, this.leaseMs()))) {
+          this.o.log.debug("webhook delivery: the lease ran out before the send; another claim has it", { delivery_id: c.id, event_id: eventId });
+          return;
+        }
         const timestamp = Math.floor(Date.now() / 1000);
         result = await sendWebhook(
           c.url,
@@ -267,7 +221,7 @@ export class WebhookDelivery {
     await this.record(c, eventId, result!);
   }
 
-  private async record(c: Claimed, eventId: string, r: SendResult): Promise<void> {
+  private async record(c: ClaimedDelivery, eventId: string, r: SendResult): Promise<void> {
     const ok = r.status >= 200 && r.status < 300;
     const final = !ok && c.attempts >= this.o.settings.maxAttempts;
     const nominal = retryDelayMs(c.attempts, this.o.settings);
@@ -275,35 +229,17 @@ export class WebhookDelivery {
     const error = r.error.slice(0, MAX_ERROR);
     const latency = Math.min(Math.max(0, Math.round(r.latencyMs)), 2_147_483_647);
     const outcome: DeliveryOutcome = ok ? "delivered" : final ? "failed" : "retrying";
+    const recorded = { status: r.status, error, latencyMs: latency };
     await inTransaction(this.sequelize, async (t) => {
-      await this.sequelize.query(
-        `INSERT INTO webhook_attempts (account_id, delivery_id, attempt, status, error, latency_ms)
-         SELECT $1::varchar, $2::uuid, $3::integer, $4::integer, $5::varchar, $6::integer
-         WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE account_id = $1::varchar AND id = $2::uuid)`,
-        { bind: [c.account_id, c.id, c.attempts, r.status, error, latency], transaction: t },
-      );
+      await insertAttempt(this.sequelize, t, c, recorded);
       if (ok) {
         // A success counts even if the delivery was meanwhile re-leased or marked failed: it did get through.
-        await this.sequelize.query(
-          `UPDATE webhook_deliveries SET state = 'delivered', delivered_at = now(), last_status = $3, last_error = '', last_latency_ms = $4, lease_until = NULL, updated_at = now()
-           WHERE account_id = $1 AND id = $2 AND state <> 'delivered'`,
-          { bind: [c.account_id, c.id, r.status, latency], transaction: t },
-        );
-        await this.sequelize.query(`UPDATE webhook_endpoints SET state = 'healthy', updated_at = now() WHERE id = $1 AND state = 'failing'`, { bind: [c.endpoint_id], transaction: t });
+        await markDelivered(this.sequelize, t, c, recorded);
+        await markEndpointHealthy(this.sequelize, t, c.endpoint_id);
         return;
       }
-      // A failure only moves the delivery on if no later claim has taken it over (attempts is the fence).
-      const rows = await this.sequelize.query<{ id: string }>(
-        `UPDATE webhook_deliveries SET last_status = $3, last_error = $4, last_latency_ms = $5, lease_until = NULL, updated_at = now(),
-           state = CASE WHEN $6::boolean THEN 'failed' ELSE 'pending' END,
-           next_attempt_at = CASE WHEN $6::boolean THEN next_attempt_at ELSE now() + $7 * interval '1 millisecond' END
-         WHERE account_id = $1 AND id = $2 AND state = 'pending' AND attempts = $8
-         RETURNING id`,
-        { bind: [c.account_id, c.id, r.status, error, latency, final, delay, c.attempts], transaction: t, type: QueryTypes.SELECT },
-      );
-      if (final && rows.length > 0) {
-        await this.sequelize.query(`UPDATE webhook_endpoints SET state = 'failing', updated_at = now() WHERE id = $1 AND state <> 'failing'`, { bind: [c.endpoint_id], transaction: t });
-      }
+      // A failure only moves the delivery on if no later claim has taken it over.
+      if ((await markAttemptFailed(this.sequelize, t, c, recorded, final, delay)) && final) await markEndpointFailing(this.sequelize, t, c.endpoint_id);
     });
     this.o.onOutcome?.(outcome);
     const fields = { delivery_id: c.id, event_id: eventId, endpoint_id: c.endpoint_id, attempt: c.attempts, status: r.status, latency_ms: latency, error: error || undefined };

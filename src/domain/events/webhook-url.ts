@@ -5,7 +5,9 @@
  * its network, so by default it must not reach loopback, private,
  * link-local (incl. cloud metadata at 169.254.169.254), unique-local,
  * carrier-grade NAT, multicast or reserved addresses, over IPv4 or IPv6
- * (incl. IPv4-mapped and NAT64 forms). The check runs twice: at
+ * (incl. IPv4-mapped and NAT64 forms; the local-use NAT64 prefix, SIIT
+ * IPv4-translated addresses and Teredo are refused whole, since what they
+ * reach depends on a translator or relay the check cannot see). The check runs twice: at
  * registration (the URL's host or what it resolves to now) and at every
  * send, on the address actually connected to (DNS can change in between).
  * WEBHOOK_ALLOW_PRIVATE_URLS=on lifts it (tests, private deployments).
@@ -14,7 +16,7 @@ import dns from "node:dns";
 import net, { type LookupFunction } from "node:net";
 import { invalidField } from "../errors.js";
 
-export const MAX_URL_LENGTH = 2048;
+const MAX_URL_LENGTH = 2048;
 
 /** How long a registration waits for DNS before it accepts the URL unresolved (the send checks again). */
 const REGISTRATION_DNS_TIMEOUT_MS = 2_000;
@@ -43,6 +45,9 @@ for (const [prefix, bits] of [
   ["::", 128], // unspecified
   ["::1", 128], // loopback
   ["100::", 64], // discard
+  ["64:ff9b:1::", 48], // local-use NAT64 (RFC 8215): translated to whatever the local network routes
+  ["::ffff:0:0:0", 96], // SIIT IPv4-translated (::ffff:0:a.b.c.d)
+  ["2001::", 32], // Teredo: tunnels to an IPv4 host through a relay
   ["2001:db8::", 32], // documentation
   ["fc00::", 7], // unique-local (incl. AWS metadata fd00:ec2::254)
   ["fe80::", 10], // link-local

@@ -1,5 +1,5 @@
 /**
- * Invoices (seed: Invoice) and credit package purchases.
+ * Invoices and credit package purchases (SQL in src/db/invoices/invoices.ts).
  *
  * Rules (see state-machine.ts for the transitions):
  * - Totals are computed here with decimal.js: subtotal = sum of line
@@ -14,18 +14,20 @@
  *   (price after discount); its credits are granted when it is paid.
  */
 import { randomUUID } from "node:crypto";
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { modelsOf, type Invoice } from "../../db/models/index.js";
+import type { Sequelize, Transaction } from "sequelize";
+import * as db from "../../db/invoices/invoices.js";
+import type { InvoiceRow, StoredLine } from "../../db/invoices/invoices.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { ANY_AMOUNT, Dec, amountIn, fitsColumn, formatMoney, parseMoney, parseOptionalMoney, requireCurrency, type MoneyColumn } from "../../money.js";
-import type { JsonObject } from "../audit.js";
+import { ANY_AMOUNT, Dec, amountIn, fitsColumn, formatMoney, parseMoney, parseOptionalMoney, requireCurrency, type MoneyColumn } from "../money.js";
+import { anyone, type Authorize } from "../access.js";
 import type { CreditPackages } from "../credits/packages.js";
 import { isoDateOf, parseCalendarDate, todayUtc, type CalendarDate } from "../dates.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import type { JsonObject } from "../json.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { checkMetadata, checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
-import { transition, type InvoiceAction, type InvoiceStatus } from "./state-machine.js";
+import { invoiceAllows, transition, type InvoiceAction, type InvoiceStatus } from "./state-machine.js";
 
 export type PaymentMethodName = "stripe" | "paypal" | "bank_transfer" | "local_wallet" | "manual";
 
@@ -97,6 +99,9 @@ export interface ListInvoicesInput {
   pageToken: string;
 }
 
+/** The actions that close an invoice. */
+export type CloseAction = Extract<InvoiceAction, "void" | "mark_uncollectible">;
+
 const MAX_NOTES = 4000;
 const MAX_QUANTITY = 1_000_000n;
 
@@ -106,10 +111,6 @@ export class Invoices {
     private readonly sequelize: Sequelize,
     private readonly packages: CreditPackages,
   ) {}
-
-  private get model() {
-    return modelsOf(this.sequelize).Invoice;
-  }
 
   /** Creates a DRAFT invoice; idempotent by key. */
   async create(input: CreateInvoiceInput, options: TransactionOptions = {}): Promise<InvoiceView> {
@@ -134,29 +135,23 @@ export class Invoices {
       this.sequelize,
       async (t) => {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "CreateInvoice", request: input }, async () => {
-          const row = await this.model.create(
-            {
-              account_id: input.accountId,
-              currency,
-              subscription_id: input.subscriptionId || null,
-              line_items: lines.map(toJsonLine),
-              subtotal: totals.subtotal,
-              tax: totals.tax,
-              total: totals.total,
-              due_date: dueDate ?? null,
-              notes: input.notes,
-              metadata: input.metadata,
-              billing_snapshot: input.billingSnapshot ? { ...input.billingSnapshot } : null,
-              stripe_invoice_id: null,
-              payment_method: null,
-              paid_at: null,
-              invoice_number: null,
-              credit_package_id: null,
-              credit_package_slug: null,
-              credit_package_credits: null,
-            },
-            { transaction: t },
-          );
+          const row = await db.insertInvoice(this.sequelize, t, {
+            account_id: input.accountId,
+            currency,
+            status: "draft",
+            invoice_number: null,
+            subscription_id: input.subscriptionId || null,
+            line_items: lines.map(toStoredLine),
+            ...totals,
+            due_date: dueDate ?? null,
+            notes: input.notes,
+            metadata: input.metadata,
+            billing_snapshot: input.billingSnapshot ? { ...input.billingSnapshot } : null,
+            payment_method: null,
+            credit_package_id: null,
+            credit_package_slug: null,
+            credit_package_credits: null,
+          });
           return view(row);
         });
         return result;
@@ -166,9 +161,9 @@ export class Invoices {
   }
 
   /** One invoice, or NOT_FOUND. `authorize` sees its account before anything is returned. */
-  async get(invoiceId: string, authorize: (accountId: string) => void = () => undefined): Promise<InvoiceView> {
+  async get(invoiceId: string, authorize: Authorize = anyone): Promise<InvoiceView> {
     const id = requireUuid(invoiceId, "invoice_id");
-    const row = await this.model.findOne({ where: { id } });
+    const row = await db.findInvoice(this.sequelize, id);
     if (!row) throw notFound("invoice", invoiceId);
     authorize(row.account_id);
     return view(row);
@@ -181,28 +176,18 @@ export class Invoices {
     const start = v.collect(() => parseCalendarDate(input.startDate, "start_date"));
     const end = v.collect(() => parseCalendarDate(input.endDate, "end_date"));
     if (start && end && end < start) v.add("end_date", "must not be before start_date");
-    const size = v.collect(() => pageSize(input.pageSize));
-    v.throwIfAny();
     const filters = { a: input.accountId, s: [...input.statuses].sort(), from: start ?? "", to: end ?? "" };
-    const after = decodePageToken(input.pageToken, "invoices", filters);
-    const where: string[] = [];
-    const bind: unknown[] = [];
-    if (input.accountId) where.push(`account_id = $${bind.push(input.accountId)}`);
-    if (input.statuses.length) where.push(`status = ANY($${bind.push(input.statuses)}::text[])`);
-    if (start) where.push(`invoice_date >= $${bind.push(start)}`);
-    if (end) where.push(`invoice_date <= $${bind.push(end)}`);
-    if (after) {
-      const [created, id] = after;
-      if (typeof created !== "string" || typeof id !== "string") throw invalidField("page_token", "is not a valid page token for this request");
-      where.push(`(created_at, id) < ($${bind.push(created)}::timestamptz, $${bind.push(id)}::uuid)`);
-    }
-    const rows = await this.sequelize.query<Record<string, unknown>>(
-      `SELECT *, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_key FROM invoices
-       ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY created_at DESC, id DESC LIMIT $${bind.push(size! + 1)}`,
-      { bind, type: QueryTypes.SELECT },
+    const page = v.collect(() => pageRequest(input, "invoices", filters, ["timestamp", "uuid"]));
+    v.throwIfAny();
+    const { size, after } = page!;
+    const found = await db.listInvoices(
+      this.sequelize,
+      { accountId: input.accountId, statuses: input.statuses, startDate: start, endDate: end },
+      after && { createdAt: after[0] as string, id: after[1] as string },
+      size + 1,
     );
-    const page = pageOf(rows, size!, (r) => [r.created_key as string, r.id as string], "invoices", filters);
-    return { invoices: page.items.map((r) => view(this.model.build(r as never, { raw: true, isNewRecord: false }))), nextPageToken: page.nextPageToken };
+    const { items, nextPageToken } = pageOf(found, size, (r) => [r.created_key, r.id], "invoices", filters);
+    return { invoices: items.map(view), nextPageToken };
   }
 
   /** Appends a line to a DRAFT invoice and recomputes its totals. */
@@ -217,13 +202,12 @@ export class Invoices {
         const row = await this.lock(t, id!);
         const column = amountIn(row.currency);
         const line = lineItem(item, "", column);
-        if (row.status !== "draft") {
+        if (!invoiceAllows(row.status, "add_line_item")) {
           throw failedPrecondition(Reason.InvalidStateTransition, `line items can only be added to DRAFT invoices; this one is ${row.status.toUpperCase()}`, { status: row.status.toUpperCase() });
         }
-        const lines = [...fromJsonLines(row.line_items), line!];
+        const lines = [...fromStoredLines(row.line_items), line];
         const totals = computeTotals(lines, new Dec(row.tax), column);
-        await row.update({ line_items: lines.map(toJsonLine), ...totals, updated_at: new Date() }, { transaction: t });
-        return view(row);
+        return view(await db.setInvoiceLines(this.sequelize, t, row, lines.map(toStoredLine), totals));
       },
       options,
     );
@@ -241,38 +225,41 @@ export class Invoices {
         const row = await this.lock(t, id!);
         const status = transition(row.status as InvoiceStatus, "finalize");
         const number = await this.nextInvoiceNumber(t, row.account_id, row.id);
-        await row.update(
-          {
-            status,
-            invoice_number: number,
-            billing_snapshot: snapshot ? { ...snapshot } : row.billing_snapshot,
-            metadata: { ...row.metadata, finalized_at: new Date().toISOString() },
-            updated_at: new Date(),
-          },
-          { transaction: t },
-        );
-        return view(row);
+        const updated = await db.setInvoiceStatus(this.sequelize, t, row, {
+          status,
+          invoiceNumber: number,
+          billingSnapshot: snapshot ? { ...snapshot } : null,
+          metadata: { ...row.metadata, finalized_at: new Date().toISOString() },
+        });
+        return view(updated);
       },
       options,
     );
   }
 
   /** DRAFT/PENDING -> VOID, or PENDING -> UNCOLLECTIBLE, with the reason kept in metadata. */
-  async close(invoiceId: string, action: Extract<InvoiceAction, "void" | "mark_uncollectible">, reason: string, options: TransactionOptions = {}): Promise<InvoiceView> {
+  async close(invoiceId: string, action: CloseAction, reason: string, options: TransactionOptions = {}): Promise<InvoiceView> {
     const v = new Violations();
     const id = v.collect(() => requireUuid(invoiceId, "invoice_id"));
     v.collect(() => checkText(reason, "reason"));
     v.throwIfAny();
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        const row = await this.lock(t, id!);
-        const status = transition(row.status as InvoiceStatus, action);
-        await row.update({ status, metadata: { ...row.metadata, [`${status}_reason`]: reason, [`${status}_at`]: new Date().toISOString() }, updated_at: new Date() }, { transaction: t });
-        return view(row);
-      },
-      options,
-    );
+    return inTransaction(this.sequelize, async (t) => (await this.closeIn(t, id!, action, reason))!, options);
+  }
+
+  /**
+   * `close` inside the caller's transaction, for internal callers (e.g. the
+   * auto top-up worker voiding a declined top-up's invoice): locks the
+   * invoice, then VOID or UNCOLLECTIBLE with `reason` and the time in its
+   * metadata (`<status>_reason`, `<status>_at`). FAILED_PRECONDITION /
+   * INVALID_STATE_TRANSITION when the state machine forbids it, unless
+   * `ifAllowed`, which answers undefined and changes nothing instead.
+   */
+  async closeIn(t: Transaction, invoiceId: string, action: CloseAction, reason: string, options: { ifAllowed?: boolean } = {}): Promise<InvoiceView | undefined> {
+    const row = await this.lock(t, invoiceId);
+    if (options.ifAllowed && !invoiceAllows(row.status, action)) return undefined;
+    const status = transition(row.status as InvoiceStatus, action);
+    const updated = await db.setInvoiceStatus(this.sequelize, t, row, { status, metadata: { ...row.metadata, [`${status}_reason`]: reason, [`${status}_at`]: new Date().toISOString() } });
+    return view(updated);
   }
 
   /** Creates a PENDING invoice for an active credit package; idempotent by key. */
@@ -297,29 +284,24 @@ export class Invoices {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: input.accountId, key: input.idempotencyKey, method: "PurchaseCreditPackage", request: input }, async () => {
           const id = randomUUID();
           const number = await this.nextInvoiceNumber(t, input.accountId, id);
-          const row = await this.model.create(
-            {
-              id,
-              account_id: input.accountId,
-              currency: pkg.currency,
-              status: "pending",
-              invoice_number: number,
-              line_items: [toJsonLine(line)],
-              ...totals,
-              due_date: todayUtc(),
-              notes: "",
-              metadata: { purchase: "credit_package", finalized_at: new Date().toISOString() },
-              billing_snapshot: null,
-              subscription_id: null,
-              stripe_invoice_id: null,
-              payment_method: input.paymentMethod ?? null,
-              paid_at: null,
-              credit_package_id: pkg.id,
-              credit_package_slug: pkg.slug,
-              credit_package_credits: pkg.credits.toString(),
-            },
-            { transaction: t },
-          );
+          const row = await db.insertInvoice(this.sequelize, t, {
+            id,
+            account_id: input.accountId,
+            currency: pkg.currency,
+            status: "pending",
+            invoice_number: number,
+            subscription_id: null,
+            line_items: [toStoredLine(line)],
+            ...totals,
+            due_date: todayUtc(),
+            notes: "",
+            metadata: { purchase: "credit_package", finalized_at: new Date().toISOString() },
+            billing_snapshot: null,
+            payment_method: input.paymentMethod ?? null,
+            credit_package_id: pkg.id,
+            credit_package_slug: pkg.slug,
+            credit_package_credits: pkg.credits.toString(),
+          });
           return view(row);
         });
         return result;
@@ -328,9 +310,23 @@ export class Invoices {
     );
   }
 
-  /** Locks an invoice row for a change. */
-  async lock(t: Transaction, id: string): Promise<Invoice> {
-    const row = await this.model.findOne({ where: { id }, transaction: t, lock: t.LOCK.UPDATE });
+  /**
+   * Records a payment against an invoice locked in `t`: `amountPaid` is the
+   * new total paid; with `paid` (the payment covers the total) the invoice
+   * becomes PAID at that time by that method.
+   */
+  async recordPaymentIn(t: Transaction, invoice: InvoiceRow, amountPaid: string, paid?: { paidAt: Date; paymentMethod: string }): Promise<InvoiceRow> {
+    return db.setInvoicePaid(this.sequelize, t, invoice, amountPaid, paid && { status: transition(invoice.status as InvoiceStatus, "pay"), ...paid });
+  }
+
+  /** Records a refund against an invoice locked in `t`: `amountPaid` is what remains paid; it stays PAID. */
+  async recordRefundIn(t: Transaction, invoice: InvoiceRow, amountPaid: string, at: Date): Promise<InvoiceRow> {
+    return db.setInvoiceRefunded(this.sequelize, t, invoice, amountPaid, { ...invoice.metadata, refunded_at: at.toISOString() });
+  }
+
+  /** Locks an invoice row for a change in `t`; NOT_FOUND when there is none. */
+  async lock(t: Transaction, id: string): Promise<InvoiceRow> {
+    const row = await db.lockInvoice(this.sequelize, t, id);
     if (!row) throw notFound("invoice", id);
     return row;
   }
@@ -342,16 +338,9 @@ export class Invoices {
    */
   private async nextInvoiceNumber(t: Transaction, accountId: string, invoiceId: string): Promise<string> {
     const period = todayUtc().slice(0, 7).replace("-", "");
-    const [row] = await this.sequelize.query<{ last_value: number }>(
-      `INSERT INTO invoice_number_sequences (period, last_value) VALUES ($1, 1)
-       ON CONFLICT (period) DO UPDATE SET last_value = invoice_number_sequences.last_value + 1 RETURNING last_value`,
-      { bind: [period], transaction: t, type: QueryTypes.SELECT },
-    );
-    const number = `INV-${period}-${String(row!.last_value).padStart(6, "0")}`;
-    await this.sequelize.query(`INSERT INTO invoice_numbers (invoice_number, account_id, invoice_id) VALUES ($1, $2, $3)`, {
-      bind: [number, accountId, invoiceId],
-      transaction: t,
-    });
+    const value = await db.nextInvoiceSequence(this.sequelize, t, period);
+    const number = `INV-${period}-${String(value).padStart(6, "0")}`;
+    await db.claimInvoiceNumber(this.sequelize, t, number, accountId, invoiceId);
     return number;
   }
 }
@@ -384,16 +373,16 @@ function checkSnapshot(v: Violations, s: BillingSnapshot, field: string): void {
   v.collect(() => checkText(s.address, `${field}.address`, 1000));
 }
 
-function toJsonLine(l: LineItem) {
+function toStoredLine(l: LineItem): StoredLine {
   return { description: l.description, quantity: l.quantity, unit_price: l.unitPrice, amount: l.amount };
 }
 
-function fromJsonLines(lines: Invoice["line_items"]): LineItem[] {
+function fromStoredLines(lines: StoredLine[] | null): LineItem[] {
   return (lines ?? []).map((l) => ({ description: l.description, quantity: l.quantity, unitPrice: l.unit_price, amount: l.amount }));
 }
 
 /** The caller-facing form of an invoice row. */
-export function view(r: Invoice): InvoiceView {
+function view(r: InvoiceRow): InvoiceView {
   const out: InvoiceView = {
     id: r.id,
     accountId: r.account_id,
@@ -407,7 +396,7 @@ export function view(r: Invoice): InvoiceView {
     status: r.status as InvoiceStatus,
     invoiceDate: isoDateOf(r.invoice_date),
     dueDate: isoDateOf(r.due_date),
-    lineItems: fromJsonLines(r.line_items),
+    lineItems: fromStoredLines(r.line_items),
     stripeInvoiceId: r.stripe_invoice_id ?? "",
     paymentMethod: (r.payment_method ?? "") as PaymentMethodName | "",
     notes: r.notes,

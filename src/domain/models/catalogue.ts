@@ -1,5 +1,5 @@
 /**
- * The AI model catalogue (seed: AIModelConfig): prices and capabilities of
+ * The AI model catalogue (ai_model_configs): prices and capabilities of
  * text, image and embedding models, with a history of every change.
  *
  * Rules:
@@ -20,23 +20,39 @@
  *   from the database on every call (no cache), so every replica prices an
  *   instant with the same version.
  */
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { modelsOf, type AIModelConfig } from "../../db/models/index.js";
+import type { Sequelize, Transaction } from "sequelize";
+import { MODEL_CONFIG_HISTORY, hasHistory } from "../../db/catalogue/history.js";
+import {
+  defaultModelsForUpdate,
+  insertModelConfig,
+  lockModelType,
+  modelConfig,
+  modelExists,
+  pricedDefaultModel,
+  pricedModel,
+  pricedModels,
+  updateModelConfig,
+  type ModelColumns,
+  type ModelConfigRow,
+  type PricedModelRow,
+} from "../../db/catalogue/models.js";
+import { MODEL_PRICE_VERSIONS, type ModelPriceColumns, type ModelPriceVersionRow, type TimedVersionRow } from "../../db/catalogue/price-versions.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import { Dec, PRICE, formatMoney, formatOptionalMoney, parseMoney } from "../../money.js";
-import { AuditTrail, type AuditRecord, type JsonObject } from "../audit.js";
+import { Dec, PRICE, formatMoney, formatOptionalMoney, parseMoney } from "../money.js";
+import { AuditTrail, type AuditRecord } from "../audit.js";
 import { isoDateOf, parseCalendarDate, type CalendarDate } from "../dates.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
-import { maskField } from "../field-mask.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { applyMask } from "../field-mask.js";
+import type { JsonObject } from "../json.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { MAX_TEXT, checkText, requireId } from "../validation.js";
-import { effectiveFromOf, notCancellable, requireVersionId, uniqueInstant, versionAuditTimes, versionTimes, type VersionRow, type VersionTimes } from "./versions.js";
+import { PriceTimeline, effectiveFromOf, versionAuditTimes, versionTimes, type VersionTimes } from "./versions.js";
 
-export const MODEL_TYPES = ["text", "image", "embedding"] as const;
-export type ModelType = (typeof MODEL_TYPES)[number];
-/** Providers with a value of their own in the proto enum; any other is named (PROVIDER_OTHER + provider_name). */
-export const PROVIDERS = ["openai", "anthropic", "runware", "google"] as const;
-/** A provider's name: lowercase letters, digits, "-" and "_". */
+export type ModelType = "text" | "image" | "embedding";
+/**
+ * A provider's name: lowercase letters, digits, "-" and "_"; the handler
+ * maps the ones with a proto enum value of their own.
+ */
 export type Provider = string;
 export const PROVIDER_NAME_RE = /^[a-z][a-z0-9_-]{0,49}$/;
 
@@ -83,7 +99,7 @@ export type ModelInput = Omit<
 };
 
 /** Fields an update mask may name. */
-export const UPDATABLE_FIELDS = [
+const UPDATABLE_FIELDS = [
   "display_name",
   "model_type",
   "provider",
@@ -164,32 +180,7 @@ export interface SchedulePriceInput {
 }
 
 /** The prices of a version, as stored. */
-interface PriceColumns {
-  input_cost_per_1m: string | null;
-  output_cost_per_1m: string | null;
-  cost_per_image: string | null;
-}
-
-type PriceVersionRow = VersionRow & PriceColumns & { model_name: string; next_from?: Date | null };
-
-/** A model's columns with the prices in force at an instant (price_* null when none was). */
-type PricedRow = Record<string, unknown> & PriceColumns & { price_version_id: string | null; price_effective_from: Date | null };
-
-/**
- * Models with the price version in force at $1 (not cancelled, latest
- * effective_from at or before it), among the versions added by $2 (null: all).
- */
-const PRICED_MODELS = `SELECT m.*, v.id AS price_version_id, v.effective_from AS price_effective_from,
-    v.input_cost_per_1m, v.output_cost_per_1m, v.cost_per_image
-  FROM ai_model_configs m LEFT JOIN LATERAL (
-    SELECT * FROM model_price_versions v
-    WHERE v.model_name = m.model_name AND v.cancelled_at IS NULL AND v.effective_from <= $1 AND ($2::timestamptz IS NULL OR v.created_at <= $2)
-    ORDER BY v.effective_from DESC LIMIT 1) v ON true`;
-
-/** Price versions with the start of the next live one (their effective_until). */
-const PRICE_VERSIONS = `SELECT v.*, (SELECT min(n.effective_from) FROM model_price_versions n
-    WHERE n.model_name = v.model_name AND n.cancelled_at IS NULL AND n.effective_from > v.effective_from) AS next_from
-  FROM model_price_versions v`;
+type PriceColumns = ModelPriceColumns;
 
 const INT32_MAX = 2_147_483_647n;
 const SIZE_RE = /^[1-9]\d{0,4}x[1-9]\d{0,4}$/;
@@ -200,12 +191,18 @@ type ModelRow = Omit<ModelRecord, "updatedBy" | "createdAt" | "updatedAt" | "pri
 
 /** The model catalogue service. */
 export class ModelCatalogue {
-  readonly history: AuditTrail;
-  private readonly models: typeof AIModelConfig;
+  private readonly history: AuditTrail;
+  private readonly prices: PriceTimeline<ModelPriceVersionRow, ModelPriceVersionView>;
 
   constructor(private readonly sequelize: Sequelize) {
-    this.history = new AuditTrail(sequelize, "ai_model_config_history", "model_name");
-    this.models = modelsOf(sequelize).AIModelConfig;
+    this.history = new AuditTrail(sequelize, MODEL_CONFIG_HISTORY);
+    this.prices = new PriceTimeline(sequelize, MODEL_PRICE_VERSIONS, {
+      what: "model price version",
+      history: this.history,
+      actions: { schedule: "schedule_price", backdate: "backdate_price", cancel: "cancel_price" },
+      audit: versionAudit,
+      view: versionView,
+    });
   }
 
   /** Adds a model, its prices a first version in force now; with is_default it becomes its type's only default. */
@@ -216,12 +213,11 @@ export class ModelCatalogue {
       this.sequelize,
       async (t) => {
         if (row.isDefault) await this.clearDefault(t, row.modelType);
-        const existing = await this.models.findByPk(row.modelName, { transaction: t });
-        if (existing) {
+        if (await modelConfig(this.sequelize, row.modelName, t)) {
           throw new BillingError("already_exists", Reason.AlreadyExists, `model ${JSON.stringify(row.modelName)} already exists`, [], { model_name: row.modelName });
         }
-        const created = await this.models.create({ ...toColumns(row), updated_by: actor }, { transaction: t });
-        const version = await this.insertVersion(t, row.modelName, priceColumnsOf(row), now, false, actor);
+        const created = await insertModelConfig(this.sequelize, t, toColumns(row), actor);
+        const version = await this.prices.add(t, row.modelName, priceColumnsOf(row), now, false, actor);
         const record = fromColumns(created, version);
         await this.history.record(t, record.modelName, "create", actor, null, auditView(record));
         return record;
@@ -237,53 +233,40 @@ export class ModelCatalogue {
    */
   async get(modelName: string, at?: Date, knownAt?: Date): Promise<ModelRecord> {
     requireId(modelName, "model_name");
-    const [row] = await this.sequelize.query<PricedRow>(`${PRICED_MODELS} WHERE m.model_name = $3`, {
-      bind: [(at ?? new Date()).toISOString(), knownAt?.toISOString() ?? null, modelName],
-      type: QueryTypes.SELECT,
-    });
+    const row = await pricedModel(this.sequelize, modelName, at ?? new Date(), knownAt);
     if (!row) throw notFound("model", modelName);
-    return this.fromPriced(row);
+    return fromPriced(row);
   }
 
-  /** Models ordered by type, sort order and name (the seed's ordering), keyset-paginated, with the prices in force now. */
+  /** Models ordered by type, sort order and name, keyset-paginated, with the prices in force now. */
   async list(input: ListModelsInput): Promise<{ models: ModelRecord[]; nextPageToken: string }> {
-    const size = pageSize(input.pageSize);
     const filters = { t: input.modelType ?? "", p: input.provider ?? "", a: input.activeOnly };
-    const after = decodePageToken(input.pageToken, "models", filters);
-    const where: string[] = [];
-    const bind: unknown[] = [new Date().toISOString(), null];
-    if (input.modelType) where.push(`m.model_type = $${bind.push(input.modelType)}`);
-    if (input.provider) where.push(`m.provider = $${bind.push(input.provider)}`);
-    if (input.activeOnly) where.push("m.is_active");
-    if (after) {
-      const [type, order, name] = after;
-      if (typeof type !== "string" || typeof order !== "number" || typeof name !== "string") throw invalidField("page_token", "is not a valid page token for this request");
-      where.push(`(m.model_type, m.sort_order, m.model_name) > ($${bind.push(type)}, $${bind.push(order)}, $${bind.push(name)})`);
-    }
-    const rows = await this.sequelize.query<PricedRow>(
-      `${PRICED_MODELS} ${where.length ? "WHERE " + where.join(" AND ") : ""}
-       ORDER BY m.model_type, m.sort_order, m.model_name LIMIT $${bind.push(size + 1)}`,
-      { bind, type: QueryTypes.SELECT },
+    const { size, after } = pageRequest(input, "models", filters, ["string", "number", "string"]);
+    const rows = await pricedModels(
+      this.sequelize,
+      { modelType: input.modelType, provider: input.provider, activeOnly: input.activeOnly, after: after as [string, number, string] | undefined },
+      new Date(),
+      size + 1,
     );
-    const models = rows.map((r) => this.fromPriced(r));
-    const page = pageOf(models, size, (m) => [m.modelType, m.sortOrder, m.modelName], "models", filters);
+    const page = pageOf(rows.map(fromPriced), size, (m) => [m.modelType, m.sortOrder, m.modelName], "models", filters);
     return { models: page.items, nextPageToken: page.nextPageToken };
   }
 
   /**
    * Changes the fields named by `paths` (proto field names); an empty mask
-   * means every field the caller set to a non-default value (AIP-134).
-   * Changed prices are a new version in force now.
+   * means every field the caller set to a non-default value (AIP-134), and
+   * may name none. Changed prices are a new version in force now.
    */
   async update(input: ModelInput, paths: string[], actor: string, options: TransactionOptions = {}): Promise<ModelRecord> {
     requireId(input.modelName, "model_config.model_name");
-    const fields = resolveMask(paths, input);
+    const populated = Object.fromEntries(UPDATABLE_FIELDS.map((f) => [f, input[INPUT_KEY[f]]])) as Record<UpdatableField, unknown>;
+    const fields = applyMask(paths, "model_config", UPDATABLE_FIELDS, populated, { allowEmpty: true });
     const now = new Date();
     return inTransaction(
       this.sequelize,
       async (t) => {
         const current = await this.lockForChange(t, input.modelName);
-        const price = await this.versionAt(t, input.modelName, now);
+        const price = await this.prices.inForceAt(t, input.modelName, now);
         const before = fromColumns(current, price);
         const merged: ModelInput = { ...inputOf(before) };
         for (const f of fields) (merged as unknown as Record<string, unknown>)[INPUT_KEY[f]] = input[INPUT_KEY[f]];
@@ -291,15 +274,15 @@ export class ModelCatalogue {
           throw failedPrecondition(Reason.ModelIsDefault, `model ${JSON.stringify(before.modelName)} is the default ${before.modelType} model: make another model the default before deactivating it`);
         }
         const row = validateModel(merged);
-        if (row.modelType !== before.modelType && (await this.hasScheduled(t, before.modelName, now))) {
+        if (row.modelType !== before.modelType && (await this.prices.hasScheduled(t, before.modelName, now))) {
           throw invalidField("model_config.model_type", "cannot change while price versions are scheduled (they were checked against the type): cancel them first");
         }
         if (row.isDefault && (!before.isDefault || row.modelType !== before.modelType)) await this.clearDefault(t, row.modelType, before.modelName);
-        await current.update({ ...toColumns(row), updated_by: actor, updated_at: new Date() }, { transaction: t });
+        const updated = await updateModelConfig(this.sequelize, t, row.modelName, toColumns(row), actor);
         const prices = priceColumnsOf(row);
         const changed = !price || prices.input_cost_per_1m !== price.input_cost_per_1m || prices.output_cost_per_1m !== price.output_cost_per_1m || prices.cost_per_image !== price.cost_per_image;
-        const version = changed ? await uniqueInstant("model_config", () => this.insertVersion(t, row.modelName, prices, now, false, actor)) : price;
-        const after = fromColumns(current, version);
+        const version = changed ? await this.prices.add(t, row.modelName, prices, now, false, actor, "model_config") : price;
+        const after = fromColumns(updated, version);
         await this.history.record(t, after.modelName, "update", actor, auditView(before), auditView(after));
         return after;
       },
@@ -314,17 +297,16 @@ export class ModelCatalogue {
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const probe = await this.models.findByPk(modelName, { transaction: t });
+        const probe = await modelConfig(this.sequelize, modelName, t);
         if (!probe) throw notFound("model", modelName);
-        await this.lockType(t, probe.model_type as ModelType);
+        await lockModelType(this.sequelize, t, probe.model_type);
         const current = await this.lockForChange(t, modelName);
-        const price = await this.versionAt(t, modelName, now);
+        const price = await this.prices.inForceAt(t, modelName, now);
         const before = fromColumns(current, price);
         if (!before.isActive) throw failedPrecondition(Reason.ModelInactive, `model ${JSON.stringify(modelName)} is inactive and cannot be the default`);
         if (before.isDefault) return before;
         await this.clearDefault(t, before.modelType, modelName);
-        await current.update({ is_default: true, updated_by: actor, updated_at: new Date() }, { transaction: t });
-        const after = fromColumns(current, price);
+        const after = fromColumns(await updateModelConfig(this.sequelize, t, modelName, { is_default: true }, actor), price);
         await this.history.record(t, modelName, "set_default", actor, auditView(before), auditView(after));
         return after;
       },
@@ -335,12 +317,9 @@ export class ModelCatalogue {
   /** The default model of a type (prices in force now), or NOT_FOUND. */
   async getDefault(modelType: ModelType | undefined): Promise<ModelRecord> {
     if (!modelType) throw invalidField("model_type", "is required");
-    const [row] = await this.sequelize.query<PricedRow>(`${PRICED_MODELS} WHERE m.model_type = $3 AND m.is_default`, {
-      bind: [new Date().toISOString(), null, modelType],
-      type: QueryTypes.SELECT,
-    });
+    const row = await pricedDefaultModel(this.sequelize, modelType, new Date());
     if (!row) throw notFound("default model of type", modelType);
-    return this.fromPriced(row);
+    return fromPriced(row);
   }
 
   /** USD cost of a usage at the prices in force at `input.at` (default now), scale 4, rounded half-up, and the version used. */
@@ -373,145 +352,54 @@ export class ModelCatalogue {
     const now = new Date();
     const v = new Violations();
     v.collect(() => requireId(input.modelName, "model_name"));
-    const price = (value: string, name: string) => (value === "" ? null : (v.collect(() => parseMoney(value, name, PRICE, { min: "0.0001" }))?.toFixed(4) ?? null));
+    const price = (value: string, name: string) => (value === "" ? null : parsePrice(v, value, name) ?? null);
     const prices: PriceColumns = {
       input_cost_per_1m: price(input.inputCostPer1m, "input_cost_per_1m"),
       output_cost_per_1m: price(input.outputCostPer1m, "output_cost_per_1m"),
       cost_per_image: price(input.costPerImage, "cost_per_image"),
     };
-    const { effectiveFrom, backdated } = effectiveFromOf(v, input.effectiveFrom, input.backdate, now);
+    const when = effectiveFromOf(v, input.effectiveFrom, input.backdate, now);
     v.throwIfAny();
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        const model = await this.lockForChange(t, input.modelName);
-        checkPricesFit(model.model_type as ModelType, input, "");
-        const replaced = await this.versionAt(t, input.modelName, effectiveFrom);
-        const added = await uniqueInstant("effective_from", () => this.insertVersion(t, input.modelName, prices, effectiveFrom, backdated, actor));
-        await this.history.record(t, input.modelName, backdated ? "backdate_price" : "schedule_price", actor, replaced ? versionAudit(replaced) : null, versionAudit(added));
-        return (await this.versionViews(t, `WHERE v.id = $1`, [added.id], now))[0]!;
-      },
-      options,
-    );
+    return this.prices.schedule(input.modelName, prices, when, actor, now, options, async (t) => {
+      const model = await this.lockForChange(t, input.modelName);
+      checkPricesFit(model.model_type as ModelType, input, "");
+    });
   }
 
   /** Admin: cancels a price version not yet in force (kept in history as "cancel_price"); a cancelled one is answered as it is. */
-  async cancelPriceVersion(versionId: string, actor: string, options: TransactionOptions = {}): Promise<ModelPriceVersionView> {
-    const id = requireVersionId(versionId);
-    const now = new Date();
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        const [row] = await this.sequelize.query<PriceVersionRow>(`SELECT * FROM model_price_versions WHERE id = $1 FOR UPDATE`, { bind: [id], transaction: t, type: QueryTypes.SELECT });
-        if (!row) throw notFound("model price version", id);
-        if (!row.cancelled_at) {
-          if (row.effective_from.getTime() <= now.getTime()) throw notCancellable(id);
-          const [cancelled] = await this.sequelize.query<PriceVersionRow>(
-            `UPDATE model_price_versions SET cancelled_by = $2, cancelled_at = now() WHERE id = $1 RETURNING *`,
-            { bind: [id, actor], transaction: t, type: QueryTypes.SELECT },
-          );
-          await this.history.record(t, row.model_name, "cancel_price", actor, versionAudit(row), versionAudit(cancelled!));
-        }
-        return (await this.versionViews(t, `WHERE v.id = $1`, [id], now))[0]!;
-      },
-      options,
-    );
+  cancelPriceVersion(versionId: string, actor: string, options: TransactionOptions = {}): Promise<ModelPriceVersionView> {
+    return this.prices.cancel(versionId, actor, options);
   }
 
   /** Pages through a model's price versions, latest effective_from first (cancelled ones too). */
-  async listPriceVersions(modelName: string, requestedPageSize: number, pageToken: string): Promise<{ versions: ModelPriceVersionView[]; nextPageToken: string }> {
+  listPriceVersions(modelName: string, requestedPageSize: number, pageToken: string): Promise<{ versions: ModelPriceVersionView[]; nextPageToken: string }> {
     const v = new Violations();
     v.collect(() => requireId(modelName, "model_name"));
-    const size = v.collect(() => pageSize(requestedPageSize));
-    v.throwIfAny();
-    const after = decodePageToken(pageToken, "model_price_versions", modelName);
-    if (after && (typeof after[0] !== "string" || typeof after[1] !== "string" || !/^\d+$/.test(after[1]) || Number.isNaN(Date.parse(after[0])))) {
-      throw invalidField("page_token", "is not a valid page token for this request");
-    }
-    await this.requireKnown(modelName);
-    const bind: unknown[] = [modelName];
-    const keyset = after ? `AND (v.effective_from, v.id) < ($${bind.push(after[0])}::timestamptz, $${bind.push(after[1])}::bigint)` : "";
-    const rows = await this.versionViews(undefined, `WHERE v.model_name = $1 ${keyset} ORDER BY v.effective_from DESC, v.id DESC LIMIT $${bind.push(size! + 1)}`, bind, new Date());
-    const page = pageOf(rows, size!, (r) => [r.effectiveFrom.toISOString(), r.id], "model_price_versions", modelName);
-    return { versions: page.items, nextPageToken: page.nextPageToken };
+    return this.prices.list(v, modelName, { pageSize: requestedPageSize, pageToken }, () => this.requireKnown(modelName));
   }
 
   /** NOT_FOUND unless the model exists or once did (it has history). */
   private async requireKnown(modelName: string): Promise<void> {
-    const exists = await this.models.count({ where: { model_name: modelName } });
-    if (!exists) {
-      const [any] = await this.sequelize.query(`SELECT 1 FROM ai_model_config_history WHERE model_name = $1 LIMIT 1`, { bind: [modelName], type: QueryTypes.SELECT });
-      if (!any) throw notFound("model", modelName);
-    }
+    if (!(await modelExists(this.sequelize, modelName)) && !(await hasHistory(this.sequelize, MODEL_CONFIG_HISTORY, modelName))) throw notFound("model", modelName);
   }
 
-  /** Price versions chosen by `where` (over `v`), as callers see them at `now`. */
-  private async versionViews(t: Transaction | undefined, where: string, bind: unknown[], now: Date): Promise<ModelPriceVersionView[]> {
-    const rows = await this.sequelize.query<PriceVersionRow>(`${PRICE_VERSIONS} ${where}`, { bind, transaction: t, type: QueryTypes.SELECT });
-    return rows.map((r) => ({
-      ...versionTimes(r, r.next_from ?? undefined, now),
-      modelName: r.model_name,
-      inputCostPer1m: formatOptionalMoney(r.input_cost_per_1m, PRICE),
-      outputCostPer1m: formatOptionalMoney(r.output_cost_per_1m, PRICE),
-      costPerImage: formatOptionalMoney(r.cost_per_image, PRICE),
-    }));
-  }
-
-  /** The live price version of a model in force at `at`, if any. */
-  private async versionAt(t: Transaction, modelName: string, at: Date): Promise<PriceVersionRow | undefined> {
-    const [row] = await this.sequelize.query<PriceVersionRow>(
-      `SELECT * FROM model_price_versions WHERE model_name = $1 AND cancelled_at IS NULL AND effective_from <= $2 ORDER BY effective_from DESC LIMIT 1`,
-      { bind: [modelName, at.toISOString()], transaction: t, type: QueryTypes.SELECT },
-    );
-    return row;
-  }
-
-  /** Whether a live price version of the model starts after `now`. */
-  private async hasScheduled(t: Transaction, modelName: string, now: Date): Promise<boolean> {
-    const [row] = await this.sequelize.query(`SELECT 1 FROM model_price_versions WHERE model_name = $1 AND cancelled_at IS NULL AND effective_from > $2 LIMIT 1`, {
-      bind: [modelName, now.toISOString()],
-      transaction: t,
-      type: QueryTypes.SELECT,
-    });
-    return row !== undefined;
-  }
-
-  private async insertVersion(t: Transaction, modelName: string, prices: PriceColumns, effectiveFrom: Date, backdated: boolean, actor: string): Promise<PriceVersionRow> {
-    const [row] = await this.sequelize.query<PriceVersionRow>(
-      `INSERT INTO model_price_versions (model_name, input_cost_per_1m, output_cost_per_1m, cost_per_image, effective_from, backdated, created_by)
-       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
-      { bind: [modelName, prices.input_cost_per_1m, prices.output_cost_per_1m, prices.cost_per_image, effectiveFrom.toISOString(), backdated, actor], transaction: t, type: QueryTypes.SELECT },
-    );
-    return row!;
-  }
-
-  private fromPriced(r: PricedRow): ModelRecord {
-    const version = r.price_version_id === null ? undefined : { ...r, id: r.price_version_id, effective_from: r.price_effective_from! };
-    return fromColumns(this.models.build(r as never, { raw: true, isNewRecord: false }), version);
-  }
-
-  /** Serialises default changes for one model type. */
-  private async lockType(t: Transaction, modelType: ModelType): Promise<void> {
-    await this.sequelize.query(`SELECT pg_advisory_xact_lock(hashtext('billing.default_model'), hashtext($1))`, { bind: [modelType], transaction: t });
-  }
-
-  private async lockForChange(t: Transaction, modelName: string): Promise<AIModelConfig> {
-    const row = await this.models.findByPk(modelName, { transaction: t, lock: t.LOCK.UPDATE });
+  private async lockForChange(t: Transaction, modelName: string): Promise<ModelConfigRow> {
+    const row = await modelConfig(this.sequelize, modelName, t, true);
     if (!row) throw notFound("model", modelName);
     return row;
   }
 
-  /** Unsets the current default of `modelType` (other than `except`), with history. */
+  /** Unsets the current default of `modelType` (other than `except`), with history; changes serialise per type. */
   private async clearDefault(t: Transaction, modelType: ModelType, except = ""): Promise<void> {
-    await this.lockType(t, modelType);
-    const previous = await this.models.findAll({ where: { model_type: modelType, is_default: true }, transaction: t, lock: t.LOCK.UPDATE });
+    await lockModelType(this.sequelize, t, modelType);
+    const previous = await defaultModelsForUpdate(this.sequelize, t, modelType);
     const now = new Date();
     for (const row of previous) {
       if (row.model_name === except) continue;
-      const price = await this.versionAt(t, row.model_name, now);
+      const price = await this.prices.inForceAt(t, row.model_name, now);
       const before = fromColumns(row, price);
-      await row.update({ is_default: false, updated_at: new Date() }, { transaction: t });
-      await this.history.record(t, row.model_name, "unset_default", "system", auditView(before), auditView(fromColumns(row, price)));
+      const after = fromColumns(await updateModelConfig(this.sequelize, t, row.model_name, { is_default: false }), price);
+      await this.history.record(t, row.model_name, "unset_default", "system", auditView(before), auditView(after));
     }
   }
 }
@@ -532,12 +420,29 @@ function checkPricesFit(modelType: ModelType, p: { inputCostPer1m: string; outpu
   v.throwIfAny();
 }
 
+/** A price version as callers see it at `now`. */
+function versionView(r: TimedVersionRow<ModelPriceVersionRow>, now: Date): ModelPriceVersionView {
+  return {
+    ...versionTimes(r, r.next_from ?? undefined, now),
+    modelName: r.model_name,
+    inputCostPer1m: formatOptionalMoney(r.input_cost_per_1m, PRICE),
+    outputCostPer1m: formatOptionalMoney(r.output_cost_per_1m, PRICE),
+    costPerImage: formatOptionalMoney(r.cost_per_image, PRICE),
+  };
+}
+
+/** A price of at least 0.0001 at scale 4 (undefined when bad, reported in `v`). */
+function parsePrice(v: Violations, value: string, field: string): string | undefined {
+  const price = v.collect(() => parseMoney(value, field, PRICE, { min: "0.0001" }));
+  return price && formatMoney(price, PRICE);
+}
+
 function priceColumnsOf(r: ModelRow): PriceColumns {
   return { input_cost_per_1m: r.inputCostPer1m || null, output_cost_per_1m: r.outputCostPer1m || null, cost_per_image: r.costPerImage || null };
 }
 
 /** A price version as history keeps it. */
-function versionAudit(r: PriceVersionRow): JsonObject {
+function versionAudit(r: ModelPriceVersionRow): JsonObject {
   return {
     ...versionAuditTimes(r),
     model_name: r.model_name,
@@ -571,17 +476,6 @@ export function costOf(model: ModelRecord, usage: Omit<CostInput, "modelName">):
   return formatMoney(cost, PRICE);
 }
 
-function resolveMask(paths: string[], input: ModelInput): UpdatableField[] {
-  if (paths.length === 0) {
-    // AIP-134: no mask means every field the caller populated.
-    return UPDATABLE_FIELDS.filter((f) => {
-      const v = input[INPUT_KEY[f]];
-      return !(v === "" || v === 0 || v === 0n || v === false || v === undefined || (Array.isArray(v) && v.length === 0));
-    });
-  }
-  return paths.map((raw) => maskField(raw, "model_config", UPDATABLE_FIELDS));
-}
-
 /** Validates a whole model, reporting every bad field under `model_config.`. */
 function validateModel(input: ModelInput): ModelRow {
   const f = (name: string) => `model_config.${name}`;
@@ -593,7 +487,7 @@ function validateModel(input: ModelInput): ModelRow {
   if (!input.modelType) v.add(f("model_type"), "is required (TEXT, IMAGE or EMBEDDING)");
   if (!input.provider) v.add(f("provider"), "is required (OPENAI, ANTHROPIC, RUNWARE, GOOGLE, or OTHER with provider_name)");
   else if (!PROVIDER_NAME_RE.test(input.provider)) v.add(f("provider_name"), "must be lowercase letters, digits, - and _ (at most 50), starting with a letter");
-  const price = (value: string, name: string) => (value === "" ? "" : v.collect(() => parseMoney(value, f(name), PRICE, { min: "0.0001" }))?.toFixed(4) ?? "");
+  const price = (value: string, name: string) => (value === "" ? "" : parsePrice(v, value, f(name)) ?? "");
   const inputCost = price(input.inputCostPer1m, "input_cost_per_1m");
   const outputCost = price(input.outputCostPer1m, "output_cost_per_1m");
   const imageCost = price(input.costPerImage, "cost_per_image");
@@ -646,7 +540,7 @@ function validateModel(input: ModelInput): ModelRow {
   };
 }
 
-function toColumns(r: ModelRow) {
+function toColumns(r: ModelRow): ModelColumns {
   return {
     model_name: r.modelName,
     display_name: r.displayName,
@@ -667,8 +561,13 @@ function toColumns(r: ModelRow) {
   };
 }
 
+/** A model with the prices in force at the instant its row was read for. */
+function fromPriced(r: PricedModelRow): ModelRecord {
+  return fromColumns(r, r.price_version_id === null ? undefined : { ...r, id: r.price_version_id, effective_from: r.price_effective_from! });
+}
+
 /** A model from its row and the price version in force (none: no prices). */
-function fromColumns(m: AIModelConfig, version: (PriceColumns & { id: string; effective_from: Date }) | undefined): ModelRecord {
+function fromColumns(m: ModelConfigRow, version: (PriceColumns & { id: string; effective_from: Date }) | undefined): ModelRecord {
   const record: ModelRecord = {
     modelName: m.model_name,
     displayName: m.display_name,

@@ -1,7 +1,7 @@
 /**
- * Payment methods: the methods offered per country (seed:
- * PaymentMethodConfig, with write-only encrypted provider secrets) and the
- * methods each account saved (seed: AccountPaymentMethod).
+ * Payment methods: the methods offered per country (with write-only
+ * encrypted provider secrets) and the methods each account saved (SQL in
+ * src/db/payments/payment-methods.ts).
  *
  * Rules:
  * - api_key, api_secret and webhook_secret are write-only: stored encrypted,
@@ -9,20 +9,25 @@
  * - At most one default per account (unique partial index; default changes
  *   serialise on a per-account advisory lock). Display names are unique per
  *   account.
+ * - provider_customer_id and provider_payment_method_id (what an
+ *   off-session charge uses) are set by admin and service keys only; the
+ *   handler refuses them to account keys (PERMISSION_DENIED).
  * - Saving a new default, making a method the default, or updating the
  *   default resumes an auto top-up that switched itself off (a declined
  *   card), in the same transaction (src/domain/automation/auto-top-up.ts).
  */
-import { QueryTypes, UniqueConstraintError, type Sequelize, type Transaction } from "sequelize";
-import { modelsOf, type AccountPaymentMethod, type PaymentMethodConfig } from "../../db/models/index.js";
+import { UniqueConstraintError, type Sequelize, type Transaction } from "sequelize";
+import * as db from "../../db/payments/payment-methods.js";
+import type { AccountMethodRow, AccountMethodValues, EncryptedSecrets, MethodConfigRow } from "../../db/payments/payment-methods.js";
 import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
-import type { JsonObject } from "../audit.js";
-import { BillingError, Reason, Violations, invalidField, notFound } from "../errors.js";
-import { maskField } from "../field-mask.js";
-import type { PaymentMethodName } from "../invoices/invoices.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
-import { checkMetadata, checkText, requireId, requireUuid } from "../validation.js";
+import type { Authorize } from "../access.js";
 import { resumeAutoTopUpIn } from "../automation/auto-top-up.js";
+import { BillingError, Reason, Violations, invalidField, notFound } from "../errors.js";
+import { applyMask } from "../field-mask.js";
+import type { PaymentMethodName } from "../invoices/invoices.js";
+import type { JsonObject } from "../json.js";
+import { pageOf, pageRequest } from "../pagination.js";
+import { checkMetadata, checkText, requireId, requireUuid } from "../validation.js";
 import type { SecretBox } from "./secrets.js";
 
 export interface MethodConfigView {
@@ -75,7 +80,8 @@ export interface AccountMethodView {
 
 export type AccountMethodInput = Omit<AccountMethodView, "type" | "createdAt" | "updatedAt"> & { type: PaymentMethodName | undefined };
 
-export const ACCOUNT_METHOD_FIELDS = ["type", "display_name", "is_enabled", "is_verified", "country_code", "instructions", "metadata", "provider_customer_id", "provider_payment_method_id"] as const;
+const ACCOUNT_METHOD_FIELDS = ["type", "display_name", "is_enabled", "is_verified", "country_code", "instructions", "metadata", "provider_customer_id", "provider_payment_method_id"] as const;
+export type AccountMethodField = (typeof ACCOUNT_METHOD_FIELDS)[number];
 const COUNTRY_RE = /^[A-Z]{2}$/;
 const SECRET_NAMES = ["api_key", "api_secret", "webhook_secret"] as const;
 
@@ -86,15 +92,10 @@ export class PaymentMethods {
     private readonly secrets: SecretBox,
   ) {}
 
-  private get models() {
-    return modelsOf(this.sequelize);
-  }
-
   /** Enabled methods of a country, in display order. */
   async listForCountry(countryCode: string): Promise<MethodConfigView[]> {
     const country = countryOf(countryCode, "country_code");
-    const rows = await this.models.PaymentMethodConfig.findAll({ where: { country_code: country, is_enabled: true }, order: [["sort_order", "ASC"], ["payment_method", "ASC"]] });
-    return rows.map(configView);
+    return (await db.enabledConfigsOf(this.sequelize, country)).map(configView);
   }
 
   /** Admin: creates or replaces a country's config of a method; secrets are encrypted, empty ones kept. */
@@ -124,7 +125,7 @@ export class PaymentMethods {
       if (!(SECRET_NAMES as readonly string[]).includes(c)) v.add(`secrets.clear[${i}]`, `must be one of ${SECRET_NAMES.join(", ")}`);
     });
     v.throwIfAny();
-    const encrypted: Record<string, string | null> = {};
+    const encrypted: EncryptedSecrets = {};
     for (const [column, value, name] of [["api_key_enc", secrets.apiKey, "api_key"], ["api_secret_enc", secrets.apiSecret, "api_secret"], ["webhook_secret_enc", secrets.webhookSecret, "webhook_secret"]] as const) {
       if (value !== "") encrypted[column] = this.secrets.encrypt(value);
       else if (secrets.clear.includes(name)) encrypted[column] = null;
@@ -144,23 +145,7 @@ export class PaymentMethods {
       webhook_url: input.webhookUrl,
       sort_order: input.sortOrder,
     };
-    return inTransaction(
-      this.sequelize,
-      async (t) => {
-        await this.sequelize.query(`SELECT pg_advisory_xact_lock(hashtext('billing.method_config'), hashtext($1))`, { bind: [`${country}/${input.paymentMethod}`], transaction: t });
-        const existing = await this.models.PaymentMethodConfig.findOne({ where: { country_code: country!, payment_method: input.paymentMethod! }, transaction: t, lock: t.LOCK.UPDATE });
-        if (existing) {
-          await existing.update({ ...values, ...encrypted, updated_at: new Date() }, { transaction: t });
-          return configView(existing);
-        }
-        const created = await this.models.PaymentMethodConfig.create(
-          { ...values, webhook_secret_enc: null, api_key_enc: null, api_secret_enc: null, ...encrypted },
-          { transaction: t },
-        );
-        return configView(created);
-      },
-      options,
-    );
+    return inTransaction(this.sequelize, async (t) => configView(await db.upsertConfig(this.sequelize, t, values, encrypted)), options);
   }
 
   /** Admin: deletes a country's config of a method. */
@@ -169,14 +154,13 @@ export class PaymentMethods {
     const country = v.collect(() => countryOf(countryCode, "country_code"));
     if (!paymentMethod) v.add("payment_method", "is required");
     v.throwIfAny();
-    const deleted = await this.models.PaymentMethodConfig.destroy({ where: { country_code: country!, payment_method: paymentMethod! } });
-    if (deleted === 0) throw notFound("payment method config", `${country}/${paymentMethod}`);
+    if (!(await db.deleteConfig(this.sequelize, country!, paymentMethod!))) throw notFound("payment method config", `${country}/${paymentMethod}`);
   }
 
   /** Decrypted webhook secrets of every config of `method` (for signature checks only). */
   async webhookSecrets(method: string): Promise<string[]> {
-    const rows = await this.models.PaymentMethodConfig.findAll({ where: { payment_method: method } });
-    return rows.map((r) => (r.webhook_secret_enc ? this.secrets.decrypt(r.webhook_secret_enc) : undefined)).filter((s): s is string => !!s);
+    const configs = await db.configsOfMethod(this.sequelize, method);
+    return configs.map((r) => (r.webhook_secret_enc ? this.secrets.decrypt(r.webhook_secret_enc) : undefined)).filter((s): s is string => !!s);
   }
 
   /**
@@ -185,22 +169,21 @@ export class PaymentMethods {
    * config (by country) that has one; undefined when none has.
    */
   async apiSecret(method: string, countryCode: string): Promise<string | undefined> {
-    const rows = await this.models.PaymentMethodConfig.findAll({ where: { payment_method: method }, order: [["country_code", "ASC"]] });
-    const usable = rows.filter((r) => r.api_secret_enc);
+    const usable = (await db.configsOfMethod(this.sequelize, method)).filter((r) => r.api_secret_enc);
     const chosen = usable.find((r) => r.country_code === countryCode) ?? usable[0];
     return chosen?.api_secret_enc ? this.secrets.decrypt(chosen.api_secret_enc) : undefined;
   }
 
   /** Saves a payment method for an account. */
   async createAccountMethod(input: AccountMethodInput, options: TransactionOptions = {}): Promise<AccountMethodView> {
-    const values = validateAccountMethod(input, [...ACCOUNT_METHOD_FIELDS]);
+    const values = validateAccountMethod(input, ACCOUNT_METHOD_FIELDS) as AccountMethodValues;
     requireId(input.accountId, "account_payment_method.account_id");
     return inTransaction(
       this.sequelize,
       async (t) => {
-        await this.lockAccount(t, input.accountId);
-        if (input.isDefault) await this.clearDefault(t, input.accountId);
-        const row = await this.uniqueName(() => this.models.AccountPaymentMethod.create({ ...(values as Record<string, unknown>), account_id: input.accountId, is_default: input.isDefault } as never, { transaction: t }));
+        await db.lockAccountDefaults(this.sequelize, t, input.accountId);
+        if (input.isDefault) await db.clearDefault(this.sequelize, t, input.accountId);
+        const row = await uniqueName(() => db.insertAccountMethod(this.sequelize, t, input.accountId, input.isDefault, values));
         if (row.is_default) await resumeAutoTopUpIn(this.sequelize, t, input.accountId);
         return accountMethodView(row);
       },
@@ -211,73 +194,41 @@ export class PaymentMethods {
   /** An account's methods, default first, then by display name. */
   async listAccountMethods(accountId: string, requestedPageSize: number, pageToken: string): Promise<{ methods: AccountMethodView[]; nextPageToken: string }> {
     requireId(accountId, "account_id");
-    const size = pageSize(requestedPageSize);
-    const after = decodePageToken(pageToken, "account_methods", accountId);
-    const bind: unknown[] = [accountId];
-    let keyset = "";
-    if (after) {
-      const [notDefault, name, id] = after;
-      if (typeof notDefault !== "number" || typeof name !== "string" || typeof id !== "string") throw invalidField("page_token", "is not a valid page token for this request");
-      keyset = `AND (CASE WHEN is_default THEN 0 ELSE 1 END, display_name, id) > ($${bind.push(notDefault)}, $${bind.push(name)}, $${bind.push(id)}::uuid)`;
-    }
-    const rows = await this.sequelize.query<Record<string, unknown>>(
-      `SELECT * FROM account_payment_methods WHERE account_id = $1 ${keyset}
-       ORDER BY CASE WHEN is_default THEN 0 ELSE 1 END, display_name, id LIMIT $${bind.push(size + 1)}`,
-      { bind, type: QueryTypes.SELECT },
-    );
-    const views = rows.map((r) => accountMethodView(this.models.AccountPaymentMethod.build(r as never, { raw: true, isNewRecord: false })));
-    const page = pageOf(views, size, (m) => [m.isDefault ? 0 : 1, m.displayName, m.id], "account_methods", accountId);
-    return { methods: page.items, nextPageToken: page.nextPageToken };
+    const { size, after } = pageRequest({ pageSize: requestedPageSize, pageToken }, "account_methods", accountId, ["number", "string", "uuid"]);
+    const found = await db.listAccountMethods(this.sequelize, accountId, after && { notDefault: after[0] as number, displayName: after[1] as string, id: after[2] as string }, size + 1);
+    const { items, nextPageToken } = pageOf(found.map(accountMethodView), size, (m) => [m.isDefault ? 0 : 1, m.displayName, m.id], "account_methods", accountId);
+    return { methods: items, nextPageToken };
   }
 
-  /** Changes the masked fields of a saved method. */
-  async updateAccountMethod(input: AccountMethodInput, paths: string[], authorize: (accountId: string) => void, options: TransactionOptions = {}): Promise<AccountMethodView> {
+  /** Changes the fields of a saved method that `paths` name (see `accountMethodFields`). */
+  async updateAccountMethod(input: AccountMethodInput, paths: string[], authorize: Authorize, options: TransactionOptions = {}): Promise<AccountMethodView> {
     const id = requireUuid(input.id, "account_payment_method.id");
-    const fields = paths.length
-      ? paths.map((p) => maskField(p, "account_payment_method", ACCOUNT_METHOD_FIELDS))
-      : ACCOUNT_METHOD_FIELDS.filter((f) => {
-          const value = {
-            type: input.type,
-            display_name: input.displayName,
-            is_enabled: input.isEnabled,
-            is_verified: input.isVerified,
-            country_code: input.countryCode,
-            instructions: input.instructions,
-            metadata: Object.keys(input.metadata).length ? input.metadata : undefined,
-            provider_customer_id: input.providerCustomerId,
-            provider_payment_method_id: input.providerPaymentMethodId,
-          }[f];
-          return !(value === "" || value === false || value === undefined);
-        });
-    if (fields.length === 0) throw invalidField("update_mask", "names no field to update");
-    const values = validateAccountMethod(input, fields);
+    const values = validateAccountMethod(input, accountMethodFields(input, paths));
     const found = await this.findAccountMethod(id, authorize);
     return inTransaction(
       this.sequelize,
       async (t) => {
-        const row = await this.models.AccountPaymentMethod.findOne({ where: { account_id: found.account_id, id }, transaction: t, lock: t.LOCK.UPDATE });
-        if (!row) throw notFound("account payment method", id);
-        await this.uniqueName(() => row.update({ ...values, updated_at: new Date() }, { transaction: t }));
-        if (row.is_default) await resumeAutoTopUpIn(this.sequelize, t, row.account_id);
-        return accountMethodView(row);
+        const row = await this.lockAccountMethod(t, found.account_id, id);
+        const updated = await uniqueName(() => db.updateAccountMethod(this.sequelize, t, row, values));
+        if (updated.is_default) await resumeAutoTopUpIn(this.sequelize, t, updated.account_id);
+        return accountMethodView(updated);
       },
       options,
     );
   }
 
   /** Makes a saved method the account's only default. */
-  async setDefaultAccountMethod(methodId: string, authorize: (accountId: string) => void, options: TransactionOptions = {}): Promise<AccountMethodView> {
+  async setDefaultAccountMethod(methodId: string, authorize: Authorize, options: TransactionOptions = {}): Promise<AccountMethodView> {
     const id = requireUuid(methodId, "id");
     const found = await this.findAccountMethod(id, authorize);
     return inTransaction(
       this.sequelize,
       async (t) => {
-        await this.lockAccount(t, found.account_id);
-        const row = await this.models.AccountPaymentMethod.findOne({ where: { account_id: found.account_id, id }, transaction: t, lock: t.LOCK.UPDATE });
-        if (!row) throw notFound("account payment method", id);
+        await db.lockAccountDefaults(this.sequelize, t, found.account_id);
+        let row = await this.lockAccountMethod(t, found.account_id, id);
         if (!row.is_default) {
-          await this.clearDefault(t, found.account_id);
-          await row.update({ is_default: true, updated_at: new Date() }, { transaction: t });
+          await db.clearDefault(this.sequelize, t, found.account_id);
+          row = await db.setDefault(this.sequelize, t, row);
         }
         await resumeAutoTopUpIn(this.sequelize, t, row.account_id);
         return accountMethodView(row);
@@ -287,38 +238,55 @@ export class PaymentMethods {
   }
 
   /** Deletes a saved method. */
-  async deleteAccountMethod(methodId: string, authorize: (accountId: string) => void): Promise<void> {
+  async deleteAccountMethod(methodId: string, authorize: Authorize): Promise<void> {
     const id = requireUuid(methodId, "id");
-    const found = await this.findAccountMethod(id, authorize);
-    await this.models.AccountPaymentMethod.destroy({ where: { account_id: found.account_id, id } });
+    await db.deleteAccountMethod(this.sequelize, await this.findAccountMethod(id, authorize));
   }
 
-  private async findAccountMethod(id: string, authorize: (accountId: string) => void): Promise<AccountPaymentMethod> {
-    const row = await this.models.AccountPaymentMethod.findOne({ where: { id } });
+  private async findAccountMethod(id: string, authorize: Authorize): Promise<AccountMethodRow> {
+    const row = await db.findAccountMethod(this.sequelize, id);
     if (!row) throw notFound("account payment method", id);
     authorize(row.account_id);
     return row;
   }
 
-  private async lockAccount(t: Transaction, accountId: string): Promise<void> {
-    await this.sequelize.query(`SELECT pg_advisory_xact_lock(hashtext('billing.account_methods'), hashtext($1))`, { bind: [accountId], transaction: t });
+  private async lockAccountMethod(t: Transaction, accountId: string, id: string): Promise<AccountMethodRow> {
+    const row = await db.lockAccountMethod(this.sequelize, t, accountId, id);
+    if (!row) throw notFound("account payment method", id);
+    return row;
   }
+}
 
-  private async clearDefault(t: Transaction, accountId: string): Promise<void> {
-    await this.models.AccountPaymentMethod.update({ is_default: false, updated_at: new Date() }, { where: { account_id: accountId, is_default: true }, transaction: t });
-  }
+/**
+ * The fields an update of a saved method changes (AIP-134): those `paths`
+ * name, or with no paths every field `input` sets; INVALID_ARGUMENT on
+ * update_mask when that is none, or a path names no updatable field.
+ */
+export function accountMethodFields(input: AccountMethodInput, paths: readonly string[]): AccountMethodField[] {
+  return applyMask(paths, "account_payment_method", ACCOUNT_METHOD_FIELDS, {
+    type: input.type,
+    display_name: input.displayName,
+    is_enabled: input.isEnabled,
+    is_verified: input.isVerified,
+    country_code: input.countryCode,
+    instructions: input.instructions,
+    metadata: input.metadata,
+    provider_customer_id: input.providerCustomerId,
+    provider_payment_method_id: input.providerPaymentMethodId,
+  });
+}
 
-  private async uniqueName<T>(write: () => Promise<T>): Promise<T> {
-    try {
-      return await write();
-    } catch (err) {
-      if (err instanceof UniqueConstraintError && JSON.stringify(err.fields ?? {}).includes("display_name")) {
-        throw new BillingError("already_exists", Reason.AlreadyExists, "this account already has a payment method with that display name", [
-          { field: "account_payment_method.display_name", description: "must be unique per account" },
-        ]);
-      }
-      throw err;
+/** Runs a write of a saved method, answering ALREADY_EXISTS for a display name the account already uses. */
+async function uniqueName<T>(write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (err) {
+    if (err instanceof UniqueConstraintError && JSON.stringify(err.fields ?? {}).includes("display_name")) {
+      throw new BillingError("already_exists", Reason.AlreadyExists, "this account already has a payment method with that display name", [
+        { field: "account_payment_method.display_name", description: "must be unique per account" },
+      ]);
     }
+    throw err;
   }
 }
 
@@ -328,10 +296,10 @@ function countryOf(value: string, field: string): string {
   return c;
 }
 
-function validateAccountMethod(input: AccountMethodInput, fields: readonly string[]): Record<string, unknown> {
+function validateAccountMethod(input: AccountMethodInput, fields: readonly AccountMethodField[]): Partial<AccountMethodValues> {
   const v = new Violations();
   const f = (n: string) => `account_payment_method.${n}`;
-  const out: Record<string, unknown> = {};
+  const out: Partial<AccountMethodValues> = {};
   for (const field of fields) {
     switch (field) {
       case "type":
@@ -372,7 +340,7 @@ function validateAccountMethod(input: AccountMethodInput, fields: readonly strin
   return out;
 }
 
-function configView(r: PaymentMethodConfig): MethodConfigView {
+function configView(r: MethodConfigRow): MethodConfigView {
   return {
     countryCode: r.country_code,
     paymentMethod: r.payment_method as PaymentMethodName,
@@ -395,7 +363,7 @@ function configView(r: PaymentMethodConfig): MethodConfigView {
   };
 }
 
-function accountMethodView(r: AccountPaymentMethod): AccountMethodView {
+function accountMethodView(r: AccountMethodRow): AccountMethodView {
   return {
     id: r.id,
     accountId: r.account_id,

@@ -1,6 +1,6 @@
 /**
- * Payments of invoices (seed: Payment), with a history row for every state
- * change.
+ * Payments of invoices, with a history row for every state change (SQL in
+ * src/db/payments/payments.ts; transitions in state-machine.ts).
  *
  * Rules:
  * - Manual payments (bank transfer, local wallet, manual) are submitted for
@@ -20,23 +20,26 @@
  *   amount_paid reduced.
  */
 import { randomUUID } from "node:crypto";
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { modelsOf, type Invoice, type Payment } from "../../db/models/index.js";
-import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
 import type { Decimal } from "decimal.js";
-import { ANY_AMOUNT, Dec, amountIn, fitsColumn, formatMoney, parseMoney, parseOptionalMoney } from "../../money.js";
-import type { JsonObject } from "../audit.js";
+import type { Sequelize, Transaction } from "sequelize";
+import type { InvoiceRow } from "../../db/invoices/invoices.js";
+import * as db from "../../db/payments/payments.js";
+import type { PaymentRow } from "../../db/payments/payments.js";
+import { inTransaction, type TransactionOptions } from "../../db/transaction.js";
+import { ANY_AMOUNT, Dec, amountIn, fitsColumn, formatMoney, parseMoney, parseOptionalMoney, roundToInteger } from "../money.js";
+import { anyone, type Authorize } from "../access.js";
 import type { CreditLedger } from "../credits/ledger.js";
 import { BillingError, Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { runIdempotent } from "../idempotency.js";
-import type { PaymentRef } from "./providers/index.js";
 import type { Invoices, PaymentMethodName } from "../invoices/invoices.js";
-import { transition, type InvoiceStatus } from "../invoices/state-machine.js";
-import { decodePageToken, pageOf, pageSize } from "../pagination.js";
+import { invoiceAllows } from "../invoices/state-machine.js";
+import type { JsonObject } from "../json.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { checkText, requireId, requireIdempotencyKey, requireUuid, truncateText } from "../validation.js";
+import type { PaymentRef } from "./providers/index.js";
+import { PAYMENTS, type PaymentStatus } from "./state-machine.js";
 
-export type PaymentStatus = "pending_approval" | "succeeded" | "failed" | "refunded" | "partially_refunded" | "disputed";
-export const MANUAL_METHODS: readonly PaymentMethodName[] = ["bank_transfer", "local_wallet", "manual"];
+const MANUAL_METHODS: readonly PaymentMethodName[] = ["bank_transfer", "local_wallet", "manual"];
 
 export interface PaymentView {
   id: string;
@@ -84,7 +87,6 @@ export interface PaymentHistoryView {
   createdAt: Date;
 }
 
-/** A provider's reference to its side of a payment. */
 /** What a provider event did, for the webhook log. */
 export interface ProviderOutcome {
   outcome: string;
@@ -98,9 +100,6 @@ export interface ProviderActor {
   note: string;
 }
 
-type Authorize = (accountId: string) => void;
-const anyone: Authorize = () => undefined;
-
 /** The payment service. */
 export class Payments {
   constructor(
@@ -108,10 +107,6 @@ export class Payments {
     private readonly invoices: Invoices,
     private readonly ledger: CreditLedger,
   ) {}
-
-  private get models() {
-    return modelsOf(this.sequelize);
-  }
 
   /** Records a manual payment awaiting approval; idempotent by key. */
   async submitManual(
@@ -144,7 +139,7 @@ export class Payments {
       async (t) => {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: invoice!.accountId, key: input.idempotencyKey, method: "SubmitManualPayment", request: input }, async () => {
           const inv = await this.invoices.lock(t, invoice!.id);
-          if (inv.status !== "pending") {
+          if (!invoiceAllows(inv.status, "pay")) {
             throw failedPrecondition(Reason.InvalidStateTransition, `only PENDING invoices can be paid; this one is ${inv.status.toUpperCase()}`, { status: inv.status.toUpperCase() });
           }
           const column = amountIn(inv.currency);
@@ -154,28 +149,16 @@ export class Payments {
               outstanding: formatMoney(outstanding, column),
             });
           }
-          const waiting = await this.models.Payment.count({ where: { invoice_id: inv.id, status: "pending_approval" }, transaction: t });
-          if (waiting > 0) throw failedPrecondition(Reason.PaymentPending, "a payment for this invoice is already awaiting approval");
-          const payment = await this.models.Payment.create(
-            {
-              account_id: inv.account_id,
-              invoice_id: inv.id,
-              amount: formatMoney(amount!, column),
-              currency: inv.currency,
-              payment_method: input.paymentMethod!,
-              manual_reference: input.manualReference,
-              manual_notes: input.manualNotes,
-              provider: null,
-              provider_payment_id: null,
-              provider_secondary_id: null,
-              approved_by: null,
-              approved_at: null,
-              processed_at: null,
-              failed_at: null,
-              refunded_at: null,
-            },
-            { transaction: t },
-          );
+          if ((await db.countAwaitingApproval(this.sequelize, t, inv.account_id, inv.id)) > 0) throw failedPrecondition(Reason.PaymentPending, "a payment for this invoice is already awaiting approval");
+          const payment = await db.insertPayment(this.sequelize, t, {
+            account_id: inv.account_id,
+            invoice_id: inv.id,
+            amount: formatMoney(amount!, column),
+            currency: inv.currency,
+            payment_method: input.paymentMethod!,
+            manual_reference: input.manualReference,
+            manual_notes: input.manualNotes,
+          });
           await this.recordHistory(t, payment, null, actor, "submitted");
           return view(payment);
         });
@@ -195,14 +178,12 @@ export class Payments {
       async (t) => {
         const invoice = await this.invoices.lock(t, found.invoice_id);
         const payment = await this.lock(t, found.account_id, id);
-        expectStatus(payment, "pending_approval", "approve");
-        if (invoice.status !== "pending") {
+        PAYMENTS.check(payment.status as PaymentStatus, "approve");
+        if (!invoiceAllows(invoice.status, "pay")) {
           throw failedPrecondition(Reason.InvalidStateTransition, `the invoice is ${invoice.status.toUpperCase()}, not PENDING: reject this payment instead`, { invoice_status: invoice.status.toUpperCase() });
         }
-        const now = new Date();
-        await payment.update({ admin_notes: adminNotes, approved_by: actor, approved_at: now }, { transaction: t });
-        await this.settle(t, invoice, payment, actor, "approved");
-        return view(payment);
+        const approved = await db.setApproval(this.sequelize, t, payment, { adminNotes, approvedBy: actor, approvedAt: new Date() });
+        return view(await this.settle(t, invoice, approved, actor, "approved"));
       },
       options,
     );
@@ -220,11 +201,11 @@ export class Payments {
       this.sequelize,
       async (t) => {
         const payment = await this.lock(t, found.account_id, id!);
-        expectStatus(payment, "pending_approval", "reject");
         const from = payment.status as PaymentStatus;
-        await payment.update({ status: "failed", failure_reason: reason, failed_at: new Date(), updated_at: new Date() }, { transaction: t });
-        await this.recordHistory(t, payment, from, actor, reason);
-        return view(payment);
+        PAYMENTS.check(from, "reject");
+        const failed = await db.setFailed(this.sequelize, t, payment, reason, new Date());
+        await this.recordHistory(t, failed, from, actor, reason);
+        return view(failed);
       },
       options,
     );
@@ -249,8 +230,7 @@ export class Payments {
         const { result } = await runIdempotent(this.sequelize, t, { accountId: found.account_id, key: input.idempotencyKey, method: "RefundPayment", request: input.amount === "" ? { ...input, amount: undefined } : input }, async () => {
           const invoice = await this.invoices.lock(t, found.invoice_id);
           const payment = await this.lock(t, found.account_id, id!);
-          await this.refundIn(t, invoice, payment, input.reason, input.revokeAvailableOnly, actor, amount);
-          return view(payment);
+          return view(await this.refundIn(t, invoice, payment, "refund", { reason: input.reason, revokeAvailableOnly: input.revokeAvailableOnly, actor, amount }));
         });
         return result;
       },
@@ -268,44 +248,23 @@ export class Payments {
   /** Payments newest first, filtered by account, statuses and methods. */
   async list(input: { accountId: string; statuses: PaymentStatus[]; methods: PaymentMethodName[]; pageSize: number; pageToken: string }): Promise<{ payments: PaymentView[]; nextPageToken: string }> {
     if (input.accountId) requireId(input.accountId, "account_id");
-    const size = pageSize(input.pageSize);
     const filters = { a: input.accountId, s: [...input.statuses].sort(), m: [...input.methods].sort() };
-    const after = decodePageToken(input.pageToken, "payments", filters);
-    const where: string[] = [];
-    const bind: unknown[] = [];
-    if (input.accountId) where.push(`account_id = $${bind.push(input.accountId)}`);
-    if (input.statuses.length) where.push(`status = ANY($${bind.push(input.statuses)}::text[])`);
-    if (input.methods.length) where.push(`payment_method = ANY($${bind.push(input.methods)}::text[])`);
-    if (after) {
-      const [created, pid] = after;
-      if (typeof created !== "string" || typeof pid !== "string") throw invalidField("page_token", "is not a valid page token for this request");
-      where.push(`(created_at, id) < ($${bind.push(created)}::timestamptz, $${bind.push(pid)}::uuid)`);
-    }
-    const rows = await this.sequelize.query<Record<string, unknown>>(
-      `SELECT *, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_key FROM payments
-       ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY created_at DESC, id DESC LIMIT $${bind.push(size + 1)}`,
-      { bind, type: QueryTypes.SELECT },
-    );
-    const page = pageOf(rows, size, (r) => [r.created_key as string, r.id as string], "payments", filters);
-    return { payments: page.items.map((r) => view(this.models.Payment.build(r as never, { raw: true, isNewRecord: false }))), nextPageToken: page.nextPageToken };
+    const { size, after } = pageRequest(input, "payments", filters, ["timestamp", "uuid"]);
+    const found = await db.listPayments(this.sequelize, input, after && { createdAt: after[0] as string, id: after[1] as string }, size + 1);
+    const { items, nextPageToken } = pageOf(found, size, (r) => [r.created_key, r.id], "payments", filters);
+    return { payments: items.map(view), nextPageToken };
   }
 
   /** A payment's state changes, newest first. */
   async history(paymentId: string, requestedPageSize: number, pageToken: string, authorize: Authorize = anyone): Promise<{ entries: PaymentHistoryView[]; nextPageToken: string }> {
     const found = await this.find(requireUuid(paymentId, "payment_id"));
     authorize(found.account_id);
-    const size = pageSize(requestedPageSize);
-    const after = decodePageToken(pageToken, "payment_history", found.id);
-    if (after && (typeof after[0] !== "string" || !/^\d+$/.test(after[0]))) throw invalidField("page_token", "is not a valid page token for this request");
-    const rows = await this.sequelize.query<{ id: string; payment_id: string; from_status: PaymentStatus | null; to_status: PaymentStatus; actor: string; note: string; created_at: Date }>(
-      `SELECT id, payment_id, from_status, to_status, actor, note, created_at FROM payment_history
-       WHERE account_id = $1 AND payment_id = $2 ${after ? "AND id < $4" : ""} ORDER BY id DESC LIMIT $3`,
-      { bind: after ? [found.account_id, found.id, size + 1, after[0]] : [found.account_id, found.id, size + 1], type: QueryTypes.SELECT },
-    );
-    const page = pageOf(rows, size, (r) => [r.id], "payment_history", found.id);
+    const { size, after } = pageRequest({ pageSize: requestedPageSize, pageToken }, "payment_history", found.id, ["digits"]);
+    const entries = await db.listHistory(this.sequelize, found, after?.[0] as string | undefined, size + 1);
+    const { items, nextPageToken } = pageOf(entries, size, (r) => [r.id], "payment_history", found.id);
     return {
-      entries: page.items.map((r) => ({ id: r.id, paymentId: r.payment_id, fromStatus: r.from_status ?? "", toStatus: r.to_status, actor: r.actor, note: r.note, createdAt: r.created_at })),
-      nextPageToken: page.nextPageToken,
+      entries: items.map((r) => ({ id: r.id, paymentId: r.payment_id, fromStatus: (r.from_status ?? "") as PaymentStatus | "", toStatus: r.to_status as PaymentStatus, actor: r.actor, note: r.note, createdAt: r.created_at })),
+      nextPageToken,
     };
   }
 
@@ -319,51 +278,42 @@ export class Payments {
     e: { invoiceId: string; provider: string; amount: string; currency: string; ref: PaymentRef },
     by: ProviderActor,
   ): Promise<ProviderOutcome> {
-    const invoice = await this.invoices.lock(t, e.invoiceId).catch((err: unknown) => {
-      if (err instanceof BillingError) return undefined;
-      throw err;
-    });
+    const invoice = await this.lockNamedInvoice(t, e.invoiceId);
     if (!invoice) return { outcome: "ignored_unknown_invoice" };
-    let payment = await this.byProviderRef(t, e.provider, e.ref.id);
-    if (payment && payment.status !== "pending_approval" && payment.status !== "failed") return { outcome: "already_settled", paymentId: payment.id };
-    if (invoice.status !== "pending") return { outcome: `ignored_invoice_${invoice.status}`, paymentId: payment?.id };
+    let payment = await db.paymentByProviderRef(this.sequelize, t, e.provider, e.ref.id);
+    if (payment && !PAYMENTS.can(payment.status as PaymentStatus, "settle")) return { outcome: "already_settled", paymentId: payment.id };
+    if (!invoiceAllows(invoice.status, "pay")) return { outcome: `ignored_invoice_${invoice.status}`, paymentId: payment?.id };
     const amount = new Dec(e.amount);
-    if (!amount.eq(new Dec(invoice.total).minus(invoice.amount_paid)) || e.currency !== invoice.currency) {
+    const outstanding = new Dec(invoice.total).minus(invoice.amount_paid);
+    if (!amount.eq(outstanding) || e.currency !== invoice.currency) {
       return {
         outcome: "ignored_amount_mismatch",
         paymentId: payment?.id,
-        detail: `paid ${e.amount} ${e.currency}, outstanding ${formatMoney(new Dec(invoice.total).minus(invoice.amount_paid), amountIn(invoice.currency))} ${invoice.currency}`,
+        detail: `paid ${e.amount} ${e.currency}, outstanding ${formatMoney(outstanding, amountIn(invoice.currency))} ${invoice.currency}`,
       };
     }
     if (!payment) {
       const id = randomUUID();
       // A delivery racing this one for the same reference waits here, then finds it taken.
-      if (!(await this.claimProviderRef(t, e.provider, e.ref.id, invoice.account_id, id))) return { outcome: "already_settled" };
-      payment = await this.models.Payment.create(
-        {
-          id,
-          account_id: invoice.account_id,
-          invoice_id: invoice.id,
-          amount: formatMoney(amount, amountIn(invoice.currency)),
-          currency: invoice.currency,
-          payment_method: e.provider,
-          ...refColumns(e.provider, e.ref),
-          approved_by: null,
-          approved_at: null,
-          processed_at: null,
-          failed_at: null,
-          refunded_at: null,
-        } as never,
-        { transaction: t },
-      );
+      if (!(await db.claimProviderRef(this.sequelize, t, e.provider, e.ref.id, invoice.account_id, id))) return { outcome: "already_settled" };
+      payment = await db.insertPayment(this.sequelize, t, {
+        id,
+        account_id: invoice.account_id,
+        invoice_id: invoice.id,
+        amount: formatMoney(amount, amountIn(invoice.currency)),
+        currency: invoice.currency,
+        payment_method: e.provider,
+        ...refColumns(e.provider, e.ref),
+      });
       await this.recordHistory(t, payment, null, by.actor, by.note);
     } else {
       // A payment that failed before and now succeeds: what the provider charged this time counts.
       payment = await this.lock(t, payment.account_id, payment.id);
-      await payment.update(
-        { amount: formatMoney(amount, amountIn(invoice.currency)), currency: invoice.currency, provider_secondary_id: e.ref.secondaryId ?? payment.provider_secondary_id, updated_at: new Date() },
-        { transaction: t },
-      );
+      payment = await db.setCharge(this.sequelize, t, payment, {
+        amount: formatMoney(amount, amountIn(invoice.currency)),
+        currency: invoice.currency,
+        providerSecondaryId: e.ref.secondaryId ?? payment.provider_secondary_id,
+      });
     }
     await this.settle(t, invoice, payment, by.actor, by.note);
     return { outcome: "settled", paymentId: payment.id };
@@ -375,42 +325,32 @@ export class Payments {
     e: { invoiceId: string; provider: string; amount: string; currency: string; ref: PaymentRef; reason: string },
     by: ProviderActor,
   ): Promise<ProviderOutcome> {
-    const existing = await this.byProviderRef(t, e.provider, e.ref.id);
+    const existing = await db.paymentByProviderRef(this.sequelize, t, e.provider, e.ref.id);
     if (existing) {
       const payment = await this.lock(t, existing.account_id, existing.id);
-      if (payment.status !== "pending_approval") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
-      await payment.update({ status: "failed", failure_reason: e.reason, failed_at: new Date(), updated_at: new Date() }, { transaction: t });
-      await this.recordHistory(t, payment, "pending_approval", by.actor, by.note);
+      const from = payment.status as PaymentStatus;
+      if (!PAYMENTS.can(from, "fail")) return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
+      await this.recordHistory(t, await db.setFailed(this.sequelize, t, payment, e.reason, new Date()), from, by.actor, by.note);
       return { outcome: "failed", paymentId: payment.id };
     }
-    const invoice = await this.invoices.lock(t, e.invoiceId).catch((err: unknown) => {
-      if (err instanceof BillingError) return undefined;
-      throw err;
-    });
+    const invoice = await this.lockNamedInvoice(t, e.invoiceId);
     if (!invoice) return { outcome: "ignored_unknown_invoice" };
     const column = amountIn(invoice.currency);
     const amount = new Dec(e.amount);
     const id = randomUUID();
-    if (!(await this.claimProviderRef(t, e.provider, e.ref.id, invoice.account_id, id))) return { outcome: "ignored_known_reference" };
-    const payment = await this.models.Payment.create(
-      {
-        id,
-        account_id: invoice.account_id,
-        invoice_id: invoice.id,
-        amount: formatMoney(amount.gt(0) && amount.decimalPlaces() <= column.scale && fitsColumn(amount, column) ? amount : invoice.total, column),
-        currency: invoice.currency,
-        payment_method: e.provider,
-        status: "failed",
-        failure_reason: e.reason,
-        failed_at: new Date(),
-        ...refColumns(e.provider, e.ref),
-        approved_by: null,
-        approved_at: null,
-        processed_at: null,
-        refunded_at: null,
-      } as never,
-      { transaction: t },
-    );
+    if (!(await db.claimProviderRef(this.sequelize, t, e.provider, e.ref.id, invoice.account_id, id))) return { outcome: "ignored_known_reference" };
+    const payment = await db.insertPayment(this.sequelize, t, {
+      id,
+      account_id: invoice.account_id,
+      invoice_id: invoice.id,
+      amount: formatMoney(amount.gt(0) && amount.decimalPlaces() <= column.scale && fitsColumn(amount, column) ? amount : invoice.total, column),
+      currency: invoice.currency,
+      payment_method: e.provider,
+      status: "failed",
+      failure_reason: e.reason,
+      failed_at: new Date(),
+      ...refColumns(e.provider, e.ref),
+    });
     await this.recordHistory(t, payment, null, by.actor, by.note);
     return { outcome: "failed", paymentId: payment.id };
   }
@@ -427,22 +367,22 @@ export class Payments {
     e: { provider: string; ref: PaymentRef; currency: string; refundedTotal?: string; refund?: string },
     by: ProviderActor,
   ): Promise<ProviderOutcome> {
-    const existing = await this.byProviderRef(t, e.provider, e.ref.id);
+    const existing = await db.paymentByProviderRef(this.sequelize, t, e.provider, e.ref.id);
     if (!existing) return { outcome: "ignored_unknown_payment" };
     const invoice = await this.invoices.lock(t, existing.invoice_id);
     const payment = await this.lock(t, existing.account_id, existing.id);
     if (payment.status === "refunded") return { outcome: "already_refunded", paymentId: payment.id };
     // A refund during a dispute (e.g. the seller accepts a PayPal claim) is applied too; the payment stays DISPUTED.
-    if (payment.status !== "succeeded" && payment.status !== "partially_refunded" && payment.status !== "disputed") return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
+    if (!PAYMENTS.can(payment.status as PaymentStatus, "provider_refund")) return { outcome: `ignored_payment_${payment.status}`, paymentId: payment.id };
     if (e.currency !== payment.currency) return { outcome: "ignored_currency_mismatch", paymentId: payment.id };
-    const already = new Dec(payment.amount_refunded ?? 0);
+    const already = new Dec(payment.amount_refunded);
     const left = new Dec(payment.amount).minus(already);
     let amount =
       e.refundedTotal !== undefined ? Dec.min(new Dec(e.refundedTotal), new Dec(payment.amount)).minus(already) : Dec.min(new Dec(e.refund ?? 0), left);
     if (amount.lte(0)) return { outcome: "already_refunded", paymentId: payment.id };
     amount = Dec.min(amount, left);
-    await this.refundIn(t, invoice, payment, `refunded at ${e.provider}`, true, by.actor, amount, by.note);
-    const state = payment.status === "disputed" ? payment.status_before_dispute : payment.status;
+    const refunded = await this.refundIn(t, invoice, payment, "provider_refund", { reason: `refunded at ${e.provider}`, revokeAvailableOnly: true, actor: by.actor, amount, note: by.note });
+    const state = refunded.status === "disputed" ? refunded.status_before_dispute : refunded.status;
     return { outcome: state === "refunded" ? "refunded" : "partially_refunded", paymentId: payment.id };
   }
 
@@ -454,34 +394,34 @@ export class Payments {
    * the payment's lot, or RefundPayment once the dispute is closed).
    */
   async providerDisputed(t: Transaction, e: { provider: string; ref: PaymentRef; open: boolean; detail: string }, by: ProviderActor): Promise<ProviderOutcome> {
-    const existing = await this.byProviderRef(t, e.provider, e.ref.id);
+    const existing = await db.paymentByProviderRef(this.sequelize, t, e.provider, e.ref.id);
     if (!existing) return { outcome: "ignored_unknown_payment" };
     const payment = await this.lock(t, existing.account_id, existing.id);
     const from = payment.status as PaymentStatus;
-    const now = new Date();
     if (e.open) {
       if (from === "disputed") return { outcome: "already_disputed", paymentId: payment.id };
-      if (from !== "succeeded" && from !== "partially_refunded" && from !== "refunded") return { outcome: `ignored_payment_${from}`, paymentId: payment.id };
-      await payment.update({ status: "disputed", status_before_dispute: from, metadata: { ...payment.metadata, dispute_reason: e.detail }, updated_at: now }, { transaction: t });
-      await this.recordHistory(t, payment, from, by.actor, by.note);
+      if (!PAYMENTS.can(from, "open_dispute")) return { outcome: `ignored_payment_${from}`, paymentId: payment.id };
+      const disputed = await db.setDispute(this.sequelize, t, payment, { status: PAYMENTS.next(from, "open_dispute"), statusBeforeDispute: from, metadata: { ...payment.metadata, dispute_reason: e.detail } });
+      await this.recordHistory(t, disputed, from, by.actor, by.note);
       return { outcome: "disputed", paymentId: payment.id };
     }
-    if (from !== "disputed") return { outcome: "ignored_not_disputed", paymentId: payment.id };
-    const back = (payment.status_before_dispute ?? "succeeded") as PaymentStatus;
-    await payment.update({ status: back, status_before_dispute: null, metadata: { ...payment.metadata, dispute_outcome: e.detail }, updated_at: now }, { transaction: t });
-    await this.recordHistory(t, payment, "disputed", by.actor, by.note);
+    if (!PAYMENTS.can(from, "close_dispute")) return { outcome: "ignored_not_disputed", paymentId: payment.id };
+    const back = payment.status_before_dispute ?? "succeeded";
+    const closed = await db.setDispute(this.sequelize, t, payment, { status: back, statusBeforeDispute: null, metadata: { ...payment.metadata, dispute_outcome: e.detail } });
+    await this.recordHistory(t, closed, from, by.actor, by.note);
     return { outcome: "dispute_closed", paymentId: payment.id, detail: e.detail };
   }
 
   /** SUCCEEDED + invoice PAID once covered + package credits granted; history written. */
-  private async settle(t: Transaction, invoice: Invoice, payment: Payment, actor: string, note: string): Promise<void> {
+  private async settle(t: Transaction, invoice: InvoiceRow, payment: PaymentRow, actor: string, note: string): Promise<PaymentRow> {
     const from = payment.status as PaymentStatus;
+    PAYMENTS.check(from, "settle");
     const now = new Date();
     const paid = new Dec(invoice.amount_paid).plus(payment.amount);
+    const amountPaid = formatMoney(paid, amountIn(invoice.currency));
     const covered = paid.gte(invoice.total);
     let creditsGranted = 0n;
     if (covered) {
-      const status = transition(invoice.status as InvoiceStatus, "pay");
       const credits = BigInt(invoice.credit_package_credits ?? 0);
       if (credits > 0n) {
         await this.ledger.creditIn(t, {
@@ -496,12 +436,13 @@ export class Payments {
         });
         creditsGranted = credits;
       }
-      await invoice.update({ status, paid_at: now, amount_paid: formatMoney(paid, amountIn(invoice.currency)), payment_method: payment.payment_method, updated_at: now }, { transaction: t });
+      await this.invoices.recordPaymentIn(t, invoice, amountPaid, { paidAt: now, paymentMethod: payment.payment_method });
     } else {
-      await invoice.update({ amount_paid: formatMoney(paid, amountIn(invoice.currency)), updated_at: now }, { transaction: t });
+      await this.invoices.recordPaymentIn(t, invoice, amountPaid);
     }
-    await payment.update({ status: "succeeded", processed_at: now, credits_granted: creditsGranted.toString(), updated_at: now }, { transaction: t });
-    await this.recordHistory(t, payment, from, actor, note);
+    const settled = await db.setSucceeded(this.sequelize, t, payment, now, creditsGranted.toString());
+    await this.recordHistory(t, settled, from, actor, note);
+    return settled;
   }
 
   /**
@@ -515,42 +456,43 @@ export class Payments {
    * shortfall. A payment from before credit lots (no lot) draws from the
    * account's lots in burn-down order.
    */
-  private async refundIn(t: Transaction, invoice: Invoice, payment: Payment, reason: string, revokeAvailableOnly: boolean, actor: string, amount?: Decimal, note?: string): Promise<void> {
+  private async refundIn(
+    t: Transaction,
+    invoice: InvoiceRow,
+    payment: PaymentRow,
+    action: "refund" | "provider_refund",
+    r: { reason: string; revokeAvailableOnly: boolean; actor: string; amount?: Decimal; note?: string },
+  ): Promise<PaymentRow> {
     const from = payment.status as PaymentStatus;
-    // Admins refund SUCCEEDED or PARTIALLY_REFUNDED payments; a provider may also refund a DISPUTED one.
-    const disputed = from === "disputed" && actor.startsWith("webhook:");
-    if (from !== "succeeded" && from !== "partially_refunded" && !disputed) expectStatus(payment, "succeeded", "refund");
+    PAYMENTS.check(from, action);
+    const disputed = from === "disputed";
     const column = amountIn(payment.currency);
     const total = new Dec(payment.amount);
-    const before = new Dec(payment.amount_refunded ?? 0);
+    const before = new Dec(payment.amount_refunded);
     const refundable = total.minus(before);
-    const refund = amount ?? refundable;
+    const refund = r.amount ?? refundable;
     if (refund.decimalPlaces() > column.scale) throw invalidField("amount", `has more decimal places than ${payment.currency} has (${column.scale})`);
     if (refund.gt(refundable)) throw invalidField("amount", `must be at most the ${formatMoney(refundable, column)} left to refund`);
     const after = before.plus(refund);
     const full = after.eq(total);
     const granted = BigInt(payment.credits_granted);
     const settled = BigInt(payment.credits_revoked) + BigInt(payment.credits_shortfall); // credits already accounted for by earlier refunds
-    const due = (full ? granted : BigInt(new Dec(granted.toString()).times(after).div(total).floor().toFixed(0))) - settled;
+    const due = (full ? granted : roundToInteger(new Dec(granted.toString()).times(after).div(total), "down")) - settled;
     let revoked = 0n;
     if (due > 0n) {
-      const [lot] = await this.sequelize.query<{ id: string }>(
-        `SELECT id FROM credit_lots WHERE account_id = $1 AND payment_id = $2 ORDER BY created_at LIMIT 1`,
-        { bind: [payment.account_id, payment.id], transaction: t, type: QueryTypes.SELECT },
-      );
+      const lotId = await db.lotOfPayment(this.sequelize, t, payment.account_id, payment.id);
       const debit = {
         accountId: payment.account_id,
         credits: due,
         type: "refund" as const,
-        mode: revokeAvailableOnly ? ("partial" as const) : ("strict" as const),
+        mode: r.revokeAvailableOnly ? ("partial" as const) : ("strict" as const),
         description: truncateText(`Refund of payment ${payment.id}`),
-        metadata: { reason, invoice_id: invoice.id, amount: formatMoney(refund, column) },
+        metadata: { reason: r.reason, invoice_id: invoice.id, amount: formatMoney(refund, column) },
         paymentId: payment.id,
-        ...(lot ? { lotId: lot.id } : {}),
+        ...(lotId ? { lotId } : {}),
       };
       try {
-        revoked = (await this.ledger.debitIn(t, debit, { allowEmpty: true }))?.transaction.amount ?? 0n;
-        revoked = -revoked;
+        revoked = -((await this.ledger.debitIn(t, debit, { allowEmpty: true }))?.transaction.amount ?? 0n);
       } catch (err) {
         if (!(err instanceof BillingError) || err.reason !== Reason.InsufficientCredits) throw err;
         const available = err.metadata.available ?? "0";
@@ -564,70 +506,45 @@ export class Payments {
       }
     }
     const now = new Date();
-    await invoice.update(
-      { amount_paid: formatMoney(new Dec(invoice.amount_paid).minus(refund), column), metadata: { ...invoice.metadata, refunded_at: now.toISOString() }, updated_at: now },
-      { transaction: t },
-    );
-    await payment.update(
-      {
-        // A disputed payment stays DISPUTED and returns to its refunded state when the dispute closes.
-        ...(disputed ? { status_before_dispute: full ? "refunded" : "partially_refunded" } : { status: full ? "refunded" : "partially_refunded" }),
-        refunded_at: now,
-        amount_refunded: formatMoney(after, column),
-        credits_revoked: (BigInt(payment.credits_revoked) + revoked).toString(),
-        credits_shortfall: (BigInt(payment.credits_shortfall) + (due > 0n ? due - revoked : 0n)).toString(),
-        failure_reason: payment.failure_reason,
-        updated_at: now,
-        metadata: { ...payment.metadata, refund_reason: reason },
-      },
-      { transaction: t },
-    );
-    await this.recordHistory(t, payment, from, actor, note ?? `${reason || "refunded"} (${formatMoney(refund, column)})`);
+    await this.invoices.recordRefundIn(t, invoice, formatMoney(new Dec(invoice.amount_paid).minus(refund), column), now);
+    const to = full ? "refunded" : "partially_refunded";
+    const updated = await db.setRefund(this.sequelize, t, payment, {
+      // A disputed payment stays DISPUTED and returns to its refunded state when the dispute closes.
+      status: disputed ? from : to,
+      statusBeforeDispute: disputed ? to : payment.status_before_dispute,
+      refundedAt: now,
+      amountRefunded: formatMoney(after, column),
+      creditsRevoked: (BigInt(payment.credits_revoked) + revoked).toString(),
+      creditsShortfall: (BigInt(payment.credits_shortfall) + (due > 0n ? due - revoked : 0n)).toString(),
+      metadata: { ...payment.metadata, refund_reason: r.reason },
+    });
+    await this.recordHistory(t, updated, from, r.actor, r.note ?? `${r.reason || "refunded"} (${formatMoney(refund, column)})`);
+    return updated;
   }
 
-  private async find(id: string): Promise<Payment> {
-    const row = await this.models.Payment.findOne({ where: { id } });
+  /** The invoice a provider event names, locked; undefined when there is none. */
+  private async lockNamedInvoice(t: Transaction, invoiceId: string): Promise<InvoiceRow | undefined> {
+    return this.invoices.lock(t, invoiceId).catch((err: unknown) => {
+      if (err instanceof BillingError) return undefined;
+      throw err;
+    });
+  }
+
+  private async find(id: string): Promise<PaymentRow> {
+    const row = await db.findPayment(this.sequelize, id);
     if (!row) throw notFound("payment", id);
     return row;
   }
 
-  private async lock(t: Transaction, accountId: string, id: string): Promise<Payment> {
-    const row = await this.models.Payment.findOne({ where: { account_id: accountId, id }, transaction: t, lock: t.LOCK.UPDATE });
+  private async lock(t: Transaction, accountId: string, id: string): Promise<PaymentRow> {
+    const row = await db.lockPayment(this.sequelize, t, accountId, id);
     if (!row) throw notFound("payment", id);
     return row;
   }
 
-  /** The payment a provider reference belongs to (found through its global claim), or null. */
-  private async byProviderRef(t: Transaction, provider: string, reference: string): Promise<Payment | null> {
-    const [claim] = await this.sequelize.query<{ account_id: string; payment_id: string }>(
-      `SELECT account_id, payment_id FROM provider_payment_refs WHERE provider = $1 AND provider_payment_id = $2`,
-      { bind: [provider, reference], transaction: t, type: QueryTypes.SELECT },
-    );
-    if (!claim) return null;
-    return this.models.Payment.findOne({ where: { account_id: claim.account_id, id: claim.payment_id }, transaction: t });
-  }
-
-  /** Claims a provider reference for a new payment; false when another payment holds it. */
-  private async claimProviderRef(t: Transaction, provider: string, reference: string, accountId: string, paymentId: string): Promise<boolean> {
-    const rows = await this.sequelize.query(
-      `INSERT INTO provider_payment_refs (provider, provider_payment_id, account_id, payment_id) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (provider, provider_payment_id) DO NOTHING RETURNING 1`,
-      { bind: [provider, reference, accountId, paymentId], transaction: t, type: QueryTypes.SELECT },
-    );
-    return rows.length === 1;
-  }
-
-  private async recordHistory(t: Transaction, payment: Payment, from: PaymentStatus | null, actor: string, note: string): Promise<void> {
-    await this.models.PaymentHistory.create(
-      { account_id: payment.account_id, payment_id: payment.id, from_status: from, to_status: payment.status, actor, note, snapshot: snapshotOf(payment) },
-      { transaction: t },
-    );
-  }
-}
-
-function expectStatus(payment: Payment, status: PaymentStatus, action: string): void {
-  if (payment.status !== status) {
-    throw failedPrecondition(Reason.InvalidStateTransition, `cannot ${action} a payment that is ${payment.status.toUpperCase()}`, { status: payment.status.toUpperCase(), action });
+  /** Writes the history row of a change that led to `payment` (as it is now) from `from`. */
+  private async recordHistory(t: Transaction, payment: PaymentRow, from: PaymentStatus | null, actor: string, note: string): Promise<void> {
+    await db.insertHistory(this.sequelize, t, { account_id: payment.account_id, payment_id: payment.id, from_status: from, to_status: payment.status, actor, note, snapshot: snapshotOf(payment) });
   }
 }
 
@@ -635,12 +552,12 @@ function refColumns(provider: string, ref: PaymentRef) {
   return { provider, provider_payment_id: ref.id, provider_secondary_id: ref.secondaryId ?? null };
 }
 
-function snapshotOf(p: Payment): Record<string, unknown> {
+function snapshotOf(p: PaymentRow): JsonObject {
   return { status: p.status, amount: formatMoney(p.amount, amountIn(p.currency)), currency: p.currency, payment_method: p.payment_method, credits_granted: String(p.credits_granted ?? 0) };
 }
 
 /** The caller-facing form of a payment row. */
-export function view(r: Payment): PaymentView {
+function view(r: PaymentRow): PaymentView {
   const out: PaymentView = {
     id: r.id,
     accountId: r.account_id,

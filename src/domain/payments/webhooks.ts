@@ -18,9 +18,10 @@
  * - Payment history written here has actor "webhook:<provider>" and the
  *   event id as its note.
  */
-import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import type { Sequelize, Transaction } from "sequelize";
+import { recordWebhookEvent, setWebhookOutcome } from "../../db/payments/provider-webhooks.js";
 import { inTransaction } from "../../db/transaction.js";
-import { fromMinorUnits } from "../../money.js";
+import { fromMinorUnits } from "../money.js";
 import { BillingError } from "../errors.js";
 import type { PaymentMethods } from "./payment-methods.js";
 import type { Payments, ProviderOutcome } from "./payments.js";
@@ -77,10 +78,7 @@ export class Webhooks {
         if (!(err instanceof BillingError)) throw err; // database trouble: 500, the provider retries
         handling = { outcome: "rejected", detail: err.message };
       }
-      await this.sequelize.query(`UPDATE webhook_events SET outcome = $2, detail = $3, payment_id = $4 WHERE id = $1`, {
-        bind: [claimed, handling.outcome, handling.detail ?? "", handling.paymentId ?? null],
-        transaction: t,
-      });
+      await setWebhookOutcome(this.sequelize, t, claimed, { outcome: handling.outcome, detail: handling.detail ?? "", paymentId: handling.paymentId ?? null });
       return { status: 200, body: { received: true, outcome: handling.outcome, event_id: event.id } };
     });
   }
@@ -126,17 +124,12 @@ export class Webhooks {
     rawBody: Buffer,
     e: { eventId: string; eventType: string; valid: boolean; outcome: string; detail?: string; claim?: boolean },
   ): Promise<string | undefined> {
-    const rows = await this.sequelize.query<{ id: string }>(
-      `INSERT INTO webhook_events (provider, event_id, event_type, signature_valid, claimed, outcome, detail, payload, raw_body)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)
-       ${e.claim ? "ON CONFLICT (provider, event_id) WHERE claimed DO NOTHING" : ""} RETURNING id`,
-      {
-        bind: [provider.name, e.eventId, e.eventType, e.valid, e.claim === true, e.outcome, e.detail ?? "", storableJson(rawBody), rawBody],
-        transaction: t,
-        type: QueryTypes.SELECT,
-      },
+    return recordWebhookEvent(
+      this.sequelize,
+      t,
+      { provider: provider.name, eventId: e.eventId, eventType: e.eventType, signatureValid: e.valid, outcome: e.outcome, detail: e.detail ?? "", payload: storableJson(rawBody), rawBody },
+      e.claim === true,
     );
-    return rows[0]?.id;
   }
 }
 

@@ -16,7 +16,7 @@
  *   HUF, JPY and TWD, and ISO's digits otherwise.
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
-import { minorDigits as isoMinorDigits, toMinorUnits } from "../../../money.js";
+import { minorDigits as isoMinorDigits, toMinorUnits } from "../../money.js";
 import { SIGNATURE_TOLERANCE_SECONDS, currencyOf, envelopeOf, idOf, objectOf, textOf, type Parsed, type PaymentProvider } from "./provider.js";
 
 const NO_DECIMALS = new Set(["HUF", "JPY", "TWD"]);

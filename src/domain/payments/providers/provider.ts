@@ -77,14 +77,28 @@ export interface OffSessionCharge {
 
 /**
  * What an off-session charge came to. `unknown` (no answer, a network error,
- * a 5xx, a rate limit, a concurrent request with the same key): the charge
- * may or may not have happened, and sending the same request with the same
- * idempotency key again is the way to learn which.
+ * a 5xx, a rate limit, a concurrent request with the same key, a payment
+ * still processing): the charge may or may not have happened. When the
+ * answer named the provider's payment (`payment`), reading it back
+ * (`retrieveCharge`) is the way to learn the outcome: the provider replays
+ * its first answer to the same request under the same idempotency key.
+ * Otherwise sending the same request again is.
  */
 export type ChargeOutcome =
   | { outcome: "succeeded"; payment: PaymentRef; amountMinor: bigint; currency: string }
   | { outcome: "failed"; reason: string; payment?: PaymentRef }
-  | { outcome: "unknown"; reason: string };
+  | { outcome: "unknown"; reason: string; payment?: PaymentRef };
+
+/** Reading back a payment an off-session charge made (its id known), to learn its outcome. */
+export interface ChargeLookup {
+  /** The provider API's base URL, without a trailing slash. */
+  baseUrl: string;
+  secretKey: string;
+  /** The provider's payment id (Stripe: the PaymentIntent). */
+  paymentId: string;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
 
 /** A payment provider. */
 export interface PaymentProvider {
@@ -101,6 +115,8 @@ export interface PaymentProvider {
   minorDigits(currency: string): number | undefined;
   /** Charges a saved payment method off-session; providers that cannot leave it out. Never throws. */
   chargeOffSession?(charge: OffSessionCharge): Promise<ChargeOutcome>;
+  /** The outcome of a payment an off-session charge made, read back from the provider. Never throws. */
+  retrieveCharge?(lookup: ChargeLookup): Promise<ChargeOutcome>;
 }
 
 /** How far a signed timestamp may be from now. */

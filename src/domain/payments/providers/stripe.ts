@@ -21,10 +21,13 @@
  *   second charge. A PaymentIntent with status `succeeded` is a success; a
  *   402 / card_error (card_declined, authentication_required, …) and any
  *   other 4xx but 409 and 429 are failures; no answer, a 5xx, 409 or 429
- *   leave the outcome unknown.
+ *   leave the outcome unknown. Stripe replays the first answer to a
+ *   repeated idempotent request (`processing`, a 5xx), so once an answer
+ *   names the PaymentIntent, its outcome is read back with
+ *   GET {base}/v1/payment_intents/{id} (retrieveCharge) instead.
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { minorDigits as isoMinorDigits } from "../../../money.js";
+import { minorDigits as isoMinorDigits } from "../../money.js";
 import {
   SIGNATURE_TOLERANCE_SECONDS,
   currencyOf,
@@ -33,6 +36,7 @@ import {
   minorOf,
   objectOf,
   textOf,
+  type ChargeLookup,
   type ChargeOutcome,
   type OffSessionCharge,
   type Parsed,
@@ -119,6 +123,7 @@ export const stripe: PaymentProvider = {
   },
 
   chargeOffSession,
+  retrieveCharge,
 };
 
 /** Creates and confirms a PaymentIntent off-session (see the header); never throws. */
@@ -133,22 +138,38 @@ async function chargeOffSession(c: OffSessionCharge): Promise<ChargeOutcome> {
     description: c.description,
   });
   for (const [k, v] of Object.entries(c.metadata)) form.set(`metadata[${k}]`, v);
-  const timeout = AbortSignal.timeout(c.timeoutMs);
-  const signal = c.signal ? AbortSignal.any([timeout, c.signal]) : timeout;
+  return intentCall(`${c.baseUrl}/v1/payment_intents`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${c.secretKey}`, "content-type": "application/x-www-form-urlencoded", "idempotency-key": c.idempotencyKey },
+    body: form.toString(),
+    timeoutMs: c.timeoutMs,
+    signal: c.signal,
+  });
+}
+
+/** Reads a PaymentIntent back (GET /v1/payment_intents/{id}) to learn its outcome; never throws. */
+function retrieveCharge(l: ChargeLookup): Promise<ChargeOutcome> {
+  return intentCall(`${l.baseUrl}/v1/payment_intents/${encodeURIComponent(l.paymentId)}`, {
+    method: "GET",
+    headers: { authorization: `Bearer ${l.secretKey}` },
+    timeoutMs: l.timeoutMs,
+    signal: l.signal,
+  });
+}
+
+/** One request whose answer is a PaymentIntent (or an error naming one), as a charge outcome. */
+async function intentCall(url: string, r: { method: string; headers: Record<string, string>; body?: string; timeoutMs: number; signal?: AbortSignal }): Promise<ChargeOutcome> {
+  const timeout = AbortSignal.timeout(r.timeoutMs);
+  const signal = r.signal ? AbortSignal.any([timeout, r.signal]) : timeout;
   let status: number;
   let text: string;
   try {
-    const res = await fetch(`${c.baseUrl}/v1/payment_intents`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${c.secretKey}`, "content-type": "application/x-www-form-urlencoded", "idempotency-key": c.idempotencyKey },
-      body: form.toString(),
-      signal,
-    });
+    const res = await fetch(url, { method: r.method, headers: r.headers, body: r.body, signal });
     status = res.status;
     text = await res.text();
   } catch (err) {
-    if (timeout.aborted) return { outcome: "unknown", reason: `no answer from Stripe within ${c.timeoutMs} ms` };
-    if (c.signal?.aborted) return { outcome: "unknown", reason: "the charge was interrupted (shutting down)" };
+    if (timeout.aborted) return { outcome: "unknown", reason: `no answer from Stripe within ${r.timeoutMs} ms` };
+    if (r.signal?.aborted) return { outcome: "unknown", reason: "the charge was interrupted (shutting down)" };
     const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
     return { outcome: "unknown", reason: `could not reach Stripe: ${textOf(cause?.code ?? cause?.message ?? (err instanceof Error ? err.message : String(err)), 200)}` };
   }
@@ -168,20 +189,22 @@ async function chargeOffSession(c: OffSessionCharge): Promise<ChargeOutcome> {
     if (state === "succeeded") {
       const amountMinor = minorOf(body.amount_received ?? body.amount);
       const currency = currencyOf(body.currency);
-      if (amountMinor === undefined || !currency) return { outcome: "unknown", reason: "Stripe's PaymentIntent has no amount or currency" };
+      if (amountMinor === undefined || !currency) return { outcome: "unknown", reason: "Stripe's PaymentIntent has no amount or currency", payment };
       return { outcome: "succeeded", payment, amountMinor, currency };
     }
-    // Settled later by the payment_intent.* webhook, or learnt by sending the same request again.
-    if (state === "processing") return { outcome: "unknown", reason: "the payment is processing at Stripe" };
+    // Settled later by the payment_intent.* webhook, or learnt by reading the PaymentIntent back.
+    if (state === "processing") return { outcome: "unknown", reason: "the payment is processing at Stripe", payment };
     const error = textOf(objectOf(body.last_payment_error)?.message, 500);
-    return { outcome: "failed", reason: `payment intent ${textOf(state, 50) || "not succeeded"}${error ? `: ${error}` : ""}`, payment };
+    const code = textOf(objectOf(body.last_payment_error)?.code, 100);
+    return { outcome: "failed", reason: `payment intent ${textOf(state, 50) || "not succeeded"}${code ? ` (${code})` : ""}${error ? `: ${error}` : ""}`, payment };
   }
   const error = objectOf(body?.error);
+  const intent = idOf(objectOf(error?.payment_intent)?.id);
   if (status === 409 || status === 429 || status >= 500) {
-    return { outcome: "unknown", reason: `Stripe answered ${status}${error?.message ? `: ${textOf(error.message, 300)}` : ""}` };
+    const reason = `Stripe answered ${status}${error?.message ? `: ${textOf(error.message, 300)}` : ""}`;
+    return intent ? { outcome: "unknown", reason, payment: { id: intent } } : { outcome: "unknown", reason };
   }
   const codes = [textOf(error?.code, 100), textOf(error?.decline_code, 100)].filter((x) => x !== "");
-  const intent = idOf(objectOf(error?.payment_intent)?.id);
   const reason = `${codes.length ? codes.join(" / ") : `HTTP ${status}`}${error?.message ? `: ${textOf(error.message, 500)}` : ""}`;
   return intent ? { outcome: "failed", reason, payment: { id: intent } } : { outcome: "failed", reason };
 }

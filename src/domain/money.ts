@@ -7,7 +7,7 @@
  * its column is INVALID_ARGUMENT naming the field.
  */
 import { Decimal } from "decimal.js";
-import { invalidField } from "./domain/errors.js";
+import { invalidField } from "./errors.js";
 
 /** A private Decimal constructor so global configuration cannot leak in. */
 export const Dec = Decimal.clone({ precision: 60, rounding: Decimal.ROUND_HALF_UP, toExpNeg: -1000, toExpPos: 1000 });

@@ -3,10 +3,10 @@
  * can try the service. Models that already exist are left alone; the tests
  * do not depend on this.
  */
-import { loadConfig } from "../config.js";
-import { ModelCatalogue, type ModelInput } from "../domain/models/catalogue.js";
-import { createLogger } from "../logger.js";
-import { openDatabase } from "./connect.js";
+import { loadConfig } from "./config.js";
+import { ModelCatalogue, type ModelInput } from "./domain/models/catalogue.js";
+import { createLogger } from "./logger.js";
+import { openDatabase } from "./db/connect.js";
 
 const base = {
   contextWindow: 0n,
@@ -26,7 +26,7 @@ const base = {
 };
 
 /** List prices in USD as published by the providers (per 1M tokens, or per image). */
-export const DEMO_MODELS: ModelInput[] = [
+const DEMO_MODELS: ModelInput[] = [
   { ...base, modelName: "gpt-4o-mini", displayName: "GPT-4o mini - Fast & Affordable", modelType: "text", provider: "openai", inputCostPer1m: "0.1500", outputCostPer1m: "0.6000", contextWindow: 128000n, maxOutputTokens: 16384n, supportsJsonMode: true, supportsVision: true, supportsFunctionCalling: true, isDefault: true, sortOrder: 1, releaseDate: { year: 2024, month: 7, day: 18 } },
   { ...base, modelName: "gpt-4o", displayName: "GPT-4o - High quality", modelType: "text", provider: "openai", inputCostPer1m: "2.5000", outputCostPer1m: "10.0000", contextWindow: 128000n, maxOutputTokens: 16384n, supportsJsonMode: true, supportsVision: true, supportsFunctionCalling: true, sortOrder: 2, releaseDate: { year: 2024, month: 5, day: 13 } },
   { ...base, modelName: "claude-3-5-sonnet-20241022", displayName: "Claude 3.5 Sonnet", modelType: "text", provider: "anthropic", inputCostPer1m: "3.0000", outputCostPer1m: "15.0000", contextWindow: 200000n, maxOutputTokens: 8192n, supportsVision: true, supportsFunctionCalling: true, sortOrder: 3, releaseDate: { year: 2024, month: 10, day: 22 } },
