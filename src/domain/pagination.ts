@@ -4,7 +4,7 @@
  * and rejected as INVALID_ARGUMENT when tampered with or reused elsewhere.
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { invalidField } from "./errors.js";
+import { Violations, invalidField } from "./errors.js";
 
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 500;
@@ -72,12 +72,17 @@ const SHAPE_CHECKS: Record<PositionShape[number], (x: unknown) => boolean> = {
  * INVALID_ARGUMENT naming page_size or page_token otherwise.
  */
 export function pageRequest(input: { pageSize: number; pageToken: string }, list: string, filters: unknown, shape: PositionShape): { size: number; after: Position | undefined } {
-  const size = pageSize(input.pageSize);
-  const after = decodePageToken(input.pageToken, list, filters);
-  if (after && (after.length !== shape.length || !after.every((x, i) => SHAPE_CHECKS[shape[i]!](x)))) {
-    throw invalidField("page_token", "is not a valid page token for this request");
-  }
-  return { size, after };
+  const v = new Violations();
+  const size = v.collect(() => pageSize(input.pageSize));
+  const after = v.collect(() => {
+    const position = decodePageToken(input.pageToken, list, filters);
+    if (position && (position.length !== shape.length || !position.every((x, i) => SHAPE_CHECKS[shape[i]!](x)))) {
+      throw invalidField("page_token", "is not a valid page token for this request");
+    }
+    return position;
+  });
+  v.throwIfAny(); // page_size and page_token are reported together
+  return { size: size!, after };
 }
 
 /** One page of rows: fetch `size + 1` rows and pass them here. */

@@ -53,7 +53,7 @@ import { inTransaction, type TransactionOptions } from "../../db/transaction.js"
 import { ANY_AMOUNT, Dec, amountIn, formatMoney, parseMoney } from "../money.js";
 import { Reason, Violations, failedPrecondition, invalidField, notFound } from "../errors.js";
 import { applyMask } from "../field-mask.js";
-import { pageOf, pageRequest, pageSize } from "../pagination.js";
+import { pageOf, pageRequest } from "../pagination.js";
 import { PROVIDERS } from "../payments/providers/index.js";
 import { requireId, requireUuid } from "../validation.js";
 
@@ -220,9 +220,7 @@ export class AutoTopUps {
   async list(accountId: string, requestedPageSize: number, pageToken: string): Promise<{ attempts: AttemptView[]; nextPageToken: string }> {
     const v = new Violations();
     v.collect(() => requireId(accountId, "account_id"));
-    // page_size and page_token are reported together (pageRequest stops at the first).
-    v.collect(() => pageSize(requestedPageSize));
-    const paging = v.collect(() => pageRequest({ pageSize: Math.max(0, requestedPageSize), pageToken }, "auto_top_ups", accountId, ["timestamp", "uuid"]));
+    const paging = v.collect(() => pageRequest({ pageSize: requestedPageSize, pageToken }, "auto_top_ups", accountId, ["timestamp", "uuid"]));
     v.throwIfAny();
     const { size, after } = paging!;
     const found = await attemptsOf(this.sequelize, accountId, after as [string, string] | undefined, size + 1);
