@@ -15,6 +15,7 @@
  *          --profile=DIR (write a V8 CPU profile of the service into DIR)
  *          --client=lean|connect (load generator; see bench/lean-clients.ts)
  *          --workers=N (the service's WORKERS; CPU and RSS are then summed over its processes)
+ *          --baseline=none (skip the raw baselines: for profiling the service alone)
  * Environment: BENCH_SERVICE_NODE_ARGS adds node flags to the service process.
  */
 import { createClient, type Client } from "@connectrpc/connect";
@@ -46,6 +47,8 @@ interface Options {
   workers: number;
   /** The load generator: lean wire-level clients (default) or the generated Connect clients. */
   client: "lean" | "connect";
+  /** Run the raw baselines (--baseline=none skips them, for profiling the service alone). */
+  baseline: boolean;
 }
 
 interface Result {
@@ -82,6 +85,7 @@ function parseOptions(argv: string[]): Options {
     profile: get("profile") ?? "",
     workers: Math.max(1, Number(get("workers") ?? 1)),
     client: get("client") === "connect" ? "connect" : "lean",
+    baseline: get("baseline") !== "none",
   };
 }
 
@@ -416,7 +420,7 @@ async function main(): Promise<void> {
     }
   };
   const baselineAccount = (scenario: string, i: number) => (scenario === "hot" ? "base_0" : `base_${i % ACCOUNTS}`);
-  for (const scenario of opt.scenarios) {
+  for (const scenario of opt.baseline ? opt.scenarios : []) {
     for (const connections of [1, 8, 64]) {
       const pool = new pg.Pool({ connectionString: url, max: connections });
       const r = await drive(`baseline ${scenario} x${connections}`, opt.duration, connections, (i) => baselineTx(pool, baselineAccount(scenario, i)));
@@ -471,6 +475,7 @@ async function main(): Promise<void> {
         const half = await pace(`service ${scenario} ${protocol} at half peak`, opt.duration, r.rate / 2, call, service.pid);
         results.push({ ...half, kind: "half-peak", scenario, protocol });
         close();
+        if (!opt.baseline) continue;
         // The database's own tail at that same rate: the baseline transaction, paced alike.
         const pool = new pg.Pool({ connectionString: url, max: opt.concurrency });
         const floor = await pace(`baseline ${scenario} paced like ${protocol}`, opt.duration, r.rate / 2, (i) => baselineTx(pool, baselineAccount(scenario, i)));

@@ -15,6 +15,7 @@ import * as openCatalogues from "./migrations/0006-open-catalogues.js";
 import * as globalClaims from "./migrations/0007-global-claims.js";
 import * as events from "./migrations/0008-events.js";
 import * as priceVersions from "./migrations/0009-price-versions.js";
+import * as usageLogIndex from "./migrations/0010-usage-log-index.js";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { PROJECT_ROOT } from "./connect.js";
@@ -31,6 +32,7 @@ const MIGRATIONS: { name: string; up: Migration; down: Migration }[] = [
   { name: "0007-global-claims", ...globalClaims },
   { name: "0008-events", ...events },
   { name: "0009-price-versions", ...priceVersions },
+  { name: "0010-usage-log-index", ...usageLogIndex },
 ];
 
 /**

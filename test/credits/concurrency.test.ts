@@ -45,6 +45,43 @@ describe("CreditService under concurrency", function () {
     expect(await assertLedgerConsistent(account)).to.equal(93n);
   });
 
+  // billing_debit reads stored keys under the account lock and stores its
+  // own at the end; a transaction that stores the same key without that lock
+  // (another method's claim) in between is the race these two pin down.
+  for (const other of ["commits", "rolls back"] as const) {
+    it(`a deduction whose key another transaction stores meanwhile (it ${other}) writes nothing twice`, async () => {
+      const account = newAccount("keyrace");
+      const svc = client(CreditService, TOKENS.service, "grpc-http2");
+      await svc.grantCredits({ accountId: account, amount: 100n, type: CreditTransactionType.PURCHASE, idempotencyKey: key() });
+      const k = key();
+      const db = harness().sequelize;
+      const t = await db.transaction();
+      let settled = false;
+      try {
+        await db.query(`INSERT INTO idempotency_keys (account_id, key, method, request_hash, response) VALUES ($1, $2, 'AdjustCredits', repeat('0', 64), '{"held": true}')`, { bind: [account, k], transaction: t });
+        const deduction = svc.deductCredits({ accountId: account, operationType: "optimization", usage: { credits: 7n }, idempotencyKey: k }).finally(() => (settled = true));
+        await new Promise((r) => setTimeout(r, 300));
+        expect(settled, "the deduction waits for the key's owner").to.equal(false);
+        if (other === "commits") {
+          await t.commit();
+          const err = await deduction.then(() => undefined, (e: unknown) => e);
+          expect(err).to.be.instanceOf(ConnectError);
+          expect((err as ConnectError).code).to.equal(Code.AlreadyExists);
+          expect(await assertLedgerConsistent(account)).to.equal(100n);
+        } else {
+          await t.rollback();
+          const r = await deduction;
+          expect(r.balance?.balance).to.equal(93n);
+          const again = await svc.deductCredits({ accountId: account, operationType: "optimization", usage: { credits: 7n }, idempotencyKey: k });
+          expect(again.transaction?.id).to.equal(r.transaction?.id);
+          expect(await assertLedgerConsistent(account)).to.equal(93n);
+        }
+      } finally {
+        if (!settled) await t.rollback().catch(() => undefined);
+      }
+    });
+  }
+
   it("racing grants and deductions across many accounts keep every ledger consistent", async () => {
     const accounts = Array.from({ length: 10 }, () => newAccount("mix"));
     const svc = client(CreditService, TOKENS.service, "grpc-http2");

@@ -32,9 +32,10 @@ $fn$;
 --                'partial' as much of `credits` as fits (may be 0: 'empty')
 --                'all'     everything left in `lot` (voids)
 --   lot          draw only from this lot (refunds by provenance, voids)
---   key, hash    idempotency: claimed first; a taken key is answered from
---                what it stored ('replay'), 'reused' for another request, or
---                'taken' while its owner is this very statement
+--   key, hash    idempotency: a stored key is answered from what it stored
+--                ('replay'), 'reused' for another request, or 'taken' when
+--                an earlier request of this very statement carries it; a
+--                request that debits stores its record under its key
 --   usage        {operation, cost, model, tokens_in, tokens_out, related_type,
 --                related_id, cost_version, model_version}: also write a
 --                credit_usage_logs row (with the price version ids it was priced with)
@@ -42,17 +43,26 @@ $fn$;
 -- without debiting them.
 --
 -- The rule, per statement:
--- 1. Keys are claimed in (account, key) order, accounts locked in account
---    order (so no two statements deadlock), holds read after the lock.
--- 2. Lots of those accounts that reached expires_at leave the balance first,
+-- 1. Accounts are locked in account order (so no two statements deadlock);
+--    holds are read after the lock, for all of them in one query.
+-- 2. Keys: the ones already stored are read in one query and answered from
+--    what they stored ('replay'), or 'reused' for another request; a key
+--    that an earlier request of this statement carries is 'taken'.
+-- 3. Lots of those accounts that reached expires_at leave the balance first,
 --    each through an EXPIRATION ledger row: a credit is never both spent and
 --    expired, and no balance includes expired credits.
--- 3. Available = balance - open holds - credits of lots not yet effective.
--- 4. In arrival order, each request draws from its account's usable lots in
+-- 4. Available = balance - open holds - credits of lots not yet effective.
+-- 5. In arrival order, each request draws from its account's usable lots in
 --    burn order: priority (lower first), then soonest expires_at (never
 --    expiring last), then oldest, then id. Its ledger row records the
---    allocations ([{lot_id, amount}]) and balance_after.
--- 5. Lots and balances are written once each at the end.
+--    allocations ([{lot_id, amount}]) and balance_after. This step only
+--    computes; a request that does not fit fails alone and writes nothing.
+-- 6. Then each table is written once, set-based: the ledger rows, the usage
+--    logs, the keys (each stored once, with its final record, in (account,
+--    key) order), the touched lots, the changed balances. A key stored
+--    meanwhile by a transaction that did not hold the account lock (another
+--    method using the same key) fails the statement with a serialization
+--    failure (40001): it wrote nothing, and a retry answers from that key.
 -- Each returned row: ord (1-based request index; 0 for a lot that expired,
 -- detail {account_id, amount}), outcome (ok, empty, insufficient, replay,
 -- reused, taken, expired) and detail: for ok/replay the debit
@@ -61,7 +71,7 @@ $fn$;
 -- {"available": n}.
 CREATE OR REPLACE FUNCTION billing_debit(p_method text, p_requests jsonb, p_accounts text[] DEFAULT '{}')
 RETURNS TABLE (ord integer, outcome text, detail jsonb)
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $fn$
 DECLARE
   n          integer := coalesce(jsonb_array_length(p_requests), 0);
   r_account  text[];
@@ -89,6 +99,40 @@ DECLARE
   l_pending  boolean[];
   l_touched  boolean[];
   l_count    integer := 0;
+  -- The requests that debit (w_*), in arrival order, and their usage logs (u_*).
+  m          integer := 0;
+  w_ord      integer[] := '{}';
+  w_acct     text[] := '{}';
+  w_type     text[] := '{}';
+  w_amount   bigint[] := '{}';
+  w_bal      bigint[] := '{}';
+  w_desc     text[] := '{}';
+  w_meta     jsonb[] := '{}';
+  w_payment  uuid[] := '{}';
+  w_allocs   jsonb[] := '{}';
+  w_avail    bigint[] := '{}';
+  w_held     bigint[] := '{}';
+  w_tx       bigint[];
+  w_log      bigint[];
+  w_rec      jsonb[] := '{}';
+  u_count    integer := 0;
+  u_at       integer[] := '{}';
+  u_id       bigint[];
+  u_tx       bigint[] := '{}';
+  u_acct     text[] := '{}';
+  u_op       text[] := '{}';
+  u_credits  bigint[] := '{}';
+  u_cost     numeric[] := '{}';
+  u_model    text[] := '{}';
+  u_in       bigint[] := '{}';
+  u_out      bigint[] := '{}';
+  u_rtype    text[] := '{}';
+  u_rid      text[] := '{}';
+  u_meta     jsonb[] := '{}';
+  u_cver     bigint[] := '{}';
+  u_mver     bigint[] := '{}';
+  keyed      integer := 0;
+  stored_n   integer;
   i          integer;
   j          integer;
   k          integer;
@@ -98,8 +142,6 @@ DECLARE
   take       bigint;
   part       bigint;
   allocs     jsonb;
-  tx_id      bigint;
-  log_id     bigint;
   u          jsonb;
   stamp      text := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
   rec        jsonb;
@@ -120,35 +162,42 @@ BEGIN
   decided := array_fill(NULL::text, ARRAY[greatest(n, 1)]);
   answer := array_fill(NULL::jsonb, ARRAY[greatest(n, 1)]);
 
-  -- 1. Claim the keys in (account, key) order.
-  FOR i IN SELECT s.i FROM generate_subscripts(r_account, 1) AS s(i) WHERE r_key[s.i] IS NOT NULL ORDER BY r_account[s.i], r_key[s.i], s.i LOOP
-    INSERT INTO idempotency_keys (account_id, key, method, request_hash, response)
-    VALUES (r_account[i], r_key[i], p_method, r_hash[i], 'null'::jsonb)
-    ON CONFLICT (account_id, key) DO NOTHING;
-    CONTINUE WHEN FOUND;
-    SELECT d.request_hash, d.response INTO stored FROM idempotency_keys d WHERE d.account_id = r_account[i] AND d.key = r_key[i];
-    IF stored.response IS NULL OR stored.response = 'null'::jsonb THEN
-      decided[i] := 'taken';           -- claimed by an earlier request of this statement
-    ELSIF stored.request_hash = r_hash[i] THEN
-      decided[i] := 'replay'; answer[i] := stored.response;
-    ELSE
-      decided[i] := 'reused';
-    END IF;
-  END LOOP;
-
-  -- 2. Lock the accounts in a fixed order; read holds after the lock.
+  -- 1. Lock the accounts in a fixed order; read their holds after the lock.
   SELECT coalesce(array_agg(l.account_id ORDER BY l.account_id), '{}'), coalesce(array_agg(l.balance ORDER BY l.account_id), '{}')
     INTO accts, bal
   FROM (SELECT a.account_id, a.balance FROM billing_accounts a
         WHERE a.account_id = ANY (r_account || p_accounts) ORDER BY a.account_id FOR UPDATE) l;
-  held := array_fill(0::bigint, ARRAY[greatest(cardinality(accts), 1)]);
+  SELECT coalesce(array_agg(h.reserved ORDER BY a.o), '{}') INTO held
+  FROM unnest(accts) WITH ORDINALITY AS a(acct, o) CROSS JOIN LATERAL billing_reserved(a.acct) h;
   pend := array_fill(0::bigint, ARRAY[greatest(cardinality(accts), 1)]);
   changed := array_fill(false, ARRAY[greatest(cardinality(accts), 1)]);
   used := array_fill(false, ARRAY[greatest(cardinality(accts), 1)]);
-  FOR j IN 1..cardinality(accts) LOOP
-    SELECT h.reserved INTO take FROM billing_reserved(accts[j]) h;
-    held[j] := take;
+
+  -- 2. Keys already stored, in one read; a key carried twice is the first carrier's.
+  FOR i IN 1..n LOOP
+    CONTINUE WHEN r_key[i] IS NULL;
+    keyed := keyed + 1;
+    FOR k IN 1..i - 1 LOOP
+      IF r_key[k] = r_key[i] AND r_account[k] = r_account[i] THEN decided[i] := 'taken'; EXIT; END IF;
+    END LOOP;
   END LOOP;
+  IF keyed > 0 THEN
+    FOR stored IN
+      SELECT q.i, d.request_hash, d.response
+      FROM unnest(r_account, r_key) WITH ORDINALITY AS q(account_id, key, i)
+      JOIN idempotency_keys d ON d.account_id = q.account_id AND d.key = q.key
+    LOOP
+      i := stored.i;
+      CONTINUE WHEN decided[i] IS NOT NULL;
+      IF stored.response IS NULL OR stored.response = 'null'::jsonb THEN
+        decided[i] := 'taken';           -- claimed by a transaction still writing it
+      ELSIF stored.request_hash = r_hash[i] THEN
+        decided[i] := 'replay'; answer[i] := stored.response;
+      ELSE
+        decided[i] := 'reused';
+      END IF;
+    END LOOP;
+  END IF;
 
   -- 3. The open lots, in burn order; the due ones expire now.
   FOR lot IN
@@ -181,7 +230,7 @@ BEGIN
     IF l_pending[l_count] THEN pend[j] := pend[j] + lot.remaining; END IF;
   END LOOP;
 
-  -- 4. In arrival order: each request is taken from its lots, or fails alone.
+  -- 4-5. In arrival order: each request is taken from its lots, or fails alone. Nothing is written yet.
   FOR i IN 1..n LOOP
     IF decided[i] IS NOT NULL THEN
       ord := i; outcome := decided[i]; detail := answer[i];
@@ -201,18 +250,12 @@ BEGIN
                                            CASE WHEN k IS NOT NULL AND l_pending[k] THEN l_rem[k] ELSE available END)
       ELSE least(r_credits[i], available) END;
     IF r_mode[i] = 'strict' AND take < r_credits[i] THEN
-      IF r_key[i] IS NOT NULL THEN
-        DELETE FROM idempotency_keys d WHERE d.account_id = r_account[i] AND d.key = r_key[i];
-      END IF;
       ord := i; outcome := 'insufficient';
       detail := jsonb_build_object('available', (CASE WHEN r_lot[i] IS NULL THEN available ELSE take END)::text);
       RETURN NEXT;
       CONTINUE;
     END IF;
     IF take <= 0 THEN
-      IF r_key[i] IS NOT NULL THEN
-        DELETE FROM idempotency_keys d WHERE d.account_id = r_account[i] AND d.key = r_key[i];
-      END IF;
       ord := i; outcome := 'empty'; detail := NULL;
       RETURN NEXT;
       CONTINUE;
@@ -243,57 +286,106 @@ BEGIN
     changed[j] := true;
     IF r_type[i] = 'deduction' THEN used[j] := true; END IF;
 
-    INSERT INTO credit_transactions (account_id, type, amount, balance_after, description, metadata, payment_id, allocations)
-    VALUES (r_account[i], r_type[i], -take, bal[j], r_desc[i], r_meta[i], r_payment[i], allocs)
-    RETURNING id INTO tx_id;
-    u := r_usage[i];
-    log_id := NULL;
-    IF u IS NOT NULL AND jsonb_typeof(u) = 'object' THEN
-      INSERT INTO credit_usage_logs (account_id, transaction_id, operation_type, credits_used, cost_usd, model_used,
+    m := m + 1;
+    w_ord[m] := i; w_acct[m] := r_account[i]; w_type[m] := r_type[i]; w_amount[m] := -take; w_bal[m] := bal[j];
+    w_desc[m] := r_desc[i]; w_meta[m] := r_meta[i]; w_payment[m] := r_payment[i]; w_allocs[m] := allocs;
+    w_held[m] := held[j]; w_avail[m] := greatest(bal[j] - held[j] - pend[j], 0);
+  END LOOP;
+
+  IF m > 0 THEN
+    -- 6. Write each table once. Ledger ids are drawn first, so that each
+    --    usage log and stored record can name its ledger row.
+    SELECT array_agg(nextval('credit_transactions_id_seq'::regclass)) INTO w_tx FROM generate_series(1, m);
+    INSERT INTO credit_transactions (id, account_id, type, amount, balance_after, description, metadata, payment_id, allocations)
+    OVERRIDING SYSTEM VALUE
+    SELECT * FROM unnest(w_tx, w_acct, w_type, w_amount, w_bal, w_desc, w_meta, w_payment, w_allocs);
+
+    w_log := array_fill(NULL::bigint, ARRAY[m]);
+    FOR k IN 1..m LOOP
+      u := r_usage[w_ord[k]];
+      CONTINUE WHEN u IS NULL OR jsonb_typeof(u) <> 'object';
+      u_count := u_count + 1;
+      u_at[u_count] := k;
+      u_tx[u_count] := w_tx[k]; u_acct[u_count] := w_acct[k]; u_op[u_count] := u->>'operation';
+      u_credits[u_count] := -w_amount[k]; u_cost[u_count] := nullif(u->>'cost', '')::numeric;
+      u_model[u_count] := coalesce(u->>'model', ''); u_in[u_count] := coalesce((u->>'tokens_in')::bigint, 0);
+      u_out[u_count] := coalesce((u->>'tokens_out')::bigint, 0); u_rtype[u_count] := coalesce(u->>'related_type', '');
+      u_rid[u_count] := coalesce(u->>'related_id', ''); u_meta[u_count] := w_meta[k];
+      u_cver[u_count] := nullif(u->>'cost_version', '')::bigint; u_mver[u_count] := nullif(u->>'model_version', '')::bigint;
+    END LOOP;
+    IF u_count > 0 THEN
+      SELECT array_agg(nextval('credit_usage_logs_id_seq'::regclass)) INTO u_id FROM generate_series(1, u_count);
+      INSERT INTO credit_usage_logs (id, transaction_id, account_id, operation_type, credits_used, cost_usd, model_used,
                                      tokens_input, tokens_output, related_object_type, related_object_id, metadata,
                                      cost_config_version_id, model_price_version_id)
-      VALUES (r_account[i], tx_id, u->>'operation', take, nullif(u->>'cost', '')::numeric, coalesce(u->>'model', ''),
-              coalesce((u->>'tokens_in')::bigint, 0), coalesce((u->>'tokens_out')::bigint, 0),
-              coalesce(u->>'related_type', ''), coalesce(u->>'related_id', ''), r_meta[i],
-              nullif(u->>'cost_version', '')::bigint, nullif(u->>'model_version', '')::bigint)
-      RETURNING id INTO log_id;
+      OVERRIDING SYSTEM VALUE
+      SELECT * FROM unnest(u_id, u_tx, u_acct, u_op, u_credits, u_cost, u_model, u_in, u_out, u_rtype, u_rid, u_meta, u_cver, u_mver);
+      FOR k IN 1..u_count LOOP w_log[u_at[k]] := u_id[k]; END LOOP;
     END IF;
 
-    rec := jsonb_build_object(
-      'transaction_id', tx_id::text, 'account_id', r_account[i], 'type', r_type[i], 'amount', (-take)::text,
-      'balance_after', bal[j]::text, 'description', r_desc[i], 'metadata', r_meta[i], 'payment_id', r_payment[i],
-      'created_at', stamp, 'allocations', allocs, 'reserved', held[j]::text,
-      'available', greatest(bal[j] - held[j] - pend[j], 0)::text, 'usage_log_id', log_id::text);
-    IF log_id IS NOT NULL THEN
-      rec := rec || jsonb_build_object(
-        'operation_type', u->>'operation', 'cost_usd', coalesce(u->>'cost', ''), 'model', coalesce(u->>'model', ''),
-        'tokens_input', coalesce(u->>'tokens_in', '0'), 'tokens_output', coalesce(u->>'tokens_out', '0'),
-        'related_object_type', coalesce(u->>'related_type', ''), 'related_object_id', coalesce(u->>'related_id', ''),
-        'cost_config_version_id', coalesce(u->>'cost_version', ''), 'model_price_version_id', coalesce(u->>'model_version', ''));
-    END IF;
-    IF r_key[i] IS NOT NULL THEN
-      UPDATE idempotency_keys d SET response = rec WHERE d.account_id = r_account[i] AND d.key = r_key[i];
-    END IF;
-    ord := i; outcome := 'ok'; detail := rec;
-    RETURN NEXT;
-  END LOOP;
+    -- The debit records: each request's answer, and what its key stores.
+    FOR k IN 1..m LOOP
+      i := w_ord[k];
+      rec := jsonb_build_object(
+        'transaction_id', w_tx[k]::text, 'account_id', w_acct[k], 'type', w_type[k], 'amount', w_amount[k]::text,
+        'balance_after', w_bal[k]::text, 'description', w_desc[k], 'metadata', w_meta[k], 'payment_id', w_payment[k],
+        'created_at', stamp, 'allocations', w_allocs[k], 'reserved', w_held[k]::text,
+        'available', w_avail[k]::text, 'usage_log_id', w_log[k]::text);
+      IF w_log[k] IS NOT NULL THEN
+        u := r_usage[i];
+        rec := rec || jsonb_build_object(
+          'operation_type', u->>'operation', 'cost_usd', coalesce(u->>'cost', ''), 'model', coalesce(u->>'model', ''),
+          'tokens_input', coalesce(u->>'tokens_in', '0'), 'tokens_output', coalesce(u->>'tokens_out', '0'),
+          'related_object_type', coalesce(u->>'related_type', ''), 'related_object_id', coalesce(u->>'related_id', ''),
+          'cost_config_version_id', coalesce(u->>'cost_version', ''), 'model_price_version_id', coalesce(u->>'model_version', ''));
+      END IF;
+      w_rec[k] := rec;
+    END LOOP;
 
-  -- 5. Each touched lot and each changed balance is written once.
-  FOR k IN 1..l_count LOOP
-    CONTINUE WHEN NOT l_touched[k];
-    UPDATE credit_lots c SET remaining = l_rem[k],
-      state = CASE WHEN l_rem[k] = 0 THEN 'exhausted' ELSE c.state END,
-      closed_at = CASE WHEN l_rem[k] = 0 THEN now() ELSE c.closed_at END
-    WHERE c.account_id = accts[l_acct[k]] AND c.id = l_id[k];
-  END LOOP;
+    -- Each key once, with its record, in (account, key) order. A conflict
+    -- means a transaction that did not hold the account lock stored the key
+    -- after step 2 read: this statement must not answer as if it had not.
+    IF keyed > 0 THEN
+      INSERT INTO idempotency_keys (account_id, key, method, request_hash, response)
+      SELECT r_account[x.i], r_key[x.i], p_method, r_hash[x.i], x.rec
+      FROM unnest(w_ord, w_rec) AS x(i, rec)
+      WHERE r_key[x.i] IS NOT NULL
+      ORDER BY r_account[x.i], r_key[x.i]
+      ON CONFLICT (account_id, key) DO NOTHING;
+      GET DIAGNOSTICS stored_n = ROW_COUNT;
+      IF stored_n < (SELECT count(*) FROM unnest(w_ord) AS x(i) WHERE r_key[x.i] IS NOT NULL) THEN
+        RAISE EXCEPTION 'billing_debit: an idempotency key was stored concurrently; retry'
+          USING ERRCODE = 'serialization_failure';
+      END IF;
+    END IF;
+  END IF;
+
+  -- Each touched lot and each changed balance is written once.
+  IF true = ANY (l_touched) THEN
+  UPDATE credit_lots c SET remaining = x.rem,
+    state = CASE WHEN x.rem = 0 THEN 'exhausted' ELSE c.state END,
+    closed_at = CASE WHEN x.rem = 0 THEN now() ELSE c.closed_at END
+  FROM unnest(l_id, l_acct, l_rem, l_touched) AS x(id, j, rem, touched)
+  WHERE x.touched AND c.account_id = accts[x.j] AND c.id = x.id;
+  END IF;
   -- Each balance write tells the balance trigger (billing_events.sql) whether
   -- usage took credits from it (a deduction or a reservation commit): only
-  -- usage starts an auto top-up; refunds, voids, adjustments and expiries do not.
-  FOR j IN 1..cardinality(accts) LOOP
-    CONTINUE WHEN NOT changed[j];
-    PERFORM set_config('billing.usage_debit', CASE WHEN used[j] THEN 'on' ELSE '' END, true);
-    UPDATE billing_accounts a SET balance = bal[j], updated_at = now() WHERE a.account_id = accts[j];
+  -- usage starts an auto top-up; refunds, voids, adjustments and expiries
+  -- do not. So balances are written by two statements: usage, then the rest.
+  IF true = ANY (used) THEN
+    PERFORM set_config('billing.usage_debit', 'on', true);
+    UPDATE billing_accounts a SET balance = x.bal, updated_at = now()
+    FROM unnest(accts, bal, changed, used) AS x(acct, bal, changed, used)
+    WHERE x.used AND a.account_id = x.acct;
+    PERFORM set_config('billing.usage_debit', '', true);
+  END IF;
+  UPDATE billing_accounts a SET balance = x.bal, updated_at = now()
+  FROM unnest(accts, bal, changed, used) AS x(acct, bal, changed, used)
+  WHERE x.changed AND NOT x.used AND a.account_id = x.acct;
+
+  FOR k IN 1..m LOOP
+    ord := w_ord[k]; outcome := 'ok'; detail := w_rec[k];
+    RETURN NEXT;
   END LOOP;
-  PERFORM set_config('billing.usage_debit', '', true);
 END
 $fn$;

@@ -25,7 +25,7 @@ export interface DebitRequest {
   mode?: "strict" | "partial" | "all";
   /** Draw only from this lot. */
   lotId?: string;
-  /** Idempotency: claimed inside the statement; the record is stored under it. */
+  /** Idempotency: read under the account lock; the record is stored under it, in the same statement. */
   key?: string;
   hash?: string;
   /** Also write a usage log. */

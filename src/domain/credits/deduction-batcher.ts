@@ -7,7 +7,7 @@
  *
  * Semantics are those of a single deduction, per request:
  * - its own ledger row with the right balance_after, its own usage log, its
- *   own idempotency record (claimed before the effect, stored with it);
+ *   own idempotency record (stored with the effect, in the same statement);
  * - INSUFFICIENT_CREDITS fails only the requests that no longer fit, in
  *   arrival order, and stores nothing for them;
  * - a request whose idempotency key is already taken is answered from what

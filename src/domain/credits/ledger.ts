@@ -301,7 +301,7 @@ export class CreditLedger {
           case "reused":
             throw idempotencyKeyReused(job.idempotencyKey);
           default:
-            // The key vanished between claim and read (purged): a retry decides afresh.
+            // 'taken': the key's owner had not finished writing it; a retry decides afresh.
             throw new BillingError("aborted", Reason.Conflict, "the request conflicted with a concurrent one; retry it");
         }
       },
