@@ -157,15 +157,23 @@ export class DeductionBatcher {
       if (batch.length === 0) return;
       for (const a of accounts) this.busy.add(a);
       this.inFlight++;
-      this.run(batch).finally(() => {
+      let released = false;
+      // The slot and the accounts are free as soon as the statement has
+      // returned: the next batch goes to the database while this one's
+      // callers are answered (encoding and writing answers takes the event
+      // loop about as long as the statement took the database).
+      const release = () => {
+        if (released) return;
+        released = true;
         for (const a of accounts) this.busy.delete(a);
         this.inFlight--;
         this.pump();
-      });
+      };
+      this.run(batch, release).finally(release);
     }
   }
 
-  private async run(batch: Pending[]): Promise<void> {
+  private async run(batch: Pending[], release: () => void): Promise<void> {
     let outcomes;
     const started = performance.now();
     this.meter.batch(batch.length, batch.map((p) => started - p.queuedAt));
@@ -177,6 +185,7 @@ export class DeductionBatcher {
       // One statement outside any explicit transaction: it commits when it returns.
       outcomes = await retryingConflicts(() => runDebits(this.sequelize, "DeductCredits", batch.map((p) => deductionDebit(p.job)), undefined, expired));
     } catch (err) {
+      release();
       // One request's input must never fail another's charge. The statement
       // rolled back as a whole, so each request is tried again on its own,
       // where only a request that fails by itself gets the error (its key
@@ -186,6 +195,7 @@ export class DeductionBatcher {
       else for (const p of batch) this.single(p.job).then(p.resolve, p.reject);
       return;
     }
+    release();
     const changed = new Set<string>();
     const taken: Pending[] = [];
     outcomes.forEach((o, i) => {
