@@ -208,8 +208,10 @@ function freePort(): Promise<number> {
 async function startService(databaseUrl: string, port: number, profileDir: string, workers = 1): Promise<ChildProcess> {
   const profiling = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(profileDir)}`] : [];
   const extra = (process.env.BENCH_SERVICE_NODE_ARGS ?? "").split(" ").filter(Boolean);
-  // What `npm start` runs: the compiled service.
-  const child = spawn(process.execPath, [...profiling, ...extra, path.join(PROJECT_ROOT, "dist", "src", "main.js")], {
+  // What `npm start` runs: the compiled service, with package.json's config.node_flags.
+  const pkg = JSON.parse(readFileSync(path.join(PROJECT_ROOT, "package.json"), "utf8")) as { config?: { node_flags?: string } };
+  const startFlags = (pkg.config?.node_flags ?? "").split(" ").filter(Boolean);
+  const child = spawn(process.execPath, [...startFlags, ...profiling, ...extra, path.join(PROJECT_ROOT, "dist", "src", "main.js")], {
     cwd: PROJECT_ROOT,
     env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), HOST: "127.0.0.1", BILLING_API_KEYS: `service=${TOKEN}`, LOG_LEVEL: "warn", WORKERS: String(workers) },
     stdio: ["ignore", "pipe", "pipe"],
