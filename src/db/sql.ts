@@ -33,8 +33,9 @@ interface ConnectionManager {
 
 /**
  * The rows of one statement that is its own transaction, sent straight
- * through a pooled connection: the same pool, connections and errors (pg's,
- * with their SQLSTATE) as `rows`, without Sequelize's per-query work (option
+ * through a pooled connection: the same pool and connections as `rows`;
+ * errors are pg's own (SQLSTATE in `code`, which src/errors.ts and the
+ * retries read), not Sequelize's wrappers. Without Sequelize's per-query work (option
  * merging, bind rewriting, a stack trace per call, hooks), which measured
  * about 5% of the service's CPU on the coalesced deduction path. For hot
  * statements only; everything else goes through `rows`.

@@ -43,7 +43,8 @@ $fn$;
 -- without debiting them.
 --
 -- The rule, per statement:
--- 1. Accounts are locked in account order (so no two statements deadlock);
+-- 1. Accounts are locked in account order (so no two of these statements
+--    deadlock one another);
 --    holds are read after the lock, for all of them in one query.
 -- 2. Keys: the ones already stored are read in one query and answered from
 --    what they stored ('replay'), or 'reused' for another request; a key
@@ -63,6 +64,12 @@ $fn$;
 --    meanwhile by a transaction that did not hold the account lock (another
 --    method using the same key) fails the statement with a serialization
 --    failure (40001): it wrote nothing, and a retry answers from that key.
+--    If that transaction is still open, the key insert waits for it; if it
+--    then needs one of these accounts (runIdempotent claims a key before
+--    its effect locks the account), PostgreSQL reports a deadlock after
+--    deadlock_timeout (1 s) and the victim is retried. It takes one key
+--    sent to two methods at once, a caller's mistake; the answers stay
+--    exact (ALREADY_EXISTS), only that batch waits a second.
 -- Each returned row: ord (1-based request index; 0 for a lot that expired,
 -- detail {account_id, amount}), outcome (ok, empty, insufficient, replay,
 -- reused, taken, expired) and detail: for ok/replay the debit
@@ -205,7 +212,7 @@ BEGIN
     LOOP
       i := stored.i;
       IF NOT stored.found OR stored.response IS NULL OR stored.response = 'null'::jsonb THEN
-        decided[i] := 'taken';           -- an earlier request of this statement carries it, or a transaction still writing it
+        decided[i] := 'taken';           -- an earlier request of this statement carries it (or a stored key left without its answer)
       ELSIF stored.request_hash = r_hash[i] THEN
         decided[i] := 'replay'; answer[i] := stored.response;
       ELSE

@@ -185,17 +185,17 @@ export class DeductionBatcher {
       // One statement outside any explicit transaction: it commits when it returns.
       outcomes = await retryingConflicts(() => runDebits(this.sequelize, "DeductCredits", batch.map((p) => deductionDebit(p.job)), undefined, expired));
     } catch (err) {
-      release();
       // One request's input must never fail another's charge. The statement
       // rolled back as a whole, so each request is tried again on its own,
       // where only a request that fails by itself gets the error (its key
       // makes the retry exactly-once even if the failure hid a commit). A
       // lost database fails them all at once instead of once per request.
+      // The accounts stay with this batch until those retries are done, so
+      // that a later request cannot be charged before an earlier one.
       if (batch.length === 1 || isConnectionLoss(err)) for (const p of batch) p.reject(err);
-      else for (const p of batch) this.single(p.job).then(p.resolve, p.reject);
+      else await Promise.allSettled(batch.map((p) => this.single(p.job).then(p.resolve, p.reject)));
       return;
     }
-    release();
     const changed = new Set<string>();
     const taken: Pending[] = [];
     outcomes.forEach((o, i) => {
@@ -220,8 +220,12 @@ export class DeductionBatcher {
       }
     });
     for (const accountId of changed) this.announce(accountId);
-    // Keys taken within the batch: replay or ALREADY_EXISTS through the single path, now that this batch is durable.
-    for (const p of taken) this.single(p.job).then(p.resolve, p.reject);
+    // Keys taken within the batch: replay or ALREADY_EXISTS through the single
+    // path, now that this batch is durable; the accounts stay with this batch
+    // until then (as after a failed statement). Otherwise they are free now,
+    // before the callers' answers are encoded and written.
+    if (taken.length === 0) release();
+    else await Promise.allSettled(taken.map((p) => this.single(p.job).then(p.resolve, p.reject)));
   }
 }
 

@@ -301,7 +301,7 @@ export class CreditLedger {
           case "reused":
             throw idempotencyKeyReused(job.idempotencyKey);
           default:
-            // 'taken': the key's owner had not finished writing it; a retry decides afresh.
+            // 'taken': the key is stored without its answer (a claim committed empty); a retry decides afresh.
             throw new BillingError("aborted", Reason.Conflict, "the request conflicted with a concurrent one; retry it");
         }
       },
