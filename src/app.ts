@@ -65,7 +65,7 @@ export function createApp(config: Config, sequelize: Sequelize, logger: Logger):
   const catalogue = new ModelCatalogue(sequelize);
   const pricing = new Pricing(sequelize, catalogue);
   const notifications = new BalanceNotifications(sequelize, logger);
-  const ledger = new CreditLedger(sequelize, pricing, (accountId) => notifications.announce(accountId), metrics);
+  const ledger = new CreditLedger(sequelize, pricing, (accountId) => notifications.announce(accountId), metrics, config.deductBatches);
   const packages = new CreditPackages(sequelize);
   const credit = {
     ledger,

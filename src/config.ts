@@ -37,6 +37,8 @@ export interface Config {
   lotExpiryWarningMs?: number;
   /** SWEEP_INTERVAL_MS: how often due lots and reservations are expired and expiry warnings written (default 30000). */
   sweepIntervalMs?: number;
+  /** DEDUCT_BATCHES: how many coalesced deduction batches a process runs at once (default 2). */
+  deductBatches?: number;
   /**
    * The auto top-up worker (README, "Auto top-up"). loadConfig always sets
    * it; unset (a Config built by hand, as the test harness's) runs no
@@ -134,6 +136,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseConnectTimeoutMs: read("DATABASE_CONNECT_TIMEOUT_MS", () => positiveInteger(env, "DATABASE_CONNECT_TIMEOUT_MS", 30_000), 0),
     lotExpiryWarningMs: read("LOT_EXPIRY_WARNING_HOURS", () => positiveInteger(env, "LOT_EXPIRY_WARNING_HOURS", 72) * 3_600_000, 72 * 3_600_000),
     sweepIntervalMs: read("SWEEP_INTERVAL_MS", () => positiveInteger(env, "SWEEP_INTERVAL_MS", 30_000), 30_000),
+    deductBatches: read("DEDUCT_BATCHES", () => Math.min(positiveInteger(env, "DEDUCT_BATCHES", 2), 64), 2),
     workers: read("WORKERS", () => (env.WORKERS === "auto" ? availableParallelism() : Math.min(positiveInteger(env, "WORKERS", 1), 256)), 1),
     autoTopUp: {
       pollMs: read("AUTO_TOP_UP_POLL_MS", () => positiveInteger(env, "AUTO_TOP_UP_POLL_MS", 2_000), 0),

@@ -101,8 +101,10 @@ export class CreditLedger {
     private readonly onBalanceChange: (accountId: string) => void = () => undefined,
     /** Told of credits moved and batches run (metrics). */
     private readonly meter: LedgerMeter = NO_METER,
+    /** How many deduction batches run at once (DEDUCT_BATCHES; the batcher's default when unset). */
+    batchesInFlight?: number,
   ) {
-    this.batcher = new DeductionBatcher(sequelize, (job) => this.deductOne(job), (accountId) => this.onBalanceChange(accountId), meter);
+    this.batcher = new DeductionBatcher(sequelize, (job) => this.deductOne(job), (accountId) => this.onBalanceChange(accountId), meter, batchesInFlight);
   }
 
   private readonly batcher: DeductionBatcher;
