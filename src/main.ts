@@ -52,13 +52,6 @@ async function runServer(config: Config): Promise<void> {
     await db.close();
     process.exit(1);
   }
-  logger.info("billing listening", {
-    host: config.host,
-    port,
-    database: config.databaseUrl ? "DATABASE_URL" : `embedded (${db.embedded?.dataDir})`,
-    ...(cluster.isWorker ? { worker: cluster.worker?.id } : {}),
-  });
-
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -74,6 +67,15 @@ async function runServer(config: Config): Promise<void> {
   // A worker whose primary is gone drains too.
   if (cluster.isWorker) process.on("disconnect", () => void stop("primary gone"));
   process.on("unhandledRejection", (reason) => logger.error("unhandled rejection", { error: reason instanceof Error ? reason.message : String(reason) }));
+  // Announced only now: a supervisor that signals as soon as it reads this
+  // line must find the handlers above in place (before them, SIGTERM's
+  // default action would kill the process without draining).
+  logger.info("billing listening", {
+    host: config.host,
+    port,
+    database: config.databaseUrl ? "DATABASE_URL" : `embedded (${db.embedded?.dataDir})`,
+    ...(cluster.isWorker ? { worker: cluster.worker?.id } : {}),
+  });
 }
 
 /**
@@ -97,7 +99,6 @@ async function runPrimary(config: Config, workers: number): Promise<void> {
     logger.warn("worker exited; starting another", { worker: worker.id, code, signal });
     setTimeout(fork, 500);
   });
-  logger.info("billing cluster started", { workers, database: config.databaseUrl ? "DATABASE_URL" : `embedded (${db.embedded?.dataDir})` });
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
@@ -120,4 +121,6 @@ async function runPrimary(config: Config, workers: number): Promise<void> {
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+  // After the handlers, as in runServer.
+  logger.info("billing cluster started", { workers, database: config.databaseUrl ? "DATABASE_URL" : `embedded (${db.embedded?.dataDir})` });
 }
