@@ -50,6 +50,7 @@ export async function rowsOnce<R extends object>(db: Sequelize, sql: string, bin
     if ((err as { code?: unknown }).code === "ECONNRESET") connection._invalid = true;
     throw err;
   } finally {
-    await manager.releaseConnection(connection);
+    // The statement's outcome stands whatever the pool says about taking the connection back.
+    await manager.releaseConnection(connection).catch(() => undefined);
   }
 }
