@@ -28,7 +28,7 @@ interface PooledClient {
 }
 interface ConnectionManager {
   getConnection(options: { type: "read" | "write" }): Promise<PooledClient>;
-  releaseConnection(connection: PooledClient): Promise<void>;
+  releaseConnection(connection: PooledClient): Promise<void> | void;
 }
 
 /**
@@ -51,6 +51,10 @@ export async function rowsOnce<R extends object>(db: Sequelize, sql: string, bin
     throw err;
   } finally {
     // The statement's outcome stands whatever the pool says about taking the connection back.
-    await manager.releaseConnection(connection).catch(() => undefined);
+    try {
+      await manager.releaseConnection(connection);
+    } catch {
+      // nothing to undo: the connection is the pool's problem now
+    }
   }
 }
