@@ -136,7 +136,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseConnectTimeoutMs: read("DATABASE_CONNECT_TIMEOUT_MS", () => positiveInteger(env, "DATABASE_CONNECT_TIMEOUT_MS", 30_000), 0),
     lotExpiryWarningMs: read("LOT_EXPIRY_WARNING_HOURS", () => positiveInteger(env, "LOT_EXPIRY_WARNING_HOURS", 72) * 3_600_000, 72 * 3_600_000),
     sweepIntervalMs: read("SWEEP_INTERVAL_MS", () => positiveInteger(env, "SWEEP_INTERVAL_MS", 30_000), 30_000),
-    deductBatches: read("DEDUCT_BATCHES", () => Math.min(positiveInteger(env, "DEDUCT_BATCHES", 2), 64), 2),
+    deductBatches: read("DEDUCT_BATCHES", () => atMost(positiveInteger(env, "DEDUCT_BATCHES", 2), 64, "DEDUCT_BATCHES"), 2),
     workers: read("WORKERS", () => (env.WORKERS === "auto" ? availableParallelism() : Math.min(positiveInteger(env, "WORKERS", 1), 256)), 1),
     autoTopUp: {
       pollMs: read("AUTO_TOP_UP_POLL_MS", () => positiveInteger(env, "AUTO_TOP_UP_POLL_MS", 2_000), 0),
@@ -201,6 +201,12 @@ function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number)
   // Timers take at most 2^31-1 ms; Node would turn a larger value into 1 ms.
   if (!/^[1-9][0-9]*$/.test(raw) || Number(raw) > 2_147_483_647) throw new Error(`${name} must be a positive integer up to 2147483647 (got ${JSON.stringify(raw)})`);
   return Number(raw);
+}
+
+/** `value`, or a configuration error naming `name` when it is above `max`. */
+function atMost(value: number, max: number, name: string): number {
+  if (value > max) throw new Error(`${name} must be at most ${max} (got ${value})`);
+  return value;
 }
 
 /** An on/off switch, or its default when unset. */

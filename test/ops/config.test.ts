@@ -69,6 +69,8 @@ describe("operations: start-up configuration and database checks (src/main.ts)",
       { name: "HEADERS_TIMEOUT_MS=0", env: { HEADERS_TIMEOUT_MS: "0" }, variables: ["HEADERS_TIMEOUT_MS"] },
       { name: "IDLE_TIMEOUT_MS past a timer's 2^31-1 ms", env: { IDLE_TIMEOUT_MS: "3000000000" }, variables: ["IDLE_TIMEOUT_MS"] },
       { name: "METRICS_PORT equal to PORT", env: { PORT: "18123", METRICS_PORT: "18123" }, variables: ["METRICS_PORT"] },
+      { name: "DEDUCT_BATCHES=0", env: { DEDUCT_BATCHES: "0" }, variables: ["DEDUCT_BATCHES"] },
+      { name: "DEDUCT_BATCHES=65 (above 64)", env: { DEDUCT_BATCHES: "65" }, variables: ["DEDUCT_BATCHES"] },
       {
         name: "seven bad variables at once",
         env: {
