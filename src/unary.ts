@@ -55,6 +55,7 @@ import { parseTimeout as parseGrpcTimeout, setTrailerStatus } from "@connectrpc/
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import type http from "node:http";
 import type http2 from "node:http2";
+import { binaryEncoder, type BinaryEncoder } from "./binary-encoder.js";
 import { BillingError } from "./domain/errors.js";
 import { connectErrorOf } from "./errors.js";
 import { requestIdOf } from "./request-id.js";
@@ -83,7 +84,8 @@ type Protocol = "grpc" | "grpc-web" | "connect";
 interface Route {
   spec: MethodImplSpec & { kind: "unary" };
   binaryIn: Serialization<unknown>;
-  binaryOut: Serialization<unknown>;
+  /** The response in binary (src/binary-encoder.ts: toBinary's bytes, compiled for the type). */
+  binaryOut: BinaryEncoder;
   jsonOut: Serialization<unknown>;
 }
 
@@ -121,7 +123,7 @@ export function createUnaryPath(options: UnaryPathOptions): UnaryPath {
     routes.set(`/${spec.method.parent.typeName}/${spec.method.name}`, {
       spec: spec as Route["spec"],
       binaryIn: serialization.getI(true) as Serialization<unknown>,
-      binaryOut: serialization.getO(true) as Serialization<unknown>,
+      binaryOut: binaryEncoder(spec.method.output),
       jsonOut: serialization.getO(false) as Serialization<unknown>,
     });
   };
@@ -224,7 +226,8 @@ async function serve(route: Route, shape: Shape, req: Request, res: Response, op
     const message = await decodeRequest(route, shape, raw, options.readMaxBytes);
     invoked = true;
     const output = await invokeUnaryImplementation(route.spec, context, message as never, options.interceptors);
-    body = (shape.json ? route.jsonOut : route.binaryOut).serialize(output);
+    // gRPC and gRPC-Web answers are enveloped: the header is written in the room left before the message.
+    body = shape.json ? route.jsonOut.serialize(output) : shape.protocol === "connect" ? route.binaryOut(output as object) : enveloped(route.binaryOut(output as object, 5));
   } catch (err) {
     error = err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
     // Refused before the interceptors ran (an unreadable body): still answer a request id.
@@ -294,7 +297,8 @@ async function decompress(compression: Compression, bytes: Uint8Array, readMaxBy
 }
 
 /**
- * Writes the answer as the protocol says; a call the client already reset is
+ * Writes the answer as the protocol says (`body` is the encoded response,
+ * already enveloped for gRPC and gRPC-Web); a call the client already reset is
  * dropped. When the body was not read to its end (too large, too slow), the
  * connection (HTTP/1.1) or stream (HTTP/2) is closed after the answer.
  */
@@ -307,12 +311,12 @@ function answer(req: Request, res: Response, shape: Shape, context: HandlerConte
     case "grpc":
       if (error) setTrailerStatus(context.responseTrailer, error);
       (res as http2.Http2ServerResponse).addTrailers(nodeHeaders(context.responseTrailer));
-      out = body && !error ? envelope(0, body) : undefined;
+      out = body && !error ? body : undefined;
       break;
     case "grpc-web": {
       if (error) setTrailerStatus(context.responseTrailer, error);
       const trailer = envelope(trailerFlag, trailerSerialize(context.responseTrailer));
-      out = body && !error ? Buffer.concat([envelope(0, body), trailer]) : trailer;
+      out = body && !error ? Buffer.concat([body, trailer]) : trailer;
       break;
     }
     case "connect":
@@ -389,6 +393,13 @@ function oneEnvelope(body: Buffer, readMaxBytes: number): { flags: number; messa
   }
   if (flags !== 0 && flags !== COMPRESSED_FLAG) throw new ConnectError(`protocol error: unexpected envelope flags ${flags}`, Code.InvalidArgument);
   return { flags, message: body.subarray(5) };
+}
+
+/** Fills in the envelope header (uncompressed) of a message encoded after 5 bytes of room. */
+function enveloped(frame: Buffer): Buffer {
+  frame[0] = 0;
+  frame.writeUInt32BE(frame.length - 5, 1);
+  return frame;
 }
 
 function envelope(flags: number, message: Uint8Array): Buffer {
