@@ -6,7 +6,7 @@
  * environment need hold no usable secret. Presented tokens are hashed and
  * compared against every key in constant time.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
+import { hash, timingSafeEqual } from "node:crypto";
 
 export type Role = "admin" | "service" | "account";
 
@@ -84,5 +84,5 @@ export class ApiKeyRing {
 }
 
 function sha256(s: string): Buffer {
-  return createHash("sha256").update(s, "utf8").digest();
+  return hash("sha256", s, "buffer");
 }

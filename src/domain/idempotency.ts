@@ -10,7 +10,7 @@
  * its record or a record without its effect. Failed requests store nothing,
  * so a retry after an error is evaluated afresh.
  */
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import type { Sequelize, Transaction } from "sequelize";
 import { claimKey, deleteKeysOlderThan, storeResponse, storedKey } from "../db/idempotency.js";
 import { idempotencyKeyReused } from "./errors.js";
@@ -56,7 +56,7 @@ export function purgeIdempotencyKeys(sequelize: Sequelize): Promise<number> {
 
 /** The hash that identifies a request under its key (method + canonical JSON). */
 export function requestHash(method: string, request: unknown): string {
-  return createHash("sha256").update(method).update("\0").update(canonicalJson(request)).digest("hex");
+  return hash("sha256", `${method}\0${canonicalJson(request)}`, "hex");
 }
 
 /** JSON with sorted keys, bigint and Date made explicit, so equal requests hash equally. */
@@ -64,12 +64,21 @@ function canonicalJson(value: unknown): string {
   if (value === undefined || value === null) return "null";
   if (typeof value === "bigint") return `{"$n":"${value}"}`;
   if (value instanceof Date) return `{"$d":"${value.toISOString()}"}`;
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (Array.isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) out += (i === 0 ? "" : ",") + canonicalJson(value[i]);
+    return out + "]";
+  }
   if (typeof value === "object") {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+    // Keys in code-unit order (sort's default), undefined values left out.
+    const keys = Object.keys(value).sort();
+    let out = "{";
+    for (const k of keys) {
+      const v = (value as Record<string, unknown>)[k];
+      if (v === undefined) continue;
+      out += (out.length === 1 ? "" : ",") + JSON.stringify(k) + ":" + canonicalJson(v);
+    }
+    return out + "}";
   }
   return JSON.stringify(value);
 }
