@@ -290,6 +290,7 @@ function sizeStruct(json: unknown, st: Sizes): number {
   let n = 0;
   for (const key in json as Fields) {
     if (!Object.prototype.hasOwnProperty.call(json, key)) continue;
+    if (key === "__proto__") throw UNSUPPORTED; // protobuf-es drops it (its Struct is a plain object)
     const at = st.s.length;
     st.s.push(0);
     const entry = 1 + stringSize(key, st) + 1 + nestedValue(st, (json as Fields)[key]);

@@ -57,6 +57,7 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import { binaryEncoder, type BinaryEncoder } from "./binary-encoder.js";
 import { BillingError } from "./domain/errors.js";
+import { jsonEncoder, type JsonEncoder } from "./json-encoder.js";
 import { connectErrorOf } from "./errors.js";
 import { requestIdOf } from "./request-id.js";
 import { readStrictJson, refuseProtoKeys } from "./strict-input.js";
@@ -86,7 +87,8 @@ interface Route {
   binaryIn: Serialization<unknown>;
   /** The response in binary (src/binary-encoder.ts: toBinary's bytes, compiled for the type). */
   binaryOut: BinaryEncoder;
-  jsonOut: Serialization<unknown>;
+  /** The response in Connect JSON (src/json-encoder.ts: toJsonString's text, compiled for the type). */
+  jsonOut: JsonEncoder;
 }
 
 /** What a request is, once its headers have been read. */
@@ -107,7 +109,6 @@ const COMPRESSED_FLAG = 0b00000001;
 const MAX_TIMER_MS = 2_147_483_647;
 /** The reason a call's signal is aborted with when the client resets the call before its answer. */
 const CLIENT_CANCELLED = new ConnectError("the client cancelled the call", Code.Canceled);
-const JSON_OUT = { alwaysEmitImplicit: true };
 
 /** Creates the unary path; mount it with `recordRoutes` and call `handle` for each request. */
 export function createUnaryPath(options: UnaryPathOptions): UnaryPath {
@@ -119,12 +120,12 @@ export function createUnaryPath(options: UnaryPathOptions): UnaryPath {
 
   const add = (spec: MethodImplSpec) => {
     if (spec.kind !== "unary") return;
-    const serialization = createMethodSerializationLookup(spec.method as DescMethod & { methodKind: "unary" }, undefined, JSON_OUT, limits);
+    const serialization = createMethodSerializationLookup(spec.method as DescMethod & { methodKind: "unary" }, undefined, undefined, limits);
     routes.set(`/${spec.method.parent.typeName}/${spec.method.name}`, {
       spec: spec as Route["spec"],
       binaryIn: serialization.getI(true) as Serialization<unknown>,
       binaryOut: binaryEncoder(spec.method.output),
-      jsonOut: serialization.getO(false) as Serialization<unknown>,
+      jsonOut: jsonEncoder(spec.method.output),
     });
   };
 
@@ -227,7 +228,7 @@ async function serve(route: Route, shape: Shape, req: Request, res: Response, op
     invoked = true;
     const output = await invokeUnaryImplementation(route.spec, context, message as never, options.interceptors);
     // gRPC and gRPC-Web answers are enveloped: the header is written in the room left before the message.
-    body = shape.json ? route.jsonOut.serialize(output) : shape.protocol === "connect" ? route.binaryOut(output as object) : enveloped(route.binaryOut(output as object, 5));
+    body = shape.json ? route.jsonOut(output as object) : shape.protocol === "connect" ? route.binaryOut(output as object) : enveloped(route.binaryOut(output as object, 5));
   } catch (err) {
     error = err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
     // Refused before the interceptors ran (an unreadable body): still answer a request id.
