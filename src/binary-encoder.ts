@@ -218,7 +218,7 @@ function isZero(type: ScalarType, v: unknown): boolean {
     case ScalarType.FLOAT:
       return Object.is(v, 0);
     default:
-      return v == 0; // 0, 0n and "0", as protobuf-es
+      return v === 0n || v == 0; // 0, 0n and "0", as protobuf-es
   }
 }
 
@@ -356,9 +356,12 @@ function scalarSize(type: ScalarType, v: unknown, st: Sizes): number {
       if (!isInt32(v)) throw UNSUPPORTED;
       return varintSize(((v << 1) ^ (v >> 31)) >>> 0);
     case ScalarType.INT64:
-      return varint64Size(int64(v, true));
-    case ScalarType.UINT64:
-      return varint64Size(int64(v, false));
+    case ScalarType.UINT64: {
+      // Most 64-bit values (ids, credits, tokens) are small and not negative: sized as a number.
+      const n = typeof v === "bigint" ? Number(v) : -1;
+      if (n >= 0 && n <= Number.MAX_SAFE_INTEGER) return varintSizeSafe(n);
+      return varint64Size(int64(v, type === ScalarType.INT64));
+    }
     case ScalarType.SINT64: {
       const x = int64(v, true);
       return varint64Size(BigInt.asUintN(64, (x << 1n) ^ (x < 0n ? -1n : 0n)));
@@ -408,6 +411,14 @@ function int64(v: unknown, signed: boolean): bigint {
 
 function varintSize(n: number): number {
   return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
+}
+
+/** The varint size of a safe integer ≥ 0 (up to 2^53: 8 bytes). */
+function varintSizeSafe(n: number): number {
+  if (n < 0x10000000) return varintSize(n);
+  let size = 4;
+  for (n = Math.floor(n / 0x10000000); n > 0; n = Math.floor(n / 0x80)) size++;
+  return size;
 }
 
 function varint64Size(v: bigint): number {
@@ -546,8 +557,10 @@ function writeScalar(type: ScalarType, v: unknown, buf: Buffer, pos: number, st:
     case ScalarType.SINT32:
       return writeVarint(buf, pos, (((v as number) << 1) ^ ((v as number) >> 31)) >>> 0);
     case ScalarType.INT64:
-    case ScalarType.UINT64:
-      return writeVarint64(buf, pos, v as bigint);
+    case ScalarType.UINT64: {
+      const n = Number(v as bigint);
+      return n >= 0 && n <= Number.MAX_SAFE_INTEGER ? writeVarintSafe(buf, pos, n) : writeVarint64(buf, pos, v as bigint);
+    }
     case ScalarType.SINT64: {
       const x = v as bigint;
       return writeVarint64(buf, pos, (x << 1n) ^ (x < 0n ? -1n : 0n));
@@ -579,6 +592,15 @@ function writeVarint(buf: Buffer, pos: number, n: number): number {
   }
   buf[pos++] = n;
   return pos;
+}
+
+/** A varint of a safe integer ≥ 0, without bigint arithmetic. */
+function writeVarintSafe(buf: Buffer, pos: number, n: number): number {
+  while (n > 0x7fffffff) {
+    buf[pos++] = (n % 0x80) | 0x80;
+    n = Math.floor(n / 0x80);
+  }
+  return writeVarint(buf, pos, n);
 }
 
 /** A 64-bit varint of the value's two's-complement pattern (negative values take 10 bytes). */
