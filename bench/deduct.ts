@@ -13,7 +13,15 @@
  * Options: --duration=SECONDS (10) --concurrency=N (64) --scenario=spread|hot|all
  *          --protocol=grpc|connect|all --quick (2 s, 16 in flight) --out=FILE
  *          --profile=DIR (write a V8 CPU profile of the service into DIR)
- *          --client=lean|connect (load generator; see bench/lean-clients.ts)
+ *          --client=wrk|lean|connect (load generator; default wrk when installed, else lean):
+ *            wrk:     the Connect JSON rows at full load (Echo and DeductCredits,
+ *                     --concurrency in flight) are driven by wrk (Debian: `apt-get install wrk`), a C
+ *                     client whose own CPU barely counts, like pgbench for the
+ *                     baseline, with bench/wrk-deduct.lua; every other row (gRPC, and
+ *                     the paced half-peak rows, which wrk cannot pace) by the lean
+ *                     clients. Rows wrk drove say "(wrk)". An error if wrk is missing.
+ *            lean:    bench/lean-clients.ts for every row (what the bench did before wrk)
+ *            connect: the generated Connect clients for the DeductCredits rows
  *          --workers=N (the service's WORKERS; CPU and RSS are then summed over its processes)
  *          --baseline=none (skip the raw baselines: for profiling the service alone)
  * Environment: BENCH_SERVICE_NODE_ARGS adds node flags to the service process.
@@ -45,8 +53,12 @@ interface Options {
   profile: string;
   /** The service's WORKERS. */
   workers: number;
-  /** The load generator: lean wire-level clients (default) or the generated Connect clients. */
-  client: "lean" | "connect";
+  /**
+   * The load generator: wrk for the Connect JSON peak rows and lean clients
+   * for the rest (the default when wrk is installed), lean wire-level clients
+   * for every row, or the generated Connect clients.
+   */
+  client: "wrk" | "lean" | "connect";
   /** Run the raw baselines (--baseline=none skips them, for profiling the service alone). */
   baseline: boolean;
 }
@@ -84,9 +96,25 @@ function parseOptions(argv: string[]): Options {
     out: get("out") ?? path.join(PROJECT_ROOT, "bench", "results", "deduct-latest.json"),
     profile: get("profile") ?? "",
     workers: Math.max(1, Number(get("workers") ?? 1)),
-    client: get("client") === "connect" ? "connect" : "lean",
+    client: parseClient(get("client")),
     baseline: get("baseline") !== "none",
   };
+}
+
+/** --client: wrk, lean or connect; by default wrk when it is installed, else lean. */
+function parseClient(value: string | undefined): Options["client"] {
+  if (value === "connect" || value === "lean") return value;
+  if (value === "wrk") {
+    if (!wrkInstalled()) throw new Error("--client=wrk: wrk is not installed (Debian: apt-get install wrk)");
+    return "wrk";
+  }
+  if (value !== undefined) throw new Error(`--client=${value}: expected wrk, lean or connect`);
+  return wrkInstalled() ? "wrk" : "lean";
+}
+
+function wrkInstalled(): boolean {
+  const run = spawnSync("wrk", ["--version"], { stdio: "ignore" });
+  return !(run.error && (run.error as NodeJS.ErrnoException).code === "ENOENT");
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -307,6 +335,70 @@ function runPgbench(url: string, scenario: string, connections: number, seconds:
   return { name: `baseline pgbench ${scenario} x${connections}`, calls, errors: failed, seconds, rate: tps, p50: NaN, p99: NaN, serverCores: 0, clientCores: NaN, dbCores: NaN };
 }
 
+/**
+ * wrk's threads (each an event loop of its own). One: on 2 cores, -t2 cost
+ * as much or slightly more CPU per call (27-31 µs against 32-35 µs measured
+ * with -t1/-t2 at the same rate), and one thread drives ~30,000 calls/s.
+ */
+const WRK_THREADS = 1;
+
+/**
+ * A closed-loop Connect JSON run driven by wrk (bench/wrk-deduct.lua):
+ * `connections` keep-alive HTTP/1.1 connections with one call in flight
+ * each, for `seconds`. `mode` is the Lua script's: spread, hot or echo.
+ * Latencies come from wrk's histogram (µs resolution); wrk's own CPU from
+ * the script's done() (clock(), all its threads); the service's and the
+ * database's CPU as measure() reads them. Only answers that are HTTP 200
+ * with the expected body count as calls; anything else, and socket errors
+ * and timeouts, as errors.
+ */
+async function runWrk(name: string, baseUrl: string, mode: "spread" | "hot" | "echo", seconds: number, connections: number, serverPid?: number): Promise<Result> {
+  const threads = Math.min(WRK_THREADS, connections);
+  const prefix = `wrk${randomUUID().replace(/-/g, "").slice(0, 12)}`; // a fresh idempotency-key prefix per run
+  const script = path.join(PROJECT_ROOT, "bench", "wrk-deduct.lua");
+  const args = ["-t", String(threads), "-c", String(connections), "-d", `${Math.max(1, Math.round(seconds))}s`, "--timeout", "10s", "--latency", "-s", script, baseUrl, "--", mode, TOKEN, prefix, String(ACCOUNTS), String(threads)];
+  process.stderr.write(`  ${name}: wrk ${args.join(" ")}\n`);
+  const start = performance.now();
+  const serverCpu0 = serverPid ? treeCpuSeconds(serverPid) : 0;
+  const dbCpu0 = postgresCpu();
+  const child = spawn("wrk", args, { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("close", (c) => resolve(c));
+  });
+  const elapsed = (performance.now() - start) / 1000;
+  const serverCores = serverPid ? (treeCpuSeconds(serverPid) - serverCpu0) / elapsed : 0;
+  const dbCores = postgresCpuSince(dbCpu0) / elapsed;
+  const field = (key: string) => Number(new RegExp(`^wrk-${key} ([\\d.]+)$`, "m").exec(stdout)?.[1]);
+  const ok = field("ok");
+  if (code !== 0 || !Number.isFinite(ok)) throw new Error(`${name}: wrk exited with ${code}: ${stderr || stdout}`);
+  const errors = field("bad") + field("socket-errors");
+  const wrkSeconds = field("duration-us") / 1e6;
+  const rate = ok / wrkSeconds;
+  process.stderr.write(`  ${name}: done (${ok} calls, ${errors} errors, ${Math.round(rate)}/s)\n`);
+  if (errors > 0) {
+    const socket = /Socket errors: .*/.exec(stdout)?.[0];
+    const lastBad = /^wrk-last-bad (.*)$/m.exec(stdout)?.[1];
+    process.stderr.write(`  ${name}: last error: ${[lastBad, socket].filter(Boolean).join("; ")}\n`);
+  }
+  return {
+    name,
+    calls: ok,
+    errors,
+    seconds: wrkSeconds,
+    rate,
+    p50: field("p50-us") / 1000,
+    p99: field("p99-us") / 1000,
+    serverCores,
+    clientCores: field("cpu-s") / elapsed,
+    dbCores,
+  };
+}
+
 /** The process and its children (the workers of WORKERS > 1), Linux only. */
 function processTree(pid: number): number[] {
   const pids = [pid];
@@ -451,8 +543,21 @@ async function main(): Promise<void> {
     };
     const headers = { authorization: `Bearer ${TOKEN}` };
     await connectClients.grpc!.getBalance({ accountId: accounts[0]! }, { headers }); // warm up
+    // Warm-up, not recorded: a fresh service spends its first seconds compiling
+    // (JIT), which would count against whichever row came first (the echo row,
+    // making the deduction's ratio to it look better than it is).
+    for (const protocol of opt.protocols) {
+      const lean = protocol === "grpc" ? leanGrpcClient(baseUrl, TOKEN) : leanConnectClient(baseUrl, TOKEN, opt.concurrency);
+      await drive(`warm-up ${protocol}`, Math.min(2, opt.duration), opt.concurrency, (i) => (i % 2 ? lean.echo("ping") : lean.deduct({ accountId: accounts[i % ACCOUNTS]!, idempotencyKey: randomUUID() })));
+      lean.close();
+    }
     // The echo row: what a call costs the transport and interceptors alone, per protocol.
     for (const protocol of opt.protocols) {
+      if (opt.client === "wrk" && protocol === "connect") {
+        const r = await runWrk(`echo ${protocol} (wrk)`, baseUrl, "echo", opt.duration, opt.concurrency, service.pid);
+        results.push({ ...r, kind: "echo", scenario: "-", protocol, client: "wrk" });
+        continue;
+      }
       const lean = protocol === "grpc" ? leanGrpcClient(baseUrl, TOKEN) : leanConnectClient(baseUrl, TOKEN, opt.concurrency);
       const r = await drive(`echo ${protocol}`, opt.duration, opt.concurrency, () => lean.echo("ping"), service.pid);
       results.push({ ...r, kind: "echo", scenario: "-", protocol });
@@ -463,7 +568,7 @@ async function main(): Promise<void> {
         const account = (i: number) => (scenario === "hot" ? accounts[0]! : accounts[i % ACCOUNTS]!);
         let call: (i: number) => Promise<unknown>;
         let close = () => undefined as void;
-        if (opt.client === "lean") {
+        if (opt.client !== "connect") {
           const lean = protocol === "grpc" ? leanGrpcClient(baseUrl, TOKEN) : leanConnectClient(baseUrl, TOKEN, opt.concurrency);
           call = (i) => lean.deduct({ accountId: account(i), idempotencyKey: randomUUID() });
           close = () => lean.close();
@@ -471,8 +576,12 @@ async function main(): Promise<void> {
           const c = connectClients[protocol]!;
           call = (i) => c.deductCredits({ accountId: account(i), operationType: "content_generation", usage: { credits: 1n }, idempotencyKey: randomUUID() }, { headers });
         }
-        const r = await drive(`service ${scenario} ${protocol}`, opt.duration, opt.concurrency, call, service.pid);
-        results.push({ ...r, kind: "service", scenario, protocol });
+        // The peak: wrk drives the Connect JSON rows when it is the client (the paced row below stays with the lean client).
+        const wrk = opt.client === "wrk" && protocol === "connect";
+        const r = wrk
+          ? await runWrk(`service ${scenario} ${protocol} (wrk)`, baseUrl, scenario, opt.duration, opt.concurrency, service.pid)
+          : await drive(`service ${scenario} ${protocol}`, opt.duration, opt.concurrency, call, service.pid);
+        results.push({ ...r, kind: "service", scenario, protocol, ...(wrk ? { client: "wrk" } : {}) });
         // Latency at half that peak, paced.
         const half = await pace(`service ${scenario} ${protocol} at half peak`, opt.duration, r.rate / 2, call, service.pid);
         results.push({ ...half, kind: "half-peak", scenario, protocol });
@@ -507,8 +616,8 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
           : r.kind === "baseline-paced"
             ? `  baseline pg at that rate (paced)`
             : r.kind === "echo"
-              ? `Echo ${r.protocol} (no work)`
-              : `DeductCredits ${r.protocol}`,
+              ? `Echo ${r.protocol} (no work)${r.client ? ` (${r.client})` : ""}`
+              : `DeductCredits ${r.protocol}${r.client ? ` (${r.client})` : ""}`,
     scenario: r.scenario,
     "calls/s": Math.round(r.rate),
     "p50 ms": Number.isNaN(r.p50) ? "" : r.p50.toFixed(2),
@@ -519,11 +628,12 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
     "server µs/call": (r.kind === "service" || r.kind === "echo") && r.rate > 0 ? Math.round((r.serverCores / r.rate) * 1e6) : "",
     "client cores": Number.isNaN(r.clientCores) ? "" : r.clientCores.toFixed(2),
     "db cores": Number.isNaN(r.dbCores) ? "" : r.dbCores.toFixed(2),
-    "vs best baseline": r.kind === "service" ? (r.rate / best(r.scenario)).toFixed(2) + "x" : "",
+    "vs best baseline": r.kind === "service" && best(r.scenario) > 0 ? (r.rate / best(r.scenario)).toFixed(2) + "x" : "",
   }));
   console.log("");
   console.table(rows);
-  console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight, ${opt.client} clients, WORKERS=${opt.workers})`);
+  const clients = opt.client === "wrk" ? "wrk for the Connect JSON peak rows, lean clients for the rest" : `${opt.client} clients`;
+  console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight, ${clients}, WORKERS=${opt.workers})`);
   const targets = checkTargets(results, best, peakRss);
   for (const t of targets) console.log(`target ${t.met ? "met    " : "NOT met"}  ${t.name}: ${t.measured}`);
   mkdirSync(path.dirname(opt.out), { recursive: true });
