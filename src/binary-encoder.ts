@@ -12,8 +12,8 @@
  * are kept in order), and a second writes it into one buffer of exactly
  * that size.
  *
- * The same bytes, by construction and by test (test/unit/binary-encoder.test.ts
- * compares every response type of every service with `toBinary`, on
+ * The same bytes, by construction and by test (test/encoders.test.ts
+ * compares every message type of every service with `toBinary`, on
  * generated messages): fields in number order, proto3 implicit presence
  * (zero values are not written; -0 is), explicit presence by own property,
  * packed repeated scalars, map entries with key and value always written,
@@ -22,7 +22,10 @@
  * What it does not take, it leaves to `toBinary`, which then says what is
  * wrong as it always has: a message type with a map field (outside Struct),
  * a group, or a wrapper-typed field is encoded by `toBinary` whole; so is
- * a message whose values are out of their type's range or of another type.
+ * a message whose values are out of their type's range or of another type,
+ * or whose shape `create()` would not give (a nested object without its
+ * `$typeName`, an implicit field left undefined, a oneof case without its
+ * value, a list with holes).
  */
 import { ScalarType, toBinary, type DescField, type DescMessage } from "@bufbuild/protobuf";
 
@@ -56,6 +59,7 @@ interface FieldPlan {
 }
 
 interface Plan {
+  typeName: string;
   fields: FieldPlan[];
 }
 
@@ -97,7 +101,7 @@ function withHeadroom(bytes: Uint8Array, headroom: number): Buffer {
 /** The plan of a message type; undefined when it (or a type it holds) has a field this encoder does not take. */
 function planOf(desc: DescMessage, plans: Map<DescMessage, Plan | undefined>): Plan | undefined {
   if (plans.has(desc)) return plans.get(desc);
-  const plan: Plan = { fields: [] };
+  const plan: Plan = { typeName: desc.typeName, fields: [] };
   plans.set(desc, plan); // before the fields: types may hold themselves (Struct, Value)
   const fields = [...desc.fields].sort((a, b) => a.number - b.number);
   for (const f of fields) {
@@ -188,10 +192,14 @@ type Fields = Record<string, unknown>;
 function valueOf(f: FieldPlan, m: Fields): unknown {
   if (f.oneof !== undefined) {
     const group = m[f.oneof] as { case?: string; value?: unknown } | undefined;
-    return group !== undefined && group.case === f.name ? group.value : undefined;
+    if (group === undefined || group === null) throw UNSUPPORTED;
+    if (group.case !== f.name) return undefined;
+    if (group.value === undefined) throw UNSUPPORTED; // protobuf-es writes the case with a zero value
+    return group.value;
   }
   const v = m[f.name];
   if (f.explicit) return v !== undefined && Object.prototype.hasOwnProperty.call(m, f.name) ? v : undefined;
+  if (v === undefined) throw UNSUPPORTED; // protobuf-es writes an implicit field it finds undefined
   switch (f.kind) {
     case Kind.Scalar:
       return isZero(f.scalar, v) ? undefined : v;
@@ -200,7 +208,8 @@ function valueOf(f: FieldPlan, m: Fields): unknown {
     case Kind.ScalarList:
     case Kind.MessageList:
     case Kind.JsonList:
-      return (v as unknown[]).length > 0 ? v : undefined;
+      if (!Array.isArray(v)) throw UNSUPPORTED;
+      return v.length > 0 ? v : undefined;
     default:
       return v;
   }
@@ -224,6 +233,7 @@ function isZero(type: ScalarType, v: unknown): boolean {
 
 function sizeMessage(plan: Plan, message: object, st: Sizes): number {
   const m = message as Fields;
+  if (m.$typeName !== plan.typeName) throw UNSUPPORTED; // protobuf-es refuses a message of another type
   let n = 0;
   for (const f of plan.fields) {
     const v = valueOf(f, m);
@@ -259,8 +269,11 @@ function sizeMessage(plan: Plan, message: object, st: Sizes): number {
         break;
     }
   }
-  const unknown = m.$unknown as Unknown[] | undefined;
-  if (unknown !== undefined) for (const u of unknown) n += varintSize(tagOf(u.no, u.wireType)) + u.data.byteLength;
+  const unknown = m.$unknown as Unknown[] | undefined | null;
+  if (unknown !== undefined && unknown !== null) {
+    if (!Array.isArray(unknown)) throw UNSUPPORTED;
+    for (const u of unknown) n += varintSize(tagOf(u.no, u.wireType)) + u.data.byteLength;
+  }
   return n;
 }
 
@@ -483,8 +496,8 @@ function writeMessage(plan: Plan, message: object, buf: Buffer, pos: number, st:
         break;
     }
   }
-  const unknown = m.$unknown as Unknown[] | undefined;
-  if (unknown !== undefined)
+  const unknown = m.$unknown as Unknown[] | undefined | null;
+  if (unknown !== undefined && unknown !== null)
     for (const u of unknown) {
       pos = writeVarint(buf, pos, tagOf(u.no, u.wireType));
       buf.set(u.data, pos);

@@ -10,7 +10,7 @@
  * kind, presence) and a Struct field's JSON object is checked and used as it
  * is.
  *
- * The same text, by construction and by test (test/json-encoder.test.ts
+ * The same text, by construction and by test (test/encoders.test.ts
  * compares every message type of every service with `toJsonString`): fields
  * in number order under their JSON names, implicit-presence fields always
  * (zero values and empty lists included), explicit-presence and message
@@ -21,8 +21,10 @@
  * What it does not take, it leaves to `toJsonString`, which then says what
  * is wrong as it always has: a type with a map field, a well-known type
  * other than Timestamp and Struct, a Struct holding anything but plain JSON
- * (undefined, a non-finite number, a class instance), or a value of the
- * wrong type or out of range.
+ * (undefined, a non-finite number, a class instance), a value of the wrong
+ * type or out of range, or a shape `create()` would not give (a nested
+ * object without its `$typeName`, an implicit field left undefined, a oneof
+ * case without its value, a list with holes).
  */
 import { ScalarType, toJsonString, type DescEnum, type DescField, type DescMessage } from "@bufbuild/protobuf";
 import { base64Encode } from "@bufbuild/protobuf/wire";
@@ -57,6 +59,7 @@ interface FieldPlan {
 }
 
 interface Plan {
+  typeName: string;
   fields: FieldPlan[];
 }
 
@@ -91,7 +94,7 @@ export function encodesItselfAsJson(schema: DescMessage): boolean {
 function planOf(desc: DescMessage, plans: Map<DescMessage, Plan | undefined>): Plan | undefined {
   if (plans.has(desc)) return plans.get(desc);
   if (desc.typeName.startsWith("google.protobuf.")) return undefined; // well-known types have their own JSON
-  const plan: Plan = { fields: [] };
+  const plan: Plan = { typeName: desc.typeName, fields: [] };
   plans.set(desc, plan);
   for (const f of [...desc.fields].sort((a, b) => a.number - b.number)) {
     const p = fieldPlan(f, plans);
@@ -152,17 +155,20 @@ type Fields = Record<string, unknown>;
 
 function messageJson(plan: Plan, message: object): Fields {
   const m = message as Fields;
+  if (m.$typeName !== plan.typeName) throw UNSUPPORTED; // protobuf-es refuses a message of another type
   const out: Fields = {};
   for (const f of plan.fields) {
     let v: unknown;
     if (f.oneof !== undefined) {
       const group = m[f.oneof] as { case?: string; value?: unknown } | undefined;
-      if (group === undefined || group.case !== f.name) continue;
+      if (group === undefined || group === null) throw UNSUPPORTED;
+      if (group.case !== f.name) continue;
       v = group.value;
     } else {
       v = m[f.name];
       if (f.explicit && (v === undefined || !Object.prototype.hasOwnProperty.call(m, f.name))) continue;
     }
+    if (v === undefined) throw UNSUPPORTED; // a oneof case without its value, or an implicit field left undefined
     out[f.json] = fieldJson(f, v);
   }
   return out;
@@ -182,24 +188,31 @@ function fieldJson(f: FieldPlan, v: unknown): unknown {
     case Kind.Json:
       return structJson(v);
     case Kind.ScalarList:
-      return listOf(v).map((x) => scalarJson(f.scalar, x));
+      return listJson(v, (x) => scalarJson(f.scalar, x));
     case Kind.EnumList:
-      return listOf(v).map((x) => enumJson(f.enumNames!, x));
+      return listJson(v, (x) => enumJson(f.enumNames!, x));
     case Kind.MessageList:
-      return listOf(v).map((x) => {
+      return listJson(v, (x) => {
         if (typeof x !== "object" || x === null) throw UNSUPPORTED;
         return messageJson(f.message!, x);
       });
     case Kind.TimestampList:
-      return listOf(v).map(timestampJson);
+      return listJson(v, timestampJson);
     case Kind.JsonList:
-      return listOf(v).map(structJson);
+      return listJson(v, structJson);
   }
 }
 
-function listOf(v: unknown): unknown[] {
+/** A list's items, each converted; a hole or an undefined item is left to protobuf-es. */
+function listJson(v: unknown, item: (x: unknown) => unknown): unknown[] {
   if (!Array.isArray(v)) throw UNSUPPORTED;
-  return v;
+  const out = new Array<unknown>(v.length);
+  for (let i = 0; i < v.length; i++) {
+    const x: unknown = v[i];
+    if (x === undefined) throw UNSUPPORTED;
+    out[i] = item(x);
+  }
+  return out;
 }
 
 function scalarJson(type: ScalarType, v: unknown): unknown {
@@ -249,7 +262,7 @@ function enumJson(names: Map<number, string>, v: unknown): unknown {
 
 /** google.protobuf.Timestamp in RFC 3339, as protobuf-es writes it. */
 function timestampJson(v: unknown): string {
-  if (typeof v !== "object" || v === null) throw UNSUPPORTED;
+  if (typeof v !== "object" || v === null || (v as Fields).$typeName !== "google.protobuf.Timestamp") throw UNSUPPORTED;
   const { seconds, nanos } = v as { seconds: unknown; nanos: unknown };
   if (typeof seconds !== "bigint" || typeof nanos !== "number" || !Number.isInteger(nanos)) throw UNSUPPORTED;
   const ms = Number(seconds) * 1000;

@@ -217,7 +217,7 @@ async function serve(route: Route, shape: Shape, req: Request, res: Response, op
     if (!answered) call.abort(CLIENT_CANCELLED);
   };
   res.once("close", onClose);
-  let body: Uint8Array | undefined;
+  let body: Buffer | undefined;
   let error: ConnectError | undefined;
   let invoked = false;
   try {
@@ -227,8 +227,7 @@ async function serve(route: Route, shape: Shape, req: Request, res: Response, op
     const message = await decodeRequest(route, shape, raw, options.readMaxBytes);
     invoked = true;
     const output = await invokeUnaryImplementation(route.spec, context, message as never, options.interceptors);
-    // gRPC and gRPC-Web answers are enveloped: the header is written in the room left before the message.
-    body = shape.json ? route.jsonOut(output as object) : shape.protocol === "connect" ? route.binaryOut(output as object) : enveloped(route.binaryOut(output as object, 5));
+    body = encodeAnswer(route, shape, output);
   } catch (err) {
     error = err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err);
     // Refused before the interceptors ran (an unreadable body): still answer a request id.
@@ -239,6 +238,20 @@ async function serve(route: Route, shape: Shape, req: Request, res: Response, op
   live.delete(call);
   res.off("close", onClose);
   answer(req, res, shape, context, body, error);
+}
+
+/**
+ * The response message encoded for the protocol; gRPC and gRPC-Web answers
+ * enveloped (the header is written in the room left before the message).
+ * A message that cannot be encoded is INTERNAL, saying why, as connect says it.
+ */
+function encodeAnswer(route: Route, shape: Shape, output: unknown): Buffer {
+  try {
+    if (shape.json) return route.jsonOut(output as object);
+    return shape.protocol === "connect" ? route.binaryOut(output as object) : enveloped(route.binaryOut(output as object, 5));
+  } catch (err) {
+    throw new ConnectError(`serialize ${shape.json ? "JSON" : "binary"}: ${err instanceof Error ? err.message : String(err)}`, Code.Internal, undefined, undefined, err);
+  }
 }
 
 function responseHeaderOf(shape: Shape): Headers {

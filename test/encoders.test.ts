@@ -165,6 +165,30 @@ describe("response encoders", () => {
     expect(refused).to.be.lessThan(messages.length * 40 * 0.5);
   });
 
+  it("answer as protobuf-es for shapes create() would not give: undefined values, holes, objects of another type", () => {
+    const tx = message(credits.CreditTransactionSchema);
+    const withHole: unknown[] = [];
+    withHole[1] = create(credits.CreditTransactionSchema);
+    const cases: [DescMessage, object][] = [
+      // A oneof case without its value: protobuf-es writes the case with a zero value.
+      [events.EventSchema, create(events.EventSchema, { id: "e", data: { case: "balanceLow", value: undefined } } as never)],
+      // Implicit fields left undefined or missing.
+      [credits.CreditTransactionSchema, { ...create(credits.CreditTransactionSchema), type: undefined }],
+      [credits.CreditTransactionSchema, { $typeName: "billing.v1.CreditTransaction", allocations: [] }],
+      [credits.CreditTransactionSchema, { ...tx, createdAt: { $typeName: "google.protobuf.Timestamp", seconds: 1n } }],
+      // Lists with holes.
+      [credits.ListTransactionsResponseSchema, create(credits.ListTransactionsResponseSchema, { transactions: withHole } as never)],
+      // Nested objects without their $typeName, or of another type; a missing oneof property.
+      [credits.CreditTransactionSchema, { ...tx, createdAt: { seconds: 1n, nanos: 0 } }],
+      [credits.CreditTransactionSchema, { ...tx, createdAt: create(credits.CreditTransactionSchema) }],
+      [credits.DeductCreditsResponseSchema, { ...create(credits.DeductCreditsResponseSchema), transaction: {} }],
+      [events.EventSchema, { ...create(events.EventSchema), data: undefined }],
+      // $unknown null is no unknown fields.
+      [credits.CreditTransactionSchema, { ...tx, $unknown: null }],
+    ];
+    for (const [schema, m] of cases) same(schema, m);
+  });
+
   it("writes unknown fields after the known ones, as toBinary", () => {
     const schema = credits.DeductCreditsResponseSchema;
     const known = toBinary(schema, message(schema) as never);
