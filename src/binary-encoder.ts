@@ -28,6 +28,7 @@
  * value, a list with holes).
  */
 import { ScalarType, toBinary, type DescField, type DescMessage } from "@bufbuild/protobuf";
+import { planMessage, type MessagePlan, type Plans } from "./message-plan.js";
 
 /** Encodes a message of one type into a new buffer, after `headroom` bytes left for the caller (an envelope header). */
 export type BinaryEncoder = (message: object, headroom?: number) => Buffer;
@@ -58,10 +59,7 @@ interface FieldPlan {
   message: Plan | undefined;
 }
 
-interface Plan {
-  typeName: string;
-  fields: FieldPlan[];
-}
+type Plan = MessagePlan<FieldPlan>;
 
 /** Anything this encoder leaves to toBinary (thrown while measuring, caught by the encoder). */
 const UNSUPPORTED = Symbol("leave it to toBinary");
@@ -99,24 +97,11 @@ function withHeadroom(bytes: Uint8Array, headroom: number): Buffer {
 }
 
 /** The plan of a message type; undefined when it (or a type it holds) has a field this encoder does not take. */
-function planOf(desc: DescMessage, plans: Map<DescMessage, Plan | undefined>): Plan | undefined {
-  if (plans.has(desc)) return plans.get(desc);
-  const plan: Plan = { typeName: desc.typeName, fields: [] };
-  plans.set(desc, plan); // before the fields: types may hold themselves (Struct, Value)
-  const fields = [...desc.fields].sort((a, b) => a.number - b.number);
-  for (const f of fields) {
-    const p = fieldPlan(f, plans);
-    if (!p) {
-      plans.set(desc, undefined);
-      return undefined;
-    }
-    plan.fields.push(p);
-  }
-  // A type that holds one that turned out unsupported (through recursion) is unsupported too.
-  return plans.get(desc);
+function planOf(desc: DescMessage, plans: Plans<FieldPlan>): Plan | undefined {
+  return planMessage(desc, plans, fieldPlan);
 }
 
-function fieldPlan(f: DescField, plans: Map<DescMessage, Plan | undefined>): FieldPlan | undefined {
+function fieldPlan(f: DescField, plans: Plans<FieldPlan>): FieldPlan | undefined {
   const base = {
     name: f.localName,
     oneof: f.oneof?.localName,

@@ -27,6 +27,7 @@
  * case without its value, a list with holes).
  */
 import { ScalarType, toJsonString, type DescEnum, type DescField, type DescMessage } from "@bufbuild/protobuf";
+import { planMessage, type MessagePlan, type Plans } from "./message-plan.js";
 import { base64Encode } from "@bufbuild/protobuf/wire";
 
 /** Encodes a message of one type as UTF-8 JSON. */
@@ -58,10 +59,7 @@ interface FieldPlan {
   message: Plan | undefined;
 }
 
-interface Plan {
-  typeName: string;
-  fields: FieldPlan[];
-}
+type Plan = MessagePlan<FieldPlan>;
 
 const UNSUPPORTED = Symbol("leave it to toJsonString");
 const IMPLICIT = 2; // google.protobuf.FeatureSet.FieldPresence.IMPLICIT
@@ -91,23 +89,13 @@ export function encodesItselfAsJson(schema: DescMessage): boolean {
   return planOf(schema, new Map()) !== undefined;
 }
 
-function planOf(desc: DescMessage, plans: Map<DescMessage, Plan | undefined>): Plan | undefined {
-  if (plans.has(desc)) return plans.get(desc);
-  if (desc.typeName.startsWith("google.protobuf.")) return undefined; // well-known types have their own JSON
-  const plan: Plan = { typeName: desc.typeName, fields: [] };
-  plans.set(desc, plan);
-  for (const f of [...desc.fields].sort((a, b) => a.number - b.number)) {
-    const p = fieldPlan(f, plans);
-    if (!p) {
-      plans.set(desc, undefined);
-      return undefined;
-    }
-    plan.fields.push(p);
-  }
-  return plans.get(desc);
+function planOf(desc: DescMessage, plans: Plans<FieldPlan>): Plan | undefined {
+  // Well-known types have JSON of their own; the ones this encoder writes are planned as field kinds.
+  if (desc.typeName.startsWith("google.protobuf.")) return undefined;
+  return planMessage(desc, plans, fieldPlan);
 }
 
-function fieldPlan(f: DescField, plans: Map<DescMessage, Plan | undefined>): FieldPlan | undefined {
+function fieldPlan(f: DescField, plans: Plans<FieldPlan>): FieldPlan | undefined {
   const base = {
     name: f.localName,
     json: f.jsonName,
@@ -140,7 +128,7 @@ function fieldPlan(f: DescField, plans: Map<DescMessage, Plan | undefined>): Fie
   }
 }
 
-function messageKind(m: DescMessage, plans: Map<DescMessage, Plan | undefined>): { kind: Kind; plan?: Plan } | undefined {
+function messageKind(m: DescMessage, plans: Plans<FieldPlan>): { kind: Kind; plan?: Plan } | undefined {
   if (m.typeName === "google.protobuf.Timestamp") return { kind: Kind.Timestamp };
   if (m.typeName === "google.protobuf.Struct") return { kind: Kind.Json };
   const plan = planOf(m, plans);
