@@ -13,24 +13,35 @@
  * Options: --duration=SECONDS (10) --concurrency=N (64) --scenario=spread|hot|all
  *          --protocol=grpc|connect|all --quick (2 s, 16 in flight) --out=FILE
  *          --profile=DIR (write a V8 CPU profile of the service into DIR)
- *          --client=wrk|lean|connect (load generator; default wrk when installed, else lean):
- *            wrk:     the Connect JSON rows at full load (Echo and DeductCredits,
- *                     --concurrency in flight) are driven by wrk (Debian: `apt-get install wrk`), a C
- *                     client whose own CPU barely counts, like pgbench for the
- *                     baseline, with bench/wrk-deduct.lua; every other row (gRPC, and
- *                     the paced half-peak rows, which wrk cannot pace) by the lean
- *                     clients. Rows wrk drove say "(wrk)". An error if wrk is missing.
+ *          --client=wrk|lean|connect (load generator; default wrk when a C client is available, else lean):
+ *            wrk:     C clients where installed, whose own CPU barely counts (like
+ *                     pgbench for the baseline), for the rows at full load (Echo and
+ *                     DeductCredits, --concurrency in flight):
+ *                     - Connect JSON rows: wrk (Debian: `apt-get install wrk`) with
+ *                       bench/wrk-deduct.lua; rows it drove say "(wrk)";
+ *                     - gRPC rows: bench/h2c-grpc.c, a libnghttp2 client compiled at run
+ *                       time into a temporary directory when a C compiler (cc, or
+ *                       $BENCH_CC) and libnghttp2 (Debian: `apt-get install libnghttp2-dev`)
+ *                       are there; rows it drove say "(h2c)". When it does not compile,
+ *                       the gRPC rows silently stay with the lean client.
+ *                     Every other row (the paced half-peak rows, which neither can
+ *                     pace, and whatever has no C client) by the lean clients.
+ *                     Explicit --client=wrk is an error if wrk is missing.
  *            lean:    bench/lean-clients.ts for every row (what the bench did before wrk)
  *            connect: the generated Connect clients for the DeductCredits rows
  *          --workers=N (the service's WORKERS; CPU and RSS are then summed over its processes)
  *          --baseline=none (skip the raw baselines: for profiling the service alone)
  * Environment: BENCH_SERVICE_NODE_ARGS adds node flags to the service process.
+ *          BENCH_CC: the C compiler for bench/h2c-grpc.c (default cc; BENCH_CC=false
+ *          disables the generator, as on a machine without libnghttp2-dev).
+ *          H2C_DEBUG=N: bench/h2c-grpc.c prints the transaction ids of its first N
+ *          DeductCredits answers to stderr ("h2c-txid ID"; a replay would repeat one).
  */
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -101,7 +112,7 @@ function parseOptions(argv: string[]): Options {
   };
 }
 
-/** --client: wrk, lean or connect; by default wrk when it is installed, else lean. */
+/** --client: wrk, lean or connect; by default wrk when a C client (wrk, or bench/h2c-grpc.c built) is available, else lean. */
 function parseClient(value: string | undefined): Options["client"] {
   if (value === "connect" || value === "lean") return value;
   if (value === "wrk") {
@@ -109,12 +120,43 @@ function parseClient(value: string | undefined): Options["client"] {
     return "wrk";
   }
   if (value !== undefined) throw new Error(`--client=${value}: expected wrk, lean or connect`);
-  return wrkInstalled() ? "wrk" : "lean";
+  return wrkInstalled() || h2cGrpc() ? "wrk" : "lean";
 }
 
+let wrkFound: boolean | undefined;
 function wrkInstalled(): boolean {
-  const run = spawnSync("wrk", ["--version"], { stdio: "ignore" });
-  return !(run.error && (run.error as NodeJS.ErrnoException).code === "ENOENT");
+  if (wrkFound === undefined) {
+    const run = spawnSync("wrk", ["--version"], { stdio: "ignore" });
+    wrkFound = !(run.error && (run.error as NodeJS.ErrnoException).code === "ENOENT");
+  }
+  return wrkFound;
+}
+
+let h2cBuilt: string | null | undefined;
+/**
+ * bench/h2c-grpc.c compiled into a fresh temporary directory (removed when
+ * the bench exits), or undefined when there is no C compiler or no
+ * libnghttp2 to build it with: then the gRPC rows stay with the lean client.
+ * Built once per run, so the binary always matches the source.
+ */
+function h2cGrpc(): string | undefined {
+  if (h2cBuilt === undefined) {
+    h2cBuilt = null;
+    const dir = mkdtempSync(path.join(os.tmpdir(), "billing-h2c-"));
+    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    const bin = path.join(dir, "h2c-grpc");
+    const cc = process.env.BENCH_CC || "cc";
+    const build = spawnSync(cc, ["-O2", "-o", bin, path.join(PROJECT_ROOT, "bench", "h2c-grpc.c"), "-lnghttp2"], { stdio: "ignore", timeout: 60_000 });
+    if (build.status === 0 && spawnSync(bin, ["--check"], { stdio: "ignore" }).status === 0) h2cBuilt = bin;
+  }
+  return h2cBuilt ?? undefined;
+}
+
+/** Whether a C client drives this protocol's full-load rows: wrk for Connect JSON, bench/h2c-grpc.c for gRPC. */
+function cClient(opt: Options, protocol: "grpc" | "connect"): "wrk" | "h2c" | undefined {
+  if (opt.client !== "wrk") return undefined;
+  if (protocol === "connect") return wrkInstalled() ? "wrk" : undefined;
+  return h2cGrpc() ? "h2c" : undefined;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -399,6 +441,57 @@ async function runWrk(name: string, baseUrl: string, mode: "spread" | "hot" | "e
   };
 }
 
+/**
+ * A closed-loop gRPC run driven by bench/h2c-grpc.c: one HTTP/2 connection
+ * with `concurrency` unary calls in flight, for `seconds` (then the calls in
+ * flight are waited for, like drive()). `mode`: spread, hot or echo. The
+ * latencies and the generator's own CPU (getrusage) come from its output; the
+ * service's and the database's CPU as measure() reads them. Only HTTP 200
+ * with grpc-status 0 and a message counts as a call; anything else as an error.
+ */
+async function runH2c(name: string, baseUrl: string, mode: "spread" | "hot" | "echo", seconds: number, concurrency: number, serverPid?: number): Promise<Result> {
+  const u = new URL(baseUrl);
+  // Idempotency keys PREFIX + 12 hex digits: UUID-shaped, as long as the lean client's randomUUID(), fresh per run.
+  const prefix = randomUUID().slice(0, 24);
+  const args = [u.hostname, u.port, mode, TOKEN, prefix, String(ACCOUNTS), String(concurrency), String(seconds)];
+  process.stderr.write(`  ${name}: h2c-grpc ${args.join(" ")}\n`);
+  const start = performance.now();
+  const serverCpu0 = serverPid ? treeCpuSeconds(serverPid) : 0;
+  const dbCpu0 = postgresCpu();
+  const child = spawn(h2cGrpc()!, args, { stdio: ["ignore", "pipe", process.env.H2C_DEBUG ? "inherit" : "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("close", (c) => resolve(c));
+  });
+  const elapsed = (performance.now() - start) / 1000;
+  const serverCores = serverPid ? (treeCpuSeconds(serverPid) - serverCpu0) / elapsed : 0;
+  const dbCores = postgresCpuSince(dbCpu0) / elapsed;
+  const field = (key: string) => Number(new RegExp(`^h2c-${key} ([\\d.]+)$`, "m").exec(stdout)?.[1]);
+  const ok = field("ok");
+  if (code !== 0 || !Number.isFinite(ok)) throw new Error(`${name}: h2c-grpc exited with ${code}: ${stderr || stdout}`);
+  const errors = field("bad");
+  const h2cSeconds = field("duration-us") / 1e6;
+  const rate = ok / h2cSeconds;
+  process.stderr.write(`  ${name}: done (${ok} calls, ${errors} errors, ${Math.round(rate)}/s)\n`);
+  if (errors > 0) process.stderr.write(`  ${name}: last error: ${/^h2c-last-bad (.*)$/m.exec(stdout)?.[1] ?? ""}\n`);
+  return {
+    name,
+    calls: ok,
+    errors,
+    seconds: h2cSeconds,
+    rate,
+    p50: field("p50-us") / 1000,
+    p99: field("p99-us") / 1000,
+    serverCores,
+    clientCores: field("cpu-s") / elapsed,
+    dbCores,
+  };
+}
+
 /** The process and its children (the workers of WORKERS > 1), Linux only. */
 function processTree(pid: number): number[] {
   const pids = [pid];
@@ -553,9 +646,11 @@ async function main(): Promise<void> {
     }
     // The echo row: what a call costs the transport and interceptors alone, per protocol.
     for (const protocol of opt.protocols) {
-      if (opt.client === "wrk" && protocol === "connect") {
-        const r = await runWrk(`echo ${protocol} (wrk)`, baseUrl, "echo", opt.duration, opt.concurrency, service.pid);
-        results.push({ ...r, kind: "echo", scenario: "-", protocol, client: "wrk" });
+      const c = cClient(opt, protocol);
+      if (c) {
+        const run = c === "wrk" ? runWrk : runH2c;
+        const r = await run(`echo ${protocol} (${c})`, baseUrl, "echo", opt.duration, opt.concurrency, service.pid);
+        results.push({ ...r, kind: "echo", scenario: "-", protocol, client: c });
         continue;
       }
       const lean = protocol === "grpc" ? leanGrpcClient(baseUrl, TOKEN) : leanConnectClient(baseUrl, TOKEN, opt.concurrency);
@@ -576,12 +671,12 @@ async function main(): Promise<void> {
           const c = connectClients[protocol]!;
           call = (i) => c.deductCredits({ accountId: account(i), operationType: "content_generation", usage: { credits: 1n }, idempotencyKey: randomUUID() }, { headers });
         }
-        // The peak: wrk drives the Connect JSON rows when it is the client (the paced row below stays with the lean client).
-        const wrk = opt.client === "wrk" && protocol === "connect";
-        const r = wrk
-          ? await runWrk(`service ${scenario} ${protocol} (wrk)`, baseUrl, scenario, opt.duration, opt.concurrency, service.pid)
+        // The peak: a C client (wrk for Connect JSON, h2c-grpc for gRPC) when there is one (the paced row below stays with the lean client).
+        const c = cClient(opt, protocol);
+        const r = c
+          ? await (c === "wrk" ? runWrk : runH2c)(`service ${scenario} ${protocol} (${c})`, baseUrl, scenario, opt.duration, opt.concurrency, service.pid)
           : await drive(`service ${scenario} ${protocol}`, opt.duration, opt.concurrency, call, service.pid);
-        results.push({ ...r, kind: "service", scenario, protocol, ...(wrk ? { client: "wrk" } : {}) });
+        results.push({ ...r, kind: "service", scenario, protocol, ...(c ? { client: c } : {}) });
         // Latency at half that peak, paced.
         const half = await pace(`service ${scenario} ${protocol} at half peak`, opt.duration, r.rate / 2, call, service.pid);
         results.push({ ...half, kind: "half-peak", scenario, protocol });
@@ -632,7 +727,8 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
   }));
   console.log("");
   console.table(rows);
-  const clients = opt.client === "wrk" ? "wrk for the Connect JSON peak rows, lean clients for the rest" : `${opt.client} clients`;
+  const peaks = opt.protocols.flatMap((p) => (cClient(opt, p) ? [`${cClient(opt, p)} for the ${p === "grpc" ? "gRPC" : "Connect JSON"} peak rows`] : []));
+  const clients = peaks.length > 0 ? `${peaks.join(", ")}, lean clients for the rest` : `${opt.client === "wrk" ? "lean" : opt.client} clients`;
   console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight, ${clients}, WORKERS=${opt.workers})`);
   const targets = checkTargets(results, best, peakRss);
   for (const t of targets) console.log(`target ${t.met ? "met    " : "NOT met"}  ${t.name}: ${t.measured}`);
