@@ -22,9 +22,10 @@
  *                     - gRPC rows: bench/h2c-grpc.c, a libnghttp2 client compiled at run
  *                       time into a temporary directory when a C compiler (cc, or
  *                       $BENCH_CC) and libnghttp2 (Debian: `apt-get install libnghttp2-dev`)
- *                       are there; rows it drove say "(h2c)". When it does not compile,
- *                       the gRPC rows silently stay with the lean client.
- *                     Every other row (the paced half-peak rows, which neither can
+ *                       are there; rows it drove say "(h2c)". It also drives the gRPC
+ *                       "at half peak" rows, in its paced (open-loop) mode. When it
+ *                       does not compile, the gRPC rows silently stay with the lean client.
+ *                     Every other row (the Connect JSON half-peak rows, which wrk cannot
  *                     pace, and whatever has no C client) by the lean clients.
  *                     Explicit --client=wrk is an error if wrk is missing.
  *            lean:    bench/lean-clients.ts for every row (what the bench did before wrk)
@@ -444,16 +445,18 @@ async function runWrk(name: string, baseUrl: string, mode: "spread" | "hot" | "e
 /**
  * A closed-loop gRPC run driven by bench/h2c-grpc.c: one HTTP/2 connection
  * with `concurrency` unary calls in flight, for `seconds` (then the calls in
- * flight are waited for, like drive()). `mode`: spread, hot or echo. The
+ * flight are waited for, like drive()). With `rate`, an open-loop run
+ * instead, like pace(): calls started at `rate` per second however many are
+ * in flight, each latency measured from its due time. `mode`: spread, hot or echo. The
  * latencies and the generator's own CPU (getrusage) come from its output; the
  * service's and the database's CPU as measure() reads them. Only HTTP 200
  * with grpc-status 0 and a message counts as a call; anything else as an error.
  */
-async function runH2c(name: string, baseUrl: string, mode: "spread" | "hot" | "echo", seconds: number, concurrency: number, serverPid?: number): Promise<Result> {
+async function runH2c(name: string, baseUrl: string, mode: "spread" | "hot" | "echo", seconds: number, concurrency: number, serverPid?: number, rate?: number): Promise<Result> {
   const u = new URL(baseUrl);
   // Idempotency keys PREFIX + 12 hex digits: UUID-shaped, as long as the lean client's randomUUID(), fresh per run.
   const prefix = randomUUID().slice(0, 24);
-  const args = [u.hostname, u.port, mode, TOKEN, prefix, String(ACCOUNTS), String(concurrency), String(seconds)];
+  const args = [u.hostname, u.port, mode, TOKEN, prefix, String(ACCOUNTS), String(concurrency), String(seconds), ...(rate !== undefined ? [rate.toFixed(3)] : [])];
   process.stderr.write(`  ${name}: h2c-grpc ${args.join(" ")}\n`);
   const start = performance.now();
   const serverCpu0 = serverPid ? treeCpuSeconds(serverPid) : 0;
@@ -475,15 +478,16 @@ async function runH2c(name: string, baseUrl: string, mode: "spread" | "hot" | "e
   if (code !== 0 || !Number.isFinite(ok)) throw new Error(`${name}: h2c-grpc exited with ${code}: ${stderr || stdout}`);
   const errors = field("bad");
   const h2cSeconds = field("duration-us") / 1e6;
-  const rate = ok / h2cSeconds;
-  process.stderr.write(`  ${name}: done (${ok} calls, ${errors} errors, ${Math.round(rate)}/s)\n`);
+  const achieved = ok / h2cSeconds;
+  const paced = rate !== undefined ? `, paced at ${Math.round(rate)}/s, started at worst ${(field("max-start-lag-us") / 1000).toFixed(1)} ms late` : "";
+  process.stderr.write(`  ${name}: done (${ok} calls, ${errors} errors, ${Math.round(achieved)}/s${paced})\n`);
   if (errors > 0) process.stderr.write(`  ${name}: last error: ${/^h2c-last-bad (.*)$/m.exec(stdout)?.[1] ?? ""}\n`);
   return {
     name,
     calls: ok,
     errors,
     seconds: h2cSeconds,
-    rate,
+    rate: achieved,
     p50: field("p50-us") / 1000,
     p99: field("p99-us") / 1000,
     serverCores,
@@ -661,9 +665,13 @@ async function main(): Promise<void> {
     for (const scenario of opt.scenarios) {
       for (const protocol of opt.protocols) {
         const account = (i: number) => (scenario === "hot" ? accounts[0]! : accounts[i % ACCOUNTS]!);
-        let call: (i: number) => Promise<unknown>;
+        // The peak: a C client (wrk for Connect JSON, h2c-grpc for gRPC) when there is one.
+        const c = cClient(opt, protocol);
+        let call: (i: number) => Promise<unknown> = () => Promise.reject(new Error("no Node client: h2c-grpc drives these rows"));
         let close = () => undefined as void;
-        if (opt.client !== "connect") {
+        if (c === "h2c") {
+          // h2c-grpc drives both the peak and the half-peak rows: no Node client (and no idle session) needed.
+        } else if (opt.client !== "connect") {
           const lean = protocol === "grpc" ? leanGrpcClient(baseUrl, TOKEN) : leanConnectClient(baseUrl, TOKEN, opt.concurrency);
           call = (i) => lean.deduct({ accountId: account(i), idempotencyKey: randomUUID() });
           close = () => lean.close();
@@ -671,15 +679,16 @@ async function main(): Promise<void> {
           const c = connectClients[protocol]!;
           call = (i) => c.deductCredits({ accountId: account(i), operationType: "content_generation", usage: { credits: 1n }, idempotencyKey: randomUUID() }, { headers });
         }
-        // The peak: a C client (wrk for Connect JSON, h2c-grpc for gRPC) when there is one (the paced row below stays with the lean client).
-        const c = cClient(opt, protocol);
         const r = c
           ? await (c === "wrk" ? runWrk : runH2c)(`service ${scenario} ${protocol} (${c})`, baseUrl, scenario, opt.duration, opt.concurrency, service.pid)
           : await drive(`service ${scenario} ${protocol}`, opt.duration, opt.concurrency, call, service.pid);
         results.push({ ...r, kind: "service", scenario, protocol, ...(c ? { client: c } : {}) });
-        // Latency at half that peak, paced.
-        const half = await pace(`service ${scenario} ${protocol} at half peak`, opt.duration, r.rate / 2, call, service.pid);
-        results.push({ ...half, kind: "half-peak", scenario, protocol });
+        // Latency at half that peak, paced: by h2c-grpc's open-loop mode for gRPC when it is there, else by the lean client.
+        const half =
+          c === "h2c"
+            ? await runH2c(`service ${scenario} ${protocol} at half peak (h2c)`, baseUrl, scenario, opt.duration, opt.concurrency, service.pid, r.rate / 2)
+            : await pace(`service ${scenario} ${protocol} at half peak`, opt.duration, r.rate / 2, call, service.pid);
+        results.push({ ...half, kind: "half-peak", scenario, protocol, ...(c === "h2c" ? { client: c } : {}) });
         close();
         if (!opt.baseline) continue;
         // The database's own tail at that same rate: the baseline transaction, paced alike.
@@ -707,7 +716,7 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
       r.kind === "baseline"
         ? `baseline ${r.client ?? "pg"} x${r.connections}`
         : r.kind === "half-peak"
-          ? `  ${r.protocol} at half peak (paced)`
+          ? `  ${r.protocol} at half peak (paced)${r.client ? ` (${r.client})` : ""}`
           : r.kind === "baseline-paced"
             ? `  baseline pg at that rate (paced)`
             : r.kind === "echo"
@@ -727,7 +736,7 @@ function printAndSave(results: (Result & { kind: string; scenario: string; proto
   }));
   console.log("");
   console.table(rows);
-  const peaks = opt.protocols.flatMap((p) => (cClient(opt, p) ? [`${cClient(opt, p)} for the ${p === "grpc" ? "gRPC" : "Connect JSON"} peak rows`] : []));
+  const peaks = opt.protocols.flatMap((p) => (cClient(opt, p) ? [`${cClient(opt, p)} for the ${p === "grpc" ? "gRPC peak and half-peak" : "Connect JSON peak"} rows`] : []));
   const clients = peaks.length > 0 ? `${peaks.join(", ")}, lean clients for the rest` : `${opt.client === "wrk" ? "lean" : opt.client} clients`;
   console.log(`server peak RSS: ${peakRss} MB   (${opt.duration}s per run, ${opt.concurrency} calls in flight, ${clients}, WORKERS=${opt.workers})`);
   const targets = checkTargets(results, best, peakRss);

@@ -22,16 +22,31 @@
  *   non-empty message; anything else is counted, and the last kept, as an
  *   error (like the lean client).
  *
+ * - paced (open loop) when RATE (calls/s) is given: call n is due at
+ *   start + n / RATE, for n < floor(RATE * SECONDS), and is started then
+ *   however many calls are in flight (CONCURRENCY is ignored; a safety cap
+ *   of PACED_MAX_INFLIGHT calls, and the server's MAX_CONCURRENT_STREAMS,
+ *   which nghttp2 queues behind, only delay it); its latency is measured
+ *   from its due time, not from when it went out, so a stall of the server
+ *   (or of this process) is not hidden by calls that were never started (no
+ *   coordinated omission), as bench/deduct.ts's pace() measures it. Then
+ *   the calls in flight are waited for; whatever has not answered
+ *   DRAIN_SECONDS after the last due time counts as an error. The loop
+ *   sleeps in ppoll() until the next due time or the socket (no spinning).
+ *
  * Build: cc -O2 -o h2c-grpc bench/h2c-grpc.c -lnghttp2 (Debian: libnghttp2-dev)
- * Run:   h2c-grpc HOST PORT MODE TOKEN PREFIX ACCOUNTS CONCURRENCY SECONDS
+ * Run:   h2c-grpc HOST PORT MODE TOKEN PREFIX ACCOUNTS CONCURRENCY SECONDS [RATE]
  *        MODE: spread | hot | echo
  *        H2C_DEBUG=N in the environment prints the first N DeductCredits
  *        answers' transaction ids to stderr ("h2c-txid ID"): a replayed key
  *        would answer an id already seen.
  * Output (stdout), machine-readable: h2c-ok, h2c-bad, h2c-duration-us,
- * h2c-p50-us, h2c-p99-us, h2c-cpu-s (this process's user + system CPU) and,
- * when there were errors, h2c-last-bad.
+ * h2c-p50-us, h2c-p99-us, h2c-cpu-s (this process's user + system CPU),
+ * when paced h2c-max-start-lag-us (the latest any call was handed to
+ * nghttp2 after its due time: this process's own scheduling delay, part of
+ * the latencies) and, when there were errors, h2c-last-bad.
  */
+#define _GNU_SOURCE /* ppoll */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -52,6 +67,7 @@
 #define BODY_MAX 600
 #define RESP_KEEP 128
 #define DRAIN_SECONDS 10
+#define PACED_MAX_INFLIGHT 10000
 
 struct call {
   uint8_t body[BODY_MAX];
@@ -84,6 +100,7 @@ static char last_bad[400];
 static uint32_t *lat;
 static size_t lat_n, lat_cap;
 static int debug_left;
+static int64_t max_start_lag; /* paced: how late (µs) a call went to nghttp2 after its due time, at worst */
 
 static void fail(const char *what) {
   fprintf(stderr, "h2c-grpc: %s\n", what);
@@ -146,7 +163,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
 
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE}
 
-static void start_call(nghttp2_session *s) {
+/* starts the next call; its latency counts from t0_us (now, or its due time when paced) */
+static void start_call(nghttp2_session *s, int64_t t0_us) {
   struct call *c = calloc(1, sizeof *c);
   if (!c) fail("out of memory");
   encode(c, started++);
@@ -155,7 +173,7 @@ static void start_call(nghttp2_session *s) {
       NV("content-type", "application/grpc+proto"), NV("te", "trailers"), NV("authorization", auth_header),
   };
   nghttp2_data_provider body = {.source = {.ptr = c}, .read_callback = read_body};
-  c->t0_us = now_us();
+  c->t0_us = t0_us;
   int32_t id = nghttp2_submit_request(s, NULL, hdrs, sizeof hdrs / sizeof hdrs[0], &body, c);
   if (id < 0) fail(nghttp2_strerror(id));
   inflight++;
@@ -294,8 +312,8 @@ int main(int argc, char **argv) {
     printf("h2c-grpc nghttp2 %s\n", nghttp2_version(0)->version_str);
     return 0;
   }
-  if (argc != 9) {
-    fprintf(stderr, "usage: %s HOST PORT spread|hot|echo TOKEN PREFIX ACCOUNTS CONCURRENCY SECONDS\n", argv[0]);
+  if (argc != 9 && argc != 10) {
+    fprintf(stderr, "usage: %s HOST PORT spread|hot|echo TOKEN PREFIX ACCOUNTS CONCURRENCY SECONDS [RATE]\n", argv[0]);
     return 2;
   }
   const char *host = argv[1], *port = argv[2], *mode = argv[3];
@@ -310,6 +328,11 @@ int main(int argc, char **argv) {
   unsigned concurrency = (unsigned)atoi(argv[7]);
   double seconds = atof(argv[8]);
   if (accounts == 0 || concurrency == 0 || seconds <= 0) fail("ACCOUNTS, CONCURRENCY and SECONDS must be positive");
+  /* paced: `total` calls, call n due at t_start + n / rate */
+  double rate = argc == 10 ? atof(argv[9]) : 0;
+  if (argc == 10 && !(rate > 0)) fail("RATE must be positive");
+  uint64_t total = rate > 0 ? (uint64_t)(rate * seconds) : 0;
+  if (rate > 0 && total == 0) total = 1;
   snprintf(authority, sizeof authority, "%s:%s", host, port);
   const char *dbg = getenv("H2C_DEBUG");
   debug_left = dbg ? atoi(dbg) : 0;
@@ -331,32 +354,62 @@ int main(int argc, char **argv) {
   int64_t t_start = now_us();
   int64_t deadline = t_start + (int64_t)(seconds * 1e6);
   int running = 1;
-  for (unsigned i = 0; i < concurrency; i++) start_call(s);
+#define DUE(n) (t_start + (int64_t)((double)(n) * 1e6 / rate))
+  if (rate > 0) {
+    deadline = DUE(total - 1); /* the last call's due time; then the drain */
+  } else {
+    for (unsigned i = 0; i < concurrency; i++) start_call(s, now_us());
+  }
 
   static uint8_t rbuf[65536];
-  const uint8_t *pending = NULL; /* bytes nghttp2 gave us that the socket did not take yet */
-  ssize_t pending_len = 0;
+  /* nghttp2 hands out one frame at a time: gather them, so that a call's
+   * HEADERS and DATA (and whatever else is due) go out in one write() */
+  static uint8_t wbuf[65536];
+  size_t wbuf_off = 0, wbuf_len = 0; /* bytes gathered that the socket did not take yet */
+  const uint8_t *frame = NULL;       /* a frame from nghttp2 that did not fit into wbuf yet */
+  ssize_t frame_len = 0;
   for (;;) {
     int64_t now = now_us();
-    if (running && now >= deadline) running = 0;
+    if (rate > 0) {
+      /* open loop: start every call that is due, dated from its due time */
+      while (started < total && inflight < PACED_MAX_INFLIGHT && DUE(started) <= now) {
+        if (now - DUE(started) > max_start_lag) max_start_lag = now - DUE(started);
+        start_call(s, DUE(started));
+      }
+      if (started >= total) running = 0;
+    } else if (running && now >= deadline) {
+      running = 0;
+    }
     if (!running && inflight == 0) break;
-    if (!running && now >= deadline + DRAIN_SECONDS * 1000000LL) {
-      bad += inflight;
-      snprintf(last_bad, sizeof last_bad, "%u calls still in flight %d s after the end", inflight, DRAIN_SECONDS);
+    if (now >= deadline + DRAIN_SECONDS * 1000000LL) {
+      uint64_t lost = inflight + (rate > 0 ? total - started : 0);
+      bad += lost;
+      snprintf(last_bad, sizeof last_bad, "%llu calls still in flight (or not started) %d s after the end", (unsigned long long)lost, DRAIN_SECONDS);
       break;
     }
     /* closed loop: replace the calls that ended */
-    if (running)
-      while (inflight < concurrency) start_call(s);
+    if (running && rate == 0)
+      while (inflight < concurrency) start_call(s, now_us());
     /* write what nghttp2 has */
     int blocked = 0;
     for (;;) {
-      if (pending_len == 0) {
-        pending_len = nghttp2_session_mem_send(s, &pending);
-        if (pending_len < 0) fail(nghttp2_strerror((int)pending_len));
-        if (pending_len == 0) break;
+      if (wbuf_off == wbuf_len) wbuf_off = wbuf_len = 0;
+      for (;;) {
+        if (frame_len == 0) {
+          frame_len = nghttp2_session_mem_send(s, &frame);
+          if (frame_len < 0) fail(nghttp2_strerror((int)frame_len));
+          if (frame_len == 0) break;
+        }
+        size_t room = sizeof wbuf - wbuf_len;
+        size_t n = (size_t)frame_len < room ? (size_t)frame_len : room;
+        if (n == 0) break;
+        memcpy(wbuf + wbuf_len, frame, n);
+        wbuf_len += n;
+        frame += n;
+        frame_len -= (ssize_t)n;
       }
-      ssize_t w = write(fd, pending, (size_t)pending_len);
+      if (wbuf_off == wbuf_len) break;
+      ssize_t w = write(fd, wbuf + wbuf_off, wbuf_len - wbuf_off);
       if (w < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
           blocked = 1;
@@ -365,12 +418,17 @@ int main(int argc, char **argv) {
         if (errno == EINTR) continue;
         fail("write failed");
       }
-      pending += w;
-      pending_len -= w;
+      wbuf_off += (size_t)w;
     }
     struct pollfd p = {.fd = fd, .events = POLLIN | (blocked ? POLLOUT : 0)};
-    int64_t wait_ms = ((running ? deadline : deadline + DRAIN_SECONDS * 1000000LL) - now_us()) / 1000 + 1;
-    int rc = poll(&p, 1, (int)(wait_ms > 1000 ? 1000 : wait_ms < 0 ? 0 : wait_ms));
+    /* sleep until the socket, the next due call (paced), the end, or the drain's end */
+    int64_t wake = running ? deadline : deadline + DRAIN_SECONDS * 1000000LL;
+    if (rate > 0 && started < total && inflight < PACED_MAX_INFLIGHT) wake = DUE(started);
+    int64_t wait_us = wake - now_us();
+    if (wait_us > 1000000) wait_us = 1000000;
+    if (wait_us < 0) wait_us = 0;
+    struct timespec ts = {.tv_sec = wait_us / 1000000, .tv_nsec = (wait_us % 1000000) * 1000};
+    int rc = ppoll(&p, 1, &ts, NULL);
     if (rc < 0 && errno != EINTR) fail("poll failed");
     if (rc > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
       for (;;) {
@@ -388,6 +446,10 @@ int main(int argc, char **argv) {
         snprintf(last_bad, sizeof last_bad, "connection closed by the server with %u calls in flight", inflight);
         inflight = 0;
         running = 0;
+        if (rate > 0) {
+          bad += total - started; /* the calls never started fail too */
+          started = total;
+        }
         break;
       }
       if (inflight == 0 && !running) break;
@@ -405,6 +467,7 @@ int main(int argc, char **argv) {
   printf("h2c-p50-us %u\n", pct(50));
   printf("h2c-p99-us %u\n", pct(99));
   printf("h2c-cpu-s %.4f\n", cpu);
+  if (rate > 0) printf("h2c-max-start-lag-us %lld\n", (long long)max_start_lag);
   if (bad > 0) {
     for (char *q = last_bad; *q; q++)
       if (*q == '\r' || *q == '\n') *q = ' ';
