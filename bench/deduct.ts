@@ -379,6 +379,33 @@ function runPgbench(url: string, scenario: string, connections: number, seconds:
 }
 
 /**
+ * Runs a C load generator to its end, with the service's and the database's
+ * CPU measured around it as measure() does, and reads its machine-readable
+ * output lines (`<tag>-<key> <number>`; every tool prints at least `ok`).
+ */
+async function runLoadTool(name: string, command: string, args: string[], tag: string, serverPid: number | undefined, inheritStderr = false) {
+  process.stderr.write(`  ${name}: ${path.basename(command)} ${args.join(" ")}\n`);
+  const start = performance.now();
+  const serverCpu0 = serverPid ? treeCpuSeconds(serverPid) : 0;
+  const dbCpu0 = postgresCpu();
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", inheritStderr ? "inherit" : "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("close", (c) => resolve(c));
+  });
+  const elapsed = (performance.now() - start) / 1000;
+  const serverCores = serverPid ? (treeCpuSeconds(serverPid) - serverCpu0) / elapsed : 0;
+  const dbCores = postgresCpuSince(dbCpu0) / elapsed;
+  const field = (key: string) => Number(new RegExp(`^${tag}-${key} ([\\d.]+)$`, "m").exec(stdout)?.[1]);
+  if (code !== 0 || !Number.isFinite(field("ok"))) throw new Error(`${name}: ${path.basename(command)} exited with ${code}: ${stderr || stdout}`);
+  return { field, stdout, elapsed, serverCores, dbCores };
+}
+
+/**
  * wrk's threads (each an event loop of its own). One: on 2 cores, -t2 cost
  * as much or slightly more CPU per call (27-31 µs against 32-35 µs measured
  * with -t1/-t2 at the same rate), and one thread drives ~30,000 calls/s.
@@ -400,25 +427,8 @@ async function runWrk(name: string, baseUrl: string, mode: "spread" | "hot" | "e
   const prefix = `wrk${randomUUID().replace(/-/g, "").slice(0, 12)}`; // a fresh idempotency-key prefix per run
   const script = path.join(PROJECT_ROOT, "bench", "wrk-deduct.lua");
   const args = ["-t", String(threads), "-c", String(connections), "-d", `${Math.max(1, Math.round(seconds))}s`, "--timeout", "10s", "--latency", "-s", script, baseUrl, "--", mode, TOKEN, prefix, String(ACCOUNTS), String(threads)];
-  process.stderr.write(`  ${name}: wrk ${args.join(" ")}\n`);
-  const start = performance.now();
-  const serverCpu0 = serverPid ? treeCpuSeconds(serverPid) : 0;
-  const dbCpu0 = postgresCpu();
-  const child = spawn("wrk", args, { stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", (c) => resolve(c));
-  });
-  const elapsed = (performance.now() - start) / 1000;
-  const serverCores = serverPid ? (treeCpuSeconds(serverPid) - serverCpu0) / elapsed : 0;
-  const dbCores = postgresCpuSince(dbCpu0) / elapsed;
-  const field = (key: string) => Number(new RegExp(`^wrk-${key} ([\\d.]+)$`, "m").exec(stdout)?.[1]);
+  const { field, stdout, elapsed, serverCores, dbCores } = await runLoadTool(name, "wrk", args, "wrk", serverPid);
   const ok = field("ok");
-  if (code !== 0 || !Number.isFinite(ok)) throw new Error(`${name}: wrk exited with ${code}: ${stderr || stdout}`);
   const errors = field("bad") + field("socket-errors");
   const wrkSeconds = field("duration-us") / 1e6;
   const rate = ok / wrkSeconds;
@@ -457,25 +467,8 @@ async function runH2c(name: string, baseUrl: string, mode: "spread" | "hot" | "e
   // Idempotency keys PREFIX + 12 hex digits: UUID-shaped, as long as the lean client's randomUUID(), fresh per run.
   const prefix = randomUUID().slice(0, 24);
   const args = [u.hostname, u.port, mode, TOKEN, prefix, String(ACCOUNTS), String(concurrency), String(seconds), ...(rate !== undefined ? [rate.toFixed(3)] : [])];
-  process.stderr.write(`  ${name}: h2c-grpc ${args.join(" ")}\n`);
-  const start = performance.now();
-  const serverCpu0 = serverPid ? treeCpuSeconds(serverPid) : 0;
-  const dbCpu0 = postgresCpu();
-  const child = spawn(h2cGrpc()!, args, { stdio: ["ignore", "pipe", process.env.H2C_DEBUG ? "inherit" : "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", (c) => resolve(c));
-  });
-  const elapsed = (performance.now() - start) / 1000;
-  const serverCores = serverPid ? (treeCpuSeconds(serverPid) - serverCpu0) / elapsed : 0;
-  const dbCores = postgresCpuSince(dbCpu0) / elapsed;
-  const field = (key: string) => Number(new RegExp(`^h2c-${key} ([\\d.]+)$`, "m").exec(stdout)?.[1]);
+  const { field, stdout, elapsed, serverCores, dbCores } = await runLoadTool(name, h2cGrpc()!, args, "h2c", serverPid, Boolean(process.env.H2C_DEBUG));
   const ok = field("ok");
-  if (code !== 0 || !Number.isFinite(ok)) throw new Error(`${name}: h2c-grpc exited with ${code}: ${stderr || stdout}`);
   const errors = field("bad");
   const h2cSeconds = field("duration-us") / 1e6;
   const achieved = ok / h2cSeconds;
