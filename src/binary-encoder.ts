@@ -244,12 +244,10 @@ function sizeMessage(plan: Plan, message: object, st: Sizes): number {
         break;
       case Kind.ScalarList:
         if (f.packed) {
-          const at = st.s.length;
-          st.s.push(0);
+          const at = openSlot(st);
           let body = 0;
           for (const item of v as unknown[]) body += scalarSize(f.scalar, item, st);
-          st.s[at] = body;
-          n += varintSize(f.tag) + varintSize(body) + body;
+          n += varintSize(f.tag) + closeSlot(st, at, body);
         } else for (const item of v as unknown[]) n += varintSize(f.tag) + scalarSize(f.scalar, item, st);
         break;
     }
@@ -267,20 +265,26 @@ type Unknown = { no: number; wireType: number; data: Uint8Array };
 /** A nested message's size with its length prefix; the size itself is kept for the writing pass. */
 function nestedMessage(plan: Plan, v: unknown, st: Sizes): number {
   if (typeof v !== "object" || v === null) throw UNSUPPORTED;
-  const at = st.s.length;
+  const at = openSlot(st);
+  return closeSlot(st, at, sizeMessage(plan, v, st));
+}
+
+/** Reserves the place of a length the writing pass will need, before what it measures pushes its own. */
+function openSlot(st: Sizes): number {
   st.s.push(0);
-  const size = sizeMessage(plan, v, st);
+  return st.s.length - 1;
+}
+
+/** Fills the slot with the measured length; returns it with its varint prefix. */
+function closeSlot(st: Sizes, at: number, size: number): number {
   st.s[at] = size;
   return varintSize(size) + size;
 }
 
 /** The same for a Struct held as a JSON object. */
 function nestedStruct(v: unknown, st: Sizes): number {
-  const at = st.s.length;
-  st.s.push(0);
-  const size = sizeStruct(v, st);
-  st.s[at] = size;
-  return varintSize(size) + size;
+  const at = openSlot(st);
+  return closeSlot(st, at, sizeStruct(v, st));
 }
 
 function sizeStruct(json: unknown, st: Sizes): number {
@@ -289,22 +293,16 @@ function sizeStruct(json: unknown, st: Sizes): number {
   for (const key in json as Fields) {
     if (!Object.prototype.hasOwnProperty.call(json, key)) continue;
     if (key === "__proto__") throw UNSUPPORTED; // protobuf-es drops it (its Struct is a plain object)
-    const at = st.s.length;
-    st.s.push(0);
-    const entry = 1 + stringSize(key, st) + 1 + nestedValue(st, (json as Fields)[key]);
-    st.s[at] = entry;
-    n += 1 + varintSize(entry) + entry;
+    const at = openSlot(st);
+    n += 1 + closeSlot(st, at, 1 + stringSize(key, st) + 1 + nestedValue(st, (json as Fields)[key]));
   }
   return n;
 }
 
 /** A google.protobuf.Value's size with its length prefix (its slot pushed first). */
 function nestedValue(st: Sizes, v: unknown): number {
-  const at = st.s.length;
-  st.s.push(0);
-  const size = sizeValue(v, st);
-  st.s[at] = size;
-  return varintSize(size) + size;
+  const at = openSlot(st);
+  return closeSlot(st, at, sizeValue(v, st));
 }
 
 function sizeValue(v: unknown, st: Sizes): number {
@@ -317,13 +315,11 @@ function sizeValue(v: unknown, st: Sizes): number {
       return 2;
     case "object": {
       if (v === null) return 2;
-      const at = st.s.length;
-      st.s.push(0);
+      if (!Array.isArray(v)) return 1 + nestedStruct(v, st);
+      const at = openSlot(st);
       let body = 0;
-      if (Array.isArray(v)) for (const item of v) body += 1 + nestedValue(st, item);
-      else body = sizeStruct(v, st);
-      st.s[at] = body;
-      return 1 + varintSize(body) + body;
+      for (const item of v) body += 1 + nestedValue(st, item);
+      return 1 + closeSlot(st, at, body);
     }
     default:
       return 0; // undefined and the like: a Value with no kind, as protobuf-es writes it
